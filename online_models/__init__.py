@@ -1,0 +1,1 @@
+"""intentflow.online_models"""
