@@ -1,0 +1,292 @@
+"""The per-shard engine: de-duplicate → features → label → learn → score → decide.
+
+Entities are hashed to a fixed number of shards (``engine.shards``); Bytewax
+routes whole batches per shard key, and one :class:`ShardLogic` owns all the
+state of its shard: the de-duplication window, the feature arrays, the River
+model, the pending delayed labels and the policy's cooldowns. Everything is
+Bytewax state: :meth:`ShardLogic.snapshot` captures it, the builder restores
+it, so a resumed run continues exactly where the snapshot left off.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import numpy as np
+from bytewax.operators import StatefulBatchLogic
+
+from intentflow.errors import SnapshotMismatchError
+from intentflow.events import Event
+from intentflow.features.spec import FeatureSpec
+from intentflow.features.state import FeatureState
+from intentflow.online_models.catalog import ActionCatalog
+from intentflow.online_models.labels import LabelBook, LabelConfig
+from intentflow.online_models.model import IntentModel, ModelConfig
+from intentflow.online_models.policy import Policy, alert_id
+from intentflow.sinks.base import AlertOut, Output, ScoreOut
+
+__all__ = [
+    "ALERT_SCHEMA_VERSION",
+    "EngineParts",
+    "ShardLogic",
+    "ShardSnapshot",
+    "shard_key",
+]
+
+ALERT_SCHEMA_VERSION: Final = "1.0"
+SNAPSHOT_SCHEMA_VERSION: Final = 1
+MODEL_TRIGGER: Final = "model:intent"
+
+
+def shard_key(routing_key: str, shards: int) -> str:
+    """The Bytewax key of the shard that owns ``routing_key``.
+
+    Events are routed by ``account_id`` when present, else ``entity_id``, so a
+    whole account lives in one shard and account roll-ups are exact.
+
+    >>> shard_key("a-00042", 4)
+    's2'
+    """
+    return f"s{zlib.crc32(routing_key.encode()) % shards}"
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """Everything a shard needs to build its state, parsed once from config."""
+
+    spec: FeatureSpec
+    model: ModelConfig
+    labels: LabelConfig
+    catalog: ActionCatalog
+    dedup_window_ms: int = 86_400_000
+    dedup_max: int = 1_000_000
+    notify_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class ShardSnapshot:
+    """Immutable, versioned snapshot of one shard (its state pickled at snapshot time)."""
+
+    schema_version: int
+    spec_hash: str
+    model_kind: str
+    state: bytes
+
+
+class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
+    """All the state and per-batch processing of one shard."""
+
+    def __init__(self, parts: EngineParts, resume: ShardSnapshot | None) -> None:
+        self._parts = parts
+        if resume is None:
+            self.features = FeatureState(parts.spec)
+            self.model = IntentModel(parts.model, parts.spec.spec_hash)
+            self.labels = LabelBook(parts.labels)
+            self.policy = Policy(parts.catalog, parts.model.threshold)
+            self.seen: dict[str, int] = {}
+            self.watermark = 0
+            self.counters: dict[str, int] = {}
+        else:
+            self._restore(resume)
+        self._next_housekeeping = time.monotonic() + parts.notify_interval_s
+        self._names = parts.spec.names
+        self._descriptions = parts.spec.descriptions
+        self._top_k = parts.model.reason_top_k
+        self._conv_types = frozenset(parts.labels.conversion_types)
+        self._conv_results = frozenset(parts.labels.conversion_outcome_results)
+
+    # --- state -------------------------------------------------------------------
+
+    def _restore(self, snap: ShardSnapshot) -> None:
+        if snap.schema_version != SNAPSHOT_SCHEMA_VERSION:
+            raise SnapshotMismatchError(
+                f"shard snapshot schema {snap.schema_version} cannot be read by this version "
+                f"(expects {SNAPSHOT_SCHEMA_VERSION}); start from a new recovery directory"
+            )
+        if snap.spec_hash != self._parts.spec.spec_hash:
+            raise SnapshotMismatchError(
+                f"the recovery directory was written with feature spec {snap.spec_hash}, "
+                f"the configuration now has {self._parts.spec.spec_hash}; restore the old "
+                "spec or start from a new recovery directory"
+            )
+        if snap.model_kind != self._parts.model.kind:
+            raise SnapshotMismatchError(
+                f"the recovery directory holds a {snap.model_kind!r} model, the configuration "
+                f"asks for {self._parts.model.kind!r}; export/import the model or start anew"
+            )
+        state = pickle.loads(snap.state)
+        self.features = FeatureState.restore(self._parts.spec, state["features"])
+        self.model = state["model"]
+        self.labels = state["labels"]
+        self.policy = state["policy"]
+        self.seen = state["seen"]
+        self.watermark = state["watermark"]
+        self.counters = state["counters"]
+
+    def snapshot(self) -> ShardSnapshot:
+        state = {
+            "features": self.features.snapshot(),
+            "model": self.model,
+            "labels": self.labels,
+            "policy": self.policy,
+            "seen": self.seen,
+            "watermark": self.watermark,
+            "counters": self.counters,
+        }
+        return ShardSnapshot(
+            SNAPSHOT_SCHEMA_VERSION,
+            self._parts.spec.spec_hash,
+            self._parts.model.kind,
+            pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL),
+        )
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # --- processing ------------------------------------------------------------------
+
+    def _dedup(self, events: list[Event]) -> list[Event]:
+        seen = self.seen
+        fresh = []
+        for ev in events:
+            if ev.event_id in seen:
+                continue
+            seen[ev.event_id] = ev.ts_ms
+            fresh.append(ev)
+        dups = len(events) - len(fresh)
+        if dups:
+            self._count("duplicates", dups)
+        return fresh
+
+    def _trim_seen(self) -> None:
+        """Forget ids older than the de-duplication window (insertion order ≈ time)."""
+        seen = self.seen
+        cutoff = self.watermark - self._parts.dedup_window_ms
+        excess = len(seen) - self._parts.dedup_max
+        it = iter(seen.items())
+        drop = []
+        for eid, ts in it:
+            if excess > 0 or ts < cutoff:
+                drop.append(eid)
+                excess -= 1
+            else:
+                break
+        for eid in drop:
+            del seen[eid]
+
+    def _learn(self, matured: list[Any]) -> None:
+        if not matured:
+            return
+        X = np.stack([m.features for m in matured])
+        y = np.fromiter((m.label for m in matured), dtype=bool, count=len(matured))
+        self.model.learn_batch(X, y, self._names)
+        self._count("labels", len(matured))
+
+    def on_batch(self, values: list[Event]) -> tuple[Iterable[Output], bool]:
+        events = self._dedup(values)
+        if not events:
+            return [], StatefulBatchLogic.RETAIN
+        self._count("events", len(events))
+        batch = self.features.update(events)
+        feats = batch.values
+        self.watermark = max(self.watermark, max(ev.ts_ms for ev in events))
+
+        # Conversions resolve pending decision points first (positives), then
+        # the watermark expires the rest (negatives); the model learns from
+        # both before it scores this batch.
+        matured: list[Any] = []
+        for ev in events:
+            if ev.type in self._conv_types or (
+                ev.type == "outcome" and ev.props.get("result") in self._conv_results
+            ):
+                matured.extend(self.labels.on_conversion(ev.entity_id, ev.ts_ms))
+        matured.extend(self.labels.expire(self.watermark))
+        self._learn(matured)
+
+        scores = self.model.score_batch(feats, self._names)
+        out: list[Output] = []
+        latest: dict[str, int] = {}
+        now_ms = time.time() * 1000.0
+        model_name = self.model.name
+        model_version = self.model.version
+        for i, ev in enumerate(events):
+            if ev.type == "outcome":
+                self.policy.feedback(ev)
+                continue
+            score = float(scores[i])
+            latest[ev.entity_id] = i
+            self.labels.observe(ev.entity_id, ev.ts_ms, feats[i], score)
+            if not self.model.ready:
+                continue
+            decision = self.policy.decide(ev, score, feats[i], self._names)
+            if decision is None:
+                continue
+            out.append(AlertOut(self._alert(ev, score, feats[i], decision, now_ms)))
+            self._count("alerts")
+            self._count(f"alerts:{decision.action_id}")
+        for entity_id, i in latest.items():
+            out.append(ScoreOut(entity_id, float(scores[i]), events[i].ts_ms, model_version))
+        del model_name
+        self._housekeeping_if_due()
+        return out, StatefulBatchLogic.RETAIN
+
+    def _alert(
+        self, ev: Event, score: float, row: np.ndarray, decision: Any, now_ms: float
+    ) -> dict[str, Any]:
+        threshold = self._parts.model.threshold
+        return {
+            "schema_version": ALERT_SCHEMA_VERSION,
+            "alert_id": alert_id(ev.entity_id, MODEL_TRIGGER, ev.event_id),
+            "entity_id": ev.entity_id,
+            "account_id": ev.account_id,
+            "owner": ev.props.get("owner") if isinstance(ev.props.get("owner"), str) else None,
+            "event_ts": ev.ts_ms,
+            "ingest_ts": ev.ingest_ts,
+            "emit_ts": now_ms,
+            "score": round(score, 6),
+            "trigger": {"kind": "model", "id": MODEL_TRIGGER, "threshold": threshold},
+            "action": {
+                "id": decision.action_id,
+                "channel": decision.channel,
+                "priority": decision.priority,
+                "probability": decision.probability,
+                "why": decision.why,
+            },
+            "reasons": self.model.explain(row, self._names, self._descriptions, self._top_k),
+            "model": {"name": self.model.name, "version": self.model.version},
+            "trace": {
+                "event_ids": [ev.event_id],
+                "event_type": ev.type,
+                "source": ev.source,
+                "offset": ev.offset,
+                "produced_ts": ev.produced_ts,
+            },
+        }
+
+    # --- time ----------------------------------------------------------------------
+
+    def _housekeeping_if_due(self) -> None:
+        if time.monotonic() >= self._next_housekeeping:
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        self._next_housekeeping = time.monotonic() + self._parts.notify_interval_s
+        self._learn(self.labels.expire(self.watermark))
+        evicted = self.features.evict_idle(self.watermark)
+        if evicted:
+            self._count("evicted", evicted)
+        self._trim_seen()
+
+    def notify_at(self) -> datetime | None:
+        delay = max(0.0, self._next_housekeeping - time.monotonic())
+        return datetime.now(UTC) + timedelta(seconds=delay)
+
+    def on_notify(self) -> tuple[Iterable[Output], bool]:
+        self._housekeeping()
+        return [], StatefulBatchLogic.RETAIN

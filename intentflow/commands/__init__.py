@@ -1,0 +1,1 @@
+"""Implementations of the ``intentflow`` subcommands (imported lazily by the CLI)."""

@@ -1,0 +1,160 @@
+"""Turn a :class:`~intentflow.config.Config` into a runnable dataflow.
+
+This is where I/O is chosen (sources, sinks, recovery); the flow itself is
+built by :func:`intentflow.dataflows.flow.build_flow` with no I/O of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from intentflow.config import Config
+from intentflow.dataflows.flow import build_flow
+from intentflow.dataflows.sources import (
+    GeneratorSource,
+    JsonlFileSource,
+    RawItem,
+    RedisStreamSource,
+)
+from intentflow.errors import ConfigError, RecoveryError
+from intentflow.generator import GeneratorConfig
+from intentflow.sinks.redis_sink import RedisSink, RedisSinkConfig
+
+__all__ = [
+    "generator_config",
+    "make_flow",
+    "make_sink",
+    "make_source",
+    "prepare_recovery",
+]
+
+log = logging.getLogger(__name__)
+
+
+def generator_config(table: Any, **overrides: Any) -> GeneratorConfig:
+    """A :class:`GeneratorConfig` from the ``[generator]`` table plus overrides."""
+    known = set(GeneratorConfig.__dataclass_fields__)
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(
+            f"generator: unknown key(s) {sorted(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    cfg = GeneratorConfig(**dict(table))
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, **clean) if clean else cfg
+
+
+def make_source(config: Config) -> Source[RawItem]:
+    """The input source named by ``input.source``."""
+    inp = config.input
+    if inp.source == "redis":
+        return RedisStreamSource(
+            url=config.redis.url,
+            prefix=inp.events_prefix,
+            partitions=inp.partitions,
+            batch_size=inp.batch_size,
+            poll_idle_ms=inp.poll_idle_ms,
+            start_id=inp.start_id,
+            duration_s=inp.duration_s,
+            count=inp.count,
+        )
+    if inp.source == "file":
+        paths = [p.strip() for p in inp.path.split(",") if p.strip()]
+        if not paths:
+            raise ConfigError("input.path: required with input.source = 'file' (--path FILE)")
+        for p in paths:
+            if not Path(p).is_file():
+                raise ConfigError(f"input.path: {p} is not a file")
+        return JsonlFileSource(
+            paths,
+            batch_size=inp.batch_size,
+            rate=inp.rate,
+            duration_s=inp.duration_s,
+            count=inp.count,
+        )
+    return GeneratorSource(
+        generator_config(config.generator),
+        batch_size=inp.batch_size,
+        rate=inp.rate,
+        duration_s=inp.duration_s,
+        count=inp.count,
+    )
+
+
+def make_sink(config: Config) -> RedisSink:
+    """The Redis sink for alerts, latest scores and dead letters."""
+    out = config.output
+    return RedisSink(
+        RedisSinkConfig(
+            url=config.redis.url,
+            alerts_stream=out.alerts_stream,
+            alerts_maxlen=out.alerts_maxlen,
+            dlq_stream=out.dlq_stream,
+            dlq_maxlen=out.dlq_maxlen,
+            score_key_prefix=out.score_key_prefix,
+            score_ttl_s=out.score_ttl_s,
+            seen_key_prefix=out.seen_key_prefix,
+            seen_ttl_s=out.seen_ttl_s,
+            max_retries=out.max_retries,
+        )
+    )
+
+
+def make_flow(config: Config) -> Dataflow:
+    """The production dataflow for ``config``."""
+    return build_flow(config, make_source(config), make_sink(config))
+
+
+def prepare_recovery(config: Config, *, init: bool, partitions: int = 1) -> RecoveryConfig | None:
+    """Check (or, with ``init``, create) the recovery directory.
+
+    A missing or empty directory is an error unless ``init`` is given: the
+    engine never starts over silently. New directories are owner-only because
+    Bytewax loads pickles from them (a trust boundary, see docs/operations.md).
+    """
+    rec = config.recovery
+    if not rec.dir:
+        return None
+    path = Path(rec.dir)
+    parts = sorted(path.glob("part-*.sqlite3")) if path.is_dir() else []
+    if not parts:
+        if not init:
+            state = "does not exist" if not path.exists() else "holds no recovery partitions"
+            raise RecoveryError(
+                f"recovery directory {path} {state}; pass --init-recovery to create a new one "
+                "(this starts from an empty state), or point --recovery-dir at the right place"
+            )
+        if path.exists() and any(path.iterdir()):
+            raise RecoveryError(
+                f"recovery directory {path} is not empty but holds no recovery partitions; "
+                "refusing to initialise over unknown files"
+            )
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        init_db_dir(path, partitions)
+        log.info("initialised recovery directory %s with %d partition(s)", path, partitions)
+    else:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning(
+                "recovery directory %s is accessible by other users (mode %o); "
+                "it holds pickles that are loaded on resume: chmod 700 it",
+                path,
+                mode,
+            )
+    return RecoveryConfig(path, backup_interval=timedelta(seconds=rec.backup_interval_s))
+
+
+def epoch_interval(config: Config) -> timedelta:
+    """The Bytewax epoch (= snapshot) interval."""
+    return timedelta(seconds=config.recovery.snapshot_interval_s)

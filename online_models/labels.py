@@ -1,0 +1,296 @@
+"""Delayed labels: decision points wait for a conversion or for the horizon.
+
+A *decision point* is a moment at which an entity was scored (and could have
+been alerted). It becomes a positive when the entity converts within
+``horizon_ms`` of event time after it, and a negative once the shard's
+watermark (the latest event time it has seen) passes that horizon without a
+conversion. Matured points are the training rows of the model.
+
+>>> import numpy as np
+>>> book = LabelBook(LabelConfig(horizon_ms=1_000, min_gap_ms=100))
+>>> book.observe("c-1", 0, np.array([1.0, 2.0]), 0.3)
+True
+>>> book.observe("c-1", 50, np.array([1.0, 2.0]), 0.3)  # within min_gap: decimated
+False
+>>> book.observe("c-2", 10, np.array([0.0, 0.0]), 0.1)
+True
+>>> [(m.entity_id, m.label, m.delay_ms) for m in book.on_conversion("c-1", 400)]
+[('c-1', True, 400)]
+>>> book.next_deadline_ms()
+1011
+>>> [(m.entity_id, m.label, m.delay_ms) for m in book.expire(1_011)]
+[('c-2', False, 1000)]
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from intentflow.events import Event
+from intentflow.online_models._validate import InvalidFieldError, build_dataclass
+
+__all__ = ["LabelBook", "LabelConfig", "Matured", "to_arrays"]
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How decision points are recorded and labelled (all times are event time, ms).
+
+    ``horizon_ms`` defaults to 30 minutes: three times the ~10-minute
+    journeys of the synthetic generator, so a purchase at the end of a
+    journey still labels its early decision points, while negatives mature
+    soon enough to be learned during a short run.
+    """
+
+    horizon_ms: int = 30 * 60 * 1000
+    conversion_types: tuple[str, ...] = ("purchase",)
+    conversion_outcome_results: tuple[str, ...] = ("converted",)
+    max_pending_per_entity: int = 4
+    max_pending_total: int = 200_000
+    min_gap_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if self.horizon_ms < 1:
+            raise InvalidFieldError("horizon_ms", f"must be >= 1, got {self.horizon_ms!r}")
+        if self.min_gap_ms < 0:
+            raise InvalidFieldError("min_gap_ms", f"must be >= 0, got {self.min_gap_ms!r}")
+        for key in ("max_pending_per_entity", "max_pending_total"):
+            if getattr(self, key) < 1:
+                raise InvalidFieldError(key, f"must be >= 1, got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "labels") -> LabelConfig:
+        """Build from a TOML table; a :class:`ConfigError` names the bad key."""
+        return build_dataclass(cls, data, where)
+
+    def is_conversion(self, event: Event) -> bool:
+        """A conversion: a ``conversion_types`` event, or an ``outcome`` whose
+        ``props.result`` is in ``conversion_outcome_results``."""
+        if event.type in self.conversion_types:
+            return True
+        return (
+            event.type == "outcome"
+            and event.props.get("result") in self.conversion_outcome_results
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Matured:
+    """A decision point whose label is known.
+
+    ``label_ts_ms`` is when the label became known in event time: the
+    conversion for a positive, ``decision_ts_ms + horizon_ms`` for a negative.
+    """
+
+    entity_id: str
+    decision_ts_ms: int
+    label_ts_ms: int
+    features: FloatArray
+    score: float
+    label: bool
+
+    @property
+    def delay_ms(self) -> int:
+        """Label delay: conversion time (or horizon end) minus decision time."""
+        return self.label_ts_ms - self.decision_ts_ms
+
+
+def to_arrays(
+    matured: Sequence[Matured], n_features: int
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Stack matured points into ``(X, y)`` for :meth:`IntentModel.learn_batch`."""
+    X = np.empty((len(matured), n_features), dtype=np.float64)
+    for i, m in enumerate(matured):
+        X[i] = m.features
+    y = np.fromiter((m.label for m in matured), dtype=bool, count=len(matured))
+    return X, y
+
+
+# (seq, decision ts, feature row, score): one pending decision point.
+_Point = tuple[int, int, FloatArray, float]
+
+
+class LabelBook:
+    """Pending decision points of one shard, bounded and picklable.
+
+    The clock is the *watermark*: the largest event time passed to
+    :meth:`observe`, :meth:`on_conversion` or :meth:`expire`. It never moves
+    back. Points expire (become negatives) when ``ts + horizon_ms <
+    watermark``; a point whose horizon already ended when it arrives is
+    refused as late.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    def __init__(self, config: LabelConfig | None = None) -> None:
+        self.config = config if config is not None else LabelConfig()
+        self._pending: dict[str, list[_Point]] = {}
+        self._heap: list[tuple[int, int, str]] = []  # (ts, seq, entity); stale entries skipped
+        self._seq = 0
+        self._n_pending = 0
+        self._n_features: int | None = None
+        self.watermark_ms: int | None = None
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "observed",
+                "decimated",
+                "bounded",
+                "late",
+                "positives",
+                "negatives",
+                "evicted",
+                "late_conversions",
+            ),
+            0,
+        )
+
+    @property
+    def n_pending(self) -> int:
+        """Decision points waiting for a label."""
+        return self._n_pending
+
+    @property
+    def n_entities(self) -> int:
+        """Entities with at least one pending point."""
+        return len(self._pending)
+
+    def pending(self, entity_id: str) -> int:
+        """Pending points of one entity."""
+        return len(self._pending.get(entity_id, ()))
+
+    def _advance(self, ts_ms: int) -> None:
+        if self.watermark_ms is None or ts_ms > self.watermark_ms:
+            self.watermark_ms = ts_ms
+
+    def observe(self, entity_id: str, ts_ms: int, features_row: FloatArray, score: float) -> bool:
+        """Record a decision point; False when decimated, late or over a bound.
+
+        Decimated: the entity has a pending point less than ``min_gap_ms``
+        away. Bounded: ``max_pending_per_entity`` or ``max_pending_total``
+        reached (the new point is refused, older ones keep their place).
+        """
+        ts = int(ts_ms)
+        cfg = self.config
+        if self.watermark_ms is not None and ts + cfg.horizon_ms < self.watermark_ms:
+            self.counts["late"] += 1
+            return False
+        self._advance(ts)
+        points = self._pending.get(entity_id)
+        if points is not None:
+            if any(abs(ts - p[1]) < cfg.min_gap_ms for p in points):
+                self.counts["decimated"] += 1
+                return False
+            if len(points) >= cfg.max_pending_per_entity:
+                self.counts["bounded"] += 1
+                return False
+        if self._n_pending >= cfg.max_pending_total:
+            self.counts["bounded"] += 1
+            return False
+        row = np.array(features_row, dtype=np.float64, copy=True).reshape(-1)
+        if self._n_features is None:
+            self._n_features = row.shape[0]
+        elif row.shape[0] != self._n_features:
+            raise ValueError(
+                f"features_row: expected {self._n_features} values, got {row.shape[0]}"
+            )
+        seq = self._seq
+        self._seq += 1
+        self._pending.setdefault(entity_id, []).append((seq, ts, row, float(score)))
+        heapq.heappush(self._heap, (ts, seq, entity_id))
+        self._n_pending += 1
+        self.counts["observed"] += 1
+        return True
+
+    def on_conversion(self, entity_id: str, ts_ms: int) -> list[Matured]:
+        """Positives: the entity's pending points with ts in ``[ts - horizon, ts)``."""
+        ts = int(ts_ms)
+        if self.watermark_ms is not None and ts < self.watermark_ms:
+            self.counts["late_conversions"] += 1
+        self._advance(ts)
+        points = self._pending.get(entity_id)
+        if not points:
+            return []
+        low = ts - self.config.horizon_ms
+        hit = [p for p in points if low <= p[1] < ts]
+        if not hit:
+            return []
+        keep = [p for p in points if not low <= p[1] < ts]
+        if keep:
+            self._pending[entity_id] = keep
+        else:
+            del self._pending[entity_id]
+        self._n_pending -= len(hit)
+        self.counts["positives"] += len(hit)
+        hit.sort(key=lambda p: (p[1], p[0]))
+        return [Matured(entity_id, p[1], ts, p[2], p[3], True) for p in hit]
+
+    def _live(self, seq: int, entity_id: str) -> _Point | None:
+        for p in self._pending.get(entity_id, ()):
+            if p[0] == seq:
+                return p
+        return None
+
+    def _drop_stale_top(self) -> None:
+        heap = self._heap
+        while heap and self._live(heap[0][1], heap[0][2]) is None:
+            heapq.heappop(heap)
+
+    def expire(self, now_ms: int) -> list[Matured]:
+        """Negatives: points with ``ts + horizon < watermark``, oldest first.
+
+        ``now_ms`` is the shard's latest event time; it advances the watermark.
+        """
+        self._advance(int(now_ms))
+        assert self.watermark_ms is not None
+        horizon = self.config.horizon_ms
+        out: list[Matured] = []
+        heap = self._heap
+        while heap and heap[0][0] + horizon < self.watermark_ms:
+            ts, seq, entity_id = heapq.heappop(heap)
+            point = self._live(seq, entity_id)
+            if point is None:
+                continue
+            points = self._pending[entity_id]
+            points.remove(point)
+            if not points:
+                del self._pending[entity_id]
+            out.append(Matured(entity_id, ts, ts + horizon, point[2], point[3], False))
+        self._n_pending -= len(out)
+        self.counts["negatives"] += len(out)
+        self._compact()
+        return out
+
+    def next_deadline_ms(self) -> int | None:
+        """The smallest watermark at which :meth:`expire` matures something."""
+        self._drop_stale_top()
+        if not self._heap:
+            return None
+        return self._heap[0][0] + self.config.horizon_ms + 1
+
+    def evict_entity(self, entity_id: str) -> int:
+        """Forget an entity's pending points (unlabelled); returns how many."""
+        points = self._pending.pop(entity_id, None)
+        if not points:
+            return 0
+        self._n_pending -= len(points)
+        self.counts["evicted"] += len(points)
+        self._compact()
+        return len(points)
+
+    def _compact(self) -> None:
+        """Rebuild the heap when stale entries outnumber live ones."""
+        if len(self._heap) > 2 * self._n_pending + 1024:
+            self._heap = [(p[1], p[0], e) for e, pts in self._pending.items() for p in pts]
+            heapq.heapify(self._heap)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation plus the current ``pending`` and ``entities``."""
+        return {**self.counts, "pending": self._n_pending, "entities": len(self._pending)}
