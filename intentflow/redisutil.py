@@ -317,15 +317,18 @@ class EmbeddedRedis:
         if not self.running:
             return
         client = connect(self.url, socket_connect_timeout=1.0, socket_timeout=timeout_s)
+        refused = False
         try:
-            client.shutdown(nosave=not self.persistence, save=self.persistence)
+            client.execute_command("SHUTDOWN", "SAVE" if self.persistence else "NOSAVE")
+        except (redis.AuthenticationError, redis.ResponseError):
+            refused = True  # e.g. a password was set on the server: SIGTERM instead
         except (redis.RedisError, OSError):
-            pass
+            pass  # the server closing the connection is the normal answer
         finally:
             client.close()
         assert self._proc is not None
         try:
-            self._proc.wait(timeout=timeout_s)
+            self._proc.wait(timeout=0 if refused else timeout_s)
         except subprocess.TimeoutExpired:
             self._terminate()
 

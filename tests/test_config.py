@@ -1,0 +1,59 @@
+"""Typed configuration: files, environment, flags, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from intentflow.config import load_config
+from intentflow.errors import ConfigError
+
+
+def test_defaults() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.input.partitions == 1
+    assert cfg.input.events_prefix == "intentflow:events:"
+    assert cfg.output.alerts_stream == "intentflow:alerts"
+    assert cfg.redis.url == ""
+
+
+def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[input]\npartitions = 2\nsource = "file"\n[engine]\nshards = 8\n')
+    cfg = load_config(path, env={"INTENTFLOW__ENGINE__SHARDS": "16", "REDIS_URL": "redis://h"})
+    assert (cfg.input.partitions, cfg.input.source, cfg.engine.shards) == (2, "file", 16)
+    assert cfg.redis.url == "redis://h"
+    cfg2 = cfg.with_overrides({"input.partitions": 5, "engine.shards": None})
+    assert (cfg2.input.partitions, cfg2.engine.shards) == (5, 16)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[input]\npartitions = 0\n", "input.partitions: must be > 0"),
+        ('[input]\nsource = "kafkaa"\n', "input.source"),
+        ("[input]\nbatchsize = 3\n", "input.batchsize: unknown key 'batchsize'"),
+        ("[inptu]\n", "unknown section"),
+        ("[output]\nalerts_stream = 3\n", "output.alerts_stream: expected a string"),
+        ("[input\n", "c.toml"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(path, env={})
+    assert needle in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/intentflow.toml", env={})
+
+
+def test_redacted_hides_password() -> None:
+    cfg = load_config(None, env={"REDIS_URL": "redis://user:s3cret@host:6379/0"})
+    assert "s3cret" not in str(cfg.redacted())
+    assert "s3cret" not in cfg.config_hash()
+    assert cfg.redis.url.endswith("@host:6379/0")

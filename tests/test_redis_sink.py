@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import bytewax.operators as op
+import pytest
+import redis
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+
+from intentflow.errors import SinkError
+from intentflow.redisutil import EmbeddedRedis, connect
+from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut
+from intentflow.sinks.redis_sink import RedisOutputWriter, RedisSink, RedisSinkConfig
+
+ALERTS = "intentflow:alerts"
+DLQ = "intentflow:dlq"
+
+
+def alert(alert_id: str, entity_id: str = "e1", **extra: Any) -> AlertOut:
+    return AlertOut({"alert_id": alert_id, "entity_id": entity_id, "score": 0.9, **extra})
+
+
+def stream_alerts(client: redis.Redis, stream: str = ALERTS) -> list[dict[str, Any]]:
+    return [json.loads(fields[b"alert"]) for _, fields in client.xrange(stream)]
+
+
+@pytest.fixture
+def writer(redis_url: str, redis_client: redis.Redis) -> Iterator[RedisOutputWriter]:
+    w = RedisOutputWriter(RedisSinkConfig(url=redis_url), seed=1)
+    yield w
+    w.close()
+
+
+def test_output_records_pickle_round_trip() -> None:
+    items: list[Output] = [
+        alert("a1", reasons=["pricing page"]),
+        ScoreOut("e1", 0.25, 1_700_000_000_000, "logreg-v1"),
+        DeadLetterOut({"reason": "bad json", "raw": "{"}),
+    ]
+    assert pickle.loads(pickle.dumps(items)) == items
+
+
+def test_alerts_are_appended_in_order_with_seen_keys(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    items: list[Output] = [alert("a1"), alert("a2", "e2", note="ü"), alert("a3")]
+    writer.write_batch(items)
+    assert stream_alerts(redis_client) == [i.alert for i in items if isinstance(i, AlertOut)]
+    for alert_id in ("a1", "a2", "a3"):
+        ttl = redis_client.ttl(f"intentflow:alert-seen:{alert_id}")
+        assert 0 < ttl <= 7 * 86400
+    assert (writer.alerts_written, writer.alerts_duplicate, writer.batches) == (3, 0, 1)
+    assert writer.last_batch_latency_s > 0
+
+
+def test_scores_keep_last_per_entity_with_ttl(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    writer.write_batch(
+        [
+            ScoreOut("e1", 0.1, 1000, "m1"),
+            ScoreOut("e2", 0.5, 1500, "m1"),
+            ScoreOut("e1", 0.75, 2000, "m2"),
+        ]
+    )
+    assert redis_client.hgetall("intentflow:score:e1") == {
+        b"score": b"0.75",
+        b"ts": b"2000",
+        b"model": b"m2",
+    }
+    assert redis_client.hgetall("intentflow:score:e2") == {
+        b"score": b"0.5",
+        b"ts": b"1500",
+        b"model": b"m1",
+    }
+    assert 0 < redis_client.ttl("intentflow:score:e1") <= 7 * 86400
+    assert writer.scores_written == 2
+
+
+def test_dead_letters_go_to_the_dlq_stream(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    records = [{"reason": "schema", "raw": '{"x": 1}'}, {"reason": "too_large", "size": 10**7}]
+    writer.write_batch([DeadLetterOut(r) for r in records])
+    got = [json.loads(fields[b"dlq"]) for _, fields in redis_client.xrange(DLQ)]
+    assert got == records
+    assert writer.dead_letters_written == 2
+
+
+def test_replayed_batch_writes_each_alert_once(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    batch: list[Output] = [alert(f"a{i}", f"e{i % 3}") for i in range(20)]
+    writer.write_batch(batch)
+    writer.write_batch(batch)
+    ids = [a["alert_id"] for a in stream_alerts(redis_client)]
+    assert ids == [f"a{i}" for i in range(20)]
+    assert (writer.alerts_written, writer.alerts_duplicate) == (20, 20)
+
+
+def test_same_alert_twice_in_one_batch_is_written_once(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    writer.write_batch([alert("dup"), alert("other"), alert("dup")])
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["dup", "other"]
+    assert writer.alerts_duplicate == 1
+
+
+def test_replay_from_a_second_writer_is_also_deduplicated(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    cfg = RedisSinkConfig(url=redis_url)
+    first, second = RedisOutputWriter(cfg), RedisOutputWriter(cfg)
+    first.write_batch([alert("x1"), alert("x2")])
+    second.write_batch([alert("x2"), alert("x3")])
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["x1", "x2", "x3"]
+    first.close()
+    second.close()
+
+
+def test_alerts_stream_is_trimmed_approximately(redis_url: str, redis_client: redis.Redis) -> None:
+    w = RedisOutputWriter(RedisSinkConfig(url=redis_url, alerts_maxlen=10, dlq_maxlen=10))
+    w.write_batch([alert(f"t{i}") for i in range(600)])
+    w.write_batch([DeadLetterOut({"n": i}) for i in range(600)])
+    assert 10 <= redis_client.xlen(ALERTS) < 600
+    assert 10 <= redis_client.xlen(DLQ) < 600
+    w.close()
+
+
+def test_custom_names_and_ttls(redis_url: str, redis_client: redis.Redis) -> None:
+    cfg = RedisSinkConfig(
+        url=redis_url,
+        alerts_stream="t:alerts",
+        dlq_stream="t:dlq",
+        score_key_prefix="t:s:",
+        score_ttl_s=60,
+        seen_key_prefix="t:seen:",
+        seen_ttl_s=30,
+    )
+    w = RedisOutputWriter(cfg)
+    w.write_batch([alert("c1"), ScoreOut("e9", 1.0, 5, "m"), DeadLetterOut({"r": 1})])
+    assert [a["alert_id"] for a in stream_alerts(redis_client, "t:alerts")] == ["c1"]
+    assert redis_client.xlen("t:dlq") == 1
+    assert 0 < redis_client.ttl("t:s:e9") <= 60
+    assert 0 < redis_client.ttl("t:seen:c1") <= 30
+    assert redis_client.exists(ALERTS, DLQ, "intentflow:score:e9") == 0
+    w.close()
+
+
+def test_malformed_records_are_rejected_before_writing(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    with pytest.raises(ValueError, match="alert_id"):
+        writer.write_batch([alert("ok"), AlertOut({"entity_id": "e1"})])
+    with pytest.raises(TypeError):
+        writer.write_batch([alert("ok"), "not a record"])  # type: ignore[list-item]
+    assert redis_client.exists(ALERTS) == 0
+
+
+def test_rejected_write_raises_and_leaves_no_seen_key(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    redis_client.set(ALERTS, "not a stream")
+    with pytest.raises(SinkError, match="WRONGTYPE"):
+        writer.write_batch([alert("w1")])
+    assert redis_client.exists("intentflow:alert-seen:w1") == 0
+    redis_client.delete(ALERTS)
+    writer.write_batch([alert("w1")])  # nothing marked it seen: it is written now
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["w1"]
+
+
+def test_script_flush_is_handled_without_duplicating_other_writes(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    writer.write_batch([alert("f1"), DeadLetterOut({"n": 1})])
+    redis_client.script_flush()
+    writer.write_batch([alert("f2"), DeadLetterOut({"n": 2}), alert("f3")])
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["f1", "f2", "f3"]
+    assert redis_client.xlen(DLQ) == 2
+    assert writer.script_loads == 2
+    assert writer.retries == 0
+
+
+def test_sink_survives_a_redis_restart_between_batches() -> None:
+    with EmbeddedRedis(persistence=True) as server:
+        client = connect(server.url)
+        w = RedisOutputWriter(RedisSinkConfig(url=server.url), seed=3)
+        w.write_batch([alert("r1"), alert("r2")])
+        server.stop()
+        server.start()  # scripts are gone, the data (and seen keys) are back
+        w.write_batch([alert("r2"), alert("r3")])
+        assert [a["alert_id"] for a in stream_alerts(client)] == ["r1", "r2", "r3"]
+        assert w.alerts_duplicate == 1
+        assert w.script_loads == 2
+        w.close()
+        client.close()
+
+
+def test_sink_retries_until_redis_comes_back() -> None:
+    with EmbeddedRedis() as server:
+        cfg = RedisSinkConfig(
+            url=server.url, max_retries=40, backoff_base_s=0.02, backoff_max_s=0.1
+        )
+        w = RedisOutputWriter(cfg, seed=4)
+        w.write_batch([alert("before")])
+        server.stop()
+        restarter = threading.Timer(0.3, server.start)
+        restarter.start()
+        try:
+            w.write_batch([alert("during"), ScoreOut("e1", 0.5, 1, "m")])
+        finally:
+            restarter.join()
+        client = connect(server.url)
+        assert [a["alert_id"] for a in stream_alerts(client)] == ["during"]  # no persistence
+        assert client.hget("intentflow:score:e1", "score") == b"0.5"
+        assert w.retries >= 1
+        assert w.batches == 2
+        w.close()
+        client.close()
+
+
+def test_sink_gives_up_after_retry_budget_without_leaking_password() -> None:
+    with EmbeddedRedis() as server:
+        url = f"unix://:Hunter2-Secret@{server.socket_path}"
+        server.stop()
+        cfg = RedisSinkConfig(url=url, max_retries=3, backoff_base_s=0.001, backoff_max_s=0.002)
+        w = RedisOutputWriter(cfg, seed=5)
+        with pytest.raises(SinkError) as info:
+            w.write_batch([alert("lost")])
+        message = str(info.value)
+        assert "Hunter2-Secret" not in message
+        assert "***" in message
+        assert "4 attempts" in message
+        assert w.retries == 3
+        assert w.batches == 0
+        assert "Hunter2-Secret" not in repr(w)
+        assert "Hunter2-Secret" not in repr(cfg)
+
+
+def test_sink_does_not_retry_bad_credentials() -> None:
+    with EmbeddedRedis() as server:
+        admin = connect(server.url)
+        admin.config_set("requirepass", "correct-horse")
+        url = f"unix://:battery-staple@{server.socket_path}"
+        w = RedisOutputWriter(RedisSinkConfig(url=url, max_retries=5), seed=6)
+        with pytest.raises(SinkError, match="credentials") as info:
+            w.write_batch([alert("a")])
+        assert "battery-staple" not in str(info.value)
+        assert w.retries == 0
+        w.close()
+        admin.close()
+
+
+def test_bytewax_dataflow_writes_through_redis_sink(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    items: list[Output] = [
+        alert("b1"),
+        ScoreOut("e1", 0.3, 10, "m"),
+        alert("b2", "e2"),
+        DeadLetterOut({"reason": "x"}),
+        alert("b1"),
+    ]
+
+    def run() -> None:
+        flow = Dataflow("redis_sink_test")
+        stream = op.input("inp", flow, TestingSource(items, batch_size=2))
+        op.output("out", stream, RedisSink(RedisSinkConfig(url=redis_url)))
+        run_main(flow)
+
+    run()
+    run()  # a full replay, as after a crash without recovery
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["b1", "b2"]
+    assert redis_client.hget("intentflow:score:e1", "score") == b"0.3"
+    assert redis_client.xlen(DLQ) == 2  # dead letters are at-least-once
