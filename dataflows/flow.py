@@ -46,7 +46,7 @@ def engine_parts(config: Config) -> EngineParts:
         ),
         dedup_window_ms=int(config.engine.dedup_window_s * 1000),
         dedup_max=config.engine.dedup_max_per_shard,
-        notify_interval_s=config.engine.notify_interval_s,
+        housekeeping_interval_ms=int(config.engine.housekeeping_interval_s * 1000),
     )
 
 

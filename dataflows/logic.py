@@ -15,7 +15,6 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
@@ -26,7 +25,7 @@ from intentflow.events import Event
 from intentflow.features.spec import FeatureSpec
 from intentflow.features.state import FeatureState
 from intentflow.online_models.catalog import ActionCatalog
-from intentflow.online_models.labels import LabelBook, LabelConfig
+from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
 from intentflow.online_models.model import IntentModel, ModelConfig
 from intentflow.online_models.policy import Policy, alert_id
 from intentflow.sinks.base import AlertOut, Output, ScoreOut
@@ -66,7 +65,7 @@ class EngineParts:
     catalog: ActionCatalog
     dedup_window_ms: int = 86_400_000
     dedup_max: int = 1_000_000
-    notify_interval_s: float = 1.0
+    housekeeping_interval_ms: int = 60_000
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,13 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             self.seen: dict[str, int] = {}
             self.watermark = 0
             self.counters: dict[str, int] = {}
+            self._next_housekeeping_ms = parts.housekeeping_interval_ms
         else:
             self._restore(resume)
-        self._next_housekeeping = time.monotonic() + parts.notify_interval_s
+        self._latest: dict[str, tuple[float, int]] = {}
         self._names = parts.spec.names
         self._descriptions = parts.spec.descriptions
         self._top_k = parts.model.reason_top_k
-        self._conv_types = frozenset(parts.labels.conversion_types)
-        self._conv_results = frozenset(parts.labels.conversion_outcome_results)
 
     # --- state -------------------------------------------------------------------
 
@@ -128,6 +126,7 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         self.seen = state["seen"]
         self.watermark = state["watermark"]
         self.counters = state["counters"]
+        self._next_housekeeping_ms = state["next_housekeeping_ms"]
 
     def snapshot(self) -> ShardSnapshot:
         state = {
@@ -138,6 +137,7 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             "seen": self.seen,
             "watermark": self.watermark,
             "counters": self.counters,
+            "next_housekeeping_ms": self._next_housekeeping_ms,
         }
         return ShardSnapshot(
             SNAPSHOT_SCHEMA_VERSION,
@@ -180,60 +180,86 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         for eid in drop:
             del seen[eid]
 
-    def _learn(self, matured: list[Any]) -> None:
+    def _learn(self, matured: list[Matured]) -> None:
         if not matured:
             return
-        X = np.stack([m.features for m in matured])
-        y = np.fromiter((m.label for m in matured), dtype=bool, count=len(matured))
+        X, y = to_arrays(matured, len(self._names))
         self.model.learn_batch(X, y, self._names)
         self._count("labels", len(matured))
+        self._count("labels_positive", int(y.sum()))
+
+    def _decide_segment(
+        self, events: list[Event], feats: np.ndarray, a: int, b: int, out: list[Output]
+    ) -> None:
+        """Score events ``a:b`` with the current model and decide on each, in order."""
+        if a >= b:
+            return
+        scores = self.model.score_batch(feats[a:b], self._names)
+        ready = self.model.ready
+        now_ms = time.time() * 1000.0
+        labels, policy = self.labels, self.policy
+        for j in range(a, b):
+            ev = events[j]
+            if ev.type == "outcome":
+                policy.feedback(ev)
+                continue
+            score = float(scores[j - a])
+            self._latest[ev.entity_id] = (score, ev.ts_ms)
+            labels.observe(ev.entity_id, ev.ts_ms, feats[j], score)
+            if not ready:
+                continue
+            decision = policy.decide(ev, score, feats[j], self._names)
+            if decision is not None:
+                out.append(AlertOut(self._alert(ev, score, feats[j], decision, now_ms)))
+                self._count("alerts")
 
     def on_batch(self, values: list[Event]) -> tuple[Iterable[Output], bool]:
+        """Process a batch exactly as if its events had arrived one by one.
+
+        Before event *i* is scored, the model has learned every label that
+        matured up to it: positives from conversions among events ``< i``
+        and negatives whose horizon ended before the watermark at *i*. The
+        batch is cut into segments at those points and each segment is
+        scored in one call, so results do not depend on batch boundaries
+        (which differ after a resume).
+        """
         events = self._dedup(values)
         if not events:
             return [], StatefulBatchLogic.RETAIN
         self._count("events", len(events))
         batch = self.features.update(events)
         feats = batch.values
-        self.watermark = max(self.watermark, max(ev.ts_ms for ev in events))
+        late = len(events) - int(batch.accepted.sum())
+        if late:
+            self._count("late_dropped", late)
 
-        # Conversions resolve pending decision points first (positives), then
-        # the watermark expires the rest (negatives); the model learns from
-        # both before it scores this batch.
-        matured: list[Any] = []
-        for ev in events:
-            if ev.type in self._conv_types or (
-                ev.type == "outcome" and ev.props.get("result") in self._conv_results
-            ):
-                matured.extend(self.labels.on_conversion(ev.entity_id, ev.ts_ms))
-        matured.extend(self.labels.expire(self.watermark))
-        self._learn(matured)
-
-        scores = self.model.score_batch(feats, self._names)
         out: list[Output] = []
-        latest: dict[str, int] = {}
-        now_ms = time.time() * 1000.0
-        model_name = self.model.name
-        model_version = self.model.version
+        self._latest = {}
+        labels = self.labels
+        is_conversion = self._parts.labels.is_conversion
+        deadline = labels.next_deadline_ms()
+        seg = 0
         for i, ev in enumerate(events):
-            if ev.type == "outcome":
-                self.policy.feedback(ev)
-                continue
-            score = float(scores[i])
-            latest[ev.entity_id] = i
-            self.labels.observe(ev.entity_id, ev.ts_ms, feats[i], score)
-            if not self.model.ready:
-                continue
-            decision = self.policy.decide(ev, score, feats[i], self._names)
-            if decision is None:
-                continue
-            out.append(AlertOut(self._alert(ev, score, feats[i], decision, now_ms)))
-            self._count("alerts")
-            self._count(f"alerts:{decision.action_id}")
-        for entity_id, i in latest.items():
-            out.append(ScoreOut(entity_id, float(scores[i]), events[i].ts_ms, model_version))
-        del model_name
-        self._housekeeping_if_due()
+            expire = False
+            if ev.ts_ms > self.watermark:
+                self.watermark = ev.ts_ms
+                expire = deadline is not None and deadline < self.watermark
+            convert = is_conversion(ev)
+            if expire or convert:
+                self._decide_segment(events, feats, seg, i, out)
+                seg = i
+                matured = labels.expire(self.watermark) if expire else []
+                if convert:
+                    matured.extend(labels.on_conversion(ev.entity_id, ev.ts_ms))
+                self._learn(matured)
+                deadline = labels.next_deadline_ms()
+        self._decide_segment(events, feats, seg, len(events), out)
+
+        version = self.model.version
+        for entity_id, (score, ts_ms) in self._latest.items():
+            out.append(ScoreOut(entity_id, score, ts_ms, version))
+        if self.watermark >= self._next_housekeeping_ms:
+            self._housekeeping()
         return out, StatefulBatchLogic.RETAIN
 
     def _alert(
@@ -271,22 +297,11 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
 
     # --- time ----------------------------------------------------------------------
 
-    def _housekeeping_if_due(self) -> None:
-        if time.monotonic() >= self._next_housekeeping:
-            self._housekeeping()
-
     def _housekeeping(self) -> None:
-        self._next_housekeeping = time.monotonic() + self._parts.notify_interval_s
-        self._learn(self.labels.expire(self.watermark))
+        """Evict idle entities and forget old ids; paced by event time (deterministic)."""
+        self._next_housekeeping_ms = self.watermark + self._parts.housekeeping_interval_ms
         evicted = self.features.evict_idle(self.watermark)
         if evicted:
             self._count("evicted", evicted)
+        self.policy.prune(self.watermark)
         self._trim_seen()
-
-    def notify_at(self) -> datetime | None:
-        delay = max(0.0, self._next_housekeeping - time.monotonic())
-        return datetime.now(UTC) + timedelta(seconds=delay)
-
-    def on_notify(self) -> tuple[Iterable[Output], bool]:
-        self._housekeeping()
-        return [], StatefulBatchLogic.RETAIN

@@ -121,7 +121,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         try:
             if self._client is None:
                 self._client = connect(self._src.url)
-            resp = self._client.xread(
+            resp: Any = self._client.xread(
                 {self._key: self._last_id}, count=self._stop.budget(self._src.batch_size)
             )
         except (redis.ConnectionError, redis.TimeoutError) as err:
@@ -141,7 +141,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             self._awake = datetime.now(UTC) + timedelta(milliseconds=self._src.poll_idle_ms)
             return []
         self._awake = None
-        entries = resp[0][1]
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = resp[0][1]
         now = _now_ms()
         label = self._label
         items = []

@@ -138,21 +138,21 @@ def parse_duration(value: object, where: str) -> int:
 
 
 def format_duration(ms: int) -> str:
-    """Canonical text of a duration: the largest unit that divides it.
+    """Canonical text of a duration: the largest unit that divides it (a day is 24h).
 
-    >>> format_duration(3_600_000), format_duration(90_000), format_duration(0)
-    ('1h', '90s', '0s')
+    >>> format_duration(3_600_000), format_duration(DAY), format_duration(90_000)
+    ('1h', '24h', '90s')
     """
     for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
-        if ms and ms % size == 0:
+        if ms and ms % size == 0 and not (unit == "d" and ms == DAY):
             return f"{ms // size}{unit}"
     return f"{ms // SECOND}s"
 
 
 def _words(ms: int) -> str:
     """'the last hour', 'the last 24 hours', 'the last 90 seconds'."""
-    for _, size, word in _UNIT_WORDS:
-        if ms % size == 0:
+    for unit, size, word in _UNIT_WORDS:
+        if ms % size == 0 and not (unit == "d" and ms == DAY):
             n = ms // size
             return f"the last {word}" if n == 1 else f"the last {n} {word}s"
     n = ms // SECOND
@@ -519,7 +519,7 @@ def _outputs(index: int, d: FeatureDef) -> list[OutputDef]:
                     "mean": f"average {desc} in {span}",
                     "min": f"smallest {desc} in {span}",
                     "max": f"largest {desc} in {span}",
-                    "distinct": f"distinct {_distinct_noun(d)} among {desc} in {span}",
+                    "distinct": f"distinct {_distinct_noun(d)} with {desc} in {span}",
                 }[agg]
                 name = f"{d.name}__{agg}__{format_duration(w)}"
                 out.append(OutputDef(name, text, index, agg, window_ms=w))
@@ -540,7 +540,7 @@ def _outputs(index: int, d: FeatureDef) -> list[OutputDef]:
         elif agg == "last":
             out.append(OutputDef(f"{d.name}__last", f"latest {desc}", index, agg))
         else:  # recency
-            text = f"seconds since the latest {desc}"
+            text = f"seconds since the most recent of the {desc}"
             out.append(OutputDef(f"{d.name}__recency_s", text, index, agg))
     return out
 

@@ -89,7 +89,7 @@ class EngineSection:
     shards: int = 4
     dedup_window_s: float = 86400.0
     dedup_max_per_shard: int = 1_000_000
-    notify_interval_s: float = 1.0
+    housekeeping_interval_s: float = 60.0  # event time between evictions/trims
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def _validate(obj: Any, where: str) -> None:
         "alerts_maxlen",
         "dlq_maxlen",
         "snapshot_interval_s",
-        "notify_interval_s",
+        "housekeeping_interval_s",
         "dedup_max_per_shard",
     }
     for f in fields(obj):

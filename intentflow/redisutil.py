@@ -319,11 +319,12 @@ class EmbeddedRedis:
         client = connect(self.url, socket_connect_timeout=1.0, socket_timeout=timeout_s)
         refused = False
         try:
-            client.execute_command("SHUTDOWN", "SAVE" if self.persistence else "NOSAVE")
+            client.ping()  # redis-py's shutdown() would hide a NOAUTH refusal
+            client.shutdown(nosave=not self.persistence, save=self.persistence)
         except (redis.AuthenticationError, redis.ResponseError):
             refused = True  # e.g. a password was set on the server: SIGTERM instead
         except (redis.RedisError, OSError):
-            pass  # the server closing the connection is the normal answer
+            pass
         finally:
             client.close()
         assert self._proc is not None

@@ -77,8 +77,7 @@ class LabelConfig:
         if event.type in self.conversion_types:
             return True
         return (
-            event.type == "outcome"
-            and event.props.get("result") in self.conversion_outcome_results
+            event.type == "outcome" and event.props.get("result") in self.conversion_outcome_results
         )
 
 
@@ -103,9 +102,7 @@ class Matured:
         return self.label_ts_ms - self.decision_ts_ms
 
 
-def to_arrays(
-    matured: Sequence[Matured], n_features: int
-) -> tuple[FloatArray, NDArray[np.bool_]]:
+def to_arrays(matured: Sequence[Matured], n_features: int) -> tuple[FloatArray, NDArray[np.bool_]]:
     """Stack matured points into ``(X, y)`` for :meth:`IntentModel.learn_batch`."""
     X = np.empty((len(matured), n_features), dtype=np.float64)
     for i, m in enumerate(matured):

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Final, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
-from river import compose, forest, linear_model, metrics, optim, preprocessing, tree, utils
+from river import forest, linear_model, metrics, optim, preprocessing, tree, utils
 
 from intentflow.errors import SnapshotMismatchError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass
@@ -186,8 +186,8 @@ class IntentModel:
         self.n_positive = 0
         self.n_refused = 0
         window = self.config.metrics_window
-        self._auc = metrics.RollingROCAUC(window_size=window)
-        self._log_loss = utils.Rolling(metrics.LogLoss, window_size=window)
+        self._auc: Any = metrics.RollingROCAUC(window_size=window)  # type: ignore[no-untyped-call]
+        self._log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
         self._ring_y = np.zeros(window, dtype=bool)
         self._ring_p = np.zeros(window)
         self._ring_next = 0
@@ -251,9 +251,7 @@ class IntentModel:
     def _check(self, X: object, names: Sequence[str]) -> tuple[FloatArray, tuple[str, ...]]:
         arr = np.asarray(X, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != len(names):
-            raise ValueError(
-                f"X: expected shape (n, {len(names)}) to match names, got {arr.shape}"
-            )
+            raise ValueError(f"X: expected shape (n, {len(names)}) to match names, got {arr.shape}")
         return arr, self._bind(names)
 
     # -- scoring ----------------------------------------------------------------------------
@@ -267,7 +265,9 @@ class IntentModel:
             out[finite] = _sigmoid(self._logits(X[finite], names))
         else:
             for i in np.flatnonzero(finite):
-                proba = self._estimator.predict_proba_one(dict(zip(names, X[i].tolist())))
+                proba = self._estimator.predict_proba_one(
+                    dict(zip(names, X[i].tolist(), strict=True))
+                )
                 total = sum(proba.values())
                 out[i] = proba.get(True, 0.0) / total if total > 0 else 0.0
         np.clip(out, 0.0, 1.0, out=out)
@@ -320,7 +320,7 @@ class IntentModel:
             self._update_metrics(labels, self._raw_scores(rows, bound))
         learn_one = self._estimator.learn_one
         for row, label in zip(rows.tolist(), labels.tolist(), strict=True):
-            learn_one(dict(zip(bound, row)), label)
+            learn_one(dict(zip(bound, row, strict=True)), label)
         if self._moments is not None:
             self._moments.update(rows)
         self.n_learned += rows.shape[0]

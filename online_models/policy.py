@@ -12,8 +12,9 @@ and starts that action's cooldown for the entity.
 >>> d = policy.decide(ev, 0.8, np.zeros(0), ())
 >>> d.action_id, d.channel, d.priority, d.probability
 ('book_demo', 'meeting', 240.0, 1.0)
->>> d.why
-'score 0.80 ≥ 0.70; highest priority among eligible: book_demo (value 300); skipped: call_now (score below its 0.90), retention_call (customers only)'
+>>> print(d.why)  # doctest: +NORMALIZE_WHITESPACE
+score 0.80 ≥ 0.70; highest priority among eligible: book_demo (value 300);
+skipped: call_now (score below its 0.90), retention_call (customers only)
 >>> policy.decide(ev, 0.8, np.zeros(0), ()).action_id  # book_demo is in cooldown now
 'offer_discount'
 >>> alert_id("c-1", "model:intent", "e-1")

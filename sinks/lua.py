@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-__all__ = ["ALERT_ONCE", "ALERT_ONCE_SHA"]
+__all__ = ["ALERT_ONCE", "ALERT_ONCE_SHA", "RECLAIM_IDS"]
 
 #: Append an alert to the alerts stream unless its id was seen recently.
 #:
@@ -28,3 +28,17 @@ return id
 
 #: SHA1 of :data:`ALERT_ONCE`, the name EVALSHA knows it by.
 ALERT_ONCE_SHA: Final[str] = hashlib.sha1(ALERT_ONCE.encode()).hexdigest()
+
+#: Claim stale pending entries of a consumer group, returning only their ids.
+#:
+#: KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] min idle (ms),
+#: ARGV[4] start id, ARGV[5] count. Returns ``{next_start_id, {ids...}}``.
+#: JUSTID keeps the ids of entries trimmed from the stream, which Redis 6.2
+#: reports as nil without their id in a full XAUTOCLAIM reply (Redis 7
+#: drops them from the pending list itself). Run as a script so the raw
+#: reply, cursor included, reaches the caller.
+RECLAIM_IDS: Final[str] = """\
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                     'COUNT', ARGV[5], 'JUSTID')
+return {r[1], r[2]}
+"""

@@ -12,6 +12,7 @@ import orjson
 import redis
 
 from intentflow.redisutil import connect
+from intentflow.sinks.lua import RECLAIM_IDS
 
 __all__ = ["DEFAULT_ALERTS_STREAM", "AlertReader", "iter_alerts"]
 
@@ -133,6 +134,7 @@ class AlertReader:
         self._group_ready = False
         self._own_cursor: str | None = "0"  # replay of our own pending entries, then None
         self._claim_cursor = "0-0"
+        self._reclaim_script = self._client.register_script(RECLAIM_IDS)
         self._last_claim = float("-inf")
         self.delivered = 0
         self.duplicates = 0
@@ -205,24 +207,29 @@ class AlertReader:
         """Take over entries pending for longer than ``min_idle_ms`` in any consumer.
 
         Uses ``XAUTOCLAIM`` from a cursor kept between calls, so successive
-        calls sweep the whole pending list. Returns the claimed alerts that
-        pass de-duplication.
+        calls sweep the whole pending list. Entries trimmed from the stream
+        meanwhile are acked. Returns the claimed alerts that pass
+        de-duplication.
         """
         idle = self.claim_min_idle_ms if min_idle_ms is None else min_idle_ms
         if idle is None:
             return []
-        response = self._call(
-            self._client.xautoclaim,
-            self.stream,
-            self.group,
-            self.consumer,
-            idle,
-            start_id=self._claim_cursor,
-            count=count,
+        cursor, raw_ids = self._call(
+            self._reclaim_script,
+            keys=[self.stream],
+            args=[self.group, self.consumer, idle, self._claim_cursor, count],
         )
-        self._claim_cursor = _text(response[0]) if response and response[0] else "0-0"
-        claimed = list(response[1]) if response and len(response) > 1 else []
-        self.reclaimed += len(claimed)
+        self._claim_cursor = _text(cursor)
+        ids = [_text(i) for i in raw_ids]
+        if not ids:
+            return []
+        self.reclaimed += len(ids)
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+        # An id with no entry was trimmed while pending: empty fields mark it for ack.
+        found = pipe.execute()
+        claimed = [(i, f[0][1] if f else {}) for i, f in zip(ids, found, strict=True)]
         return self._accept(claimed)
 
     def _accept(self, raw: list[tuple[Any, Any]]) -> list[Entry]:

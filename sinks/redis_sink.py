@@ -180,8 +180,11 @@ class RedisOutputWriter(OutputWriter):
             elif isinstance(item, ScoreOut):
                 if last_score_at[item.entity_id] != i:
                     continue  # a later score of the same entity in this batch wins
-                fields = {"score": repr(float(item.score)), "ts": str(int(item.ts_ms))}
-                fields["model"] = item.model
+                fields = {
+                    "score": repr(float(item.score)),
+                    "ts": str(int(item.ts_ms)),
+                    "model": item.model,
+                }
                 ops.append(("score", cfg.score_key_prefix + item.entity_id, fields))
             elif isinstance(item, DeadLetterOut):
                 ops.append(("dlq", cfg.dlq_stream, orjson.dumps(item.record)))

@@ -45,6 +45,15 @@ def test_output_records_pickle_round_trip() -> None:
     assert pickle.loads(pickle.dumps(items)) == items
 
 
+def test_sink_and_config_pickle_without_connecting() -> None:
+    cfg = RedisSinkConfig(url="redis://:pw@nowhere.invalid:6379/0", max_retries=1)
+    sink = pickle.loads(pickle.dumps(RedisSink(cfg)))
+    assert sink.config == cfg
+    partition = sink.build("out", 0, 1)  # lazy: builds without reaching Redis
+    assert partition.writer.config == cfg
+    partition.close()
+
+
 def test_alerts_are_appended_in_order_with_seen_keys(
     writer: RedisOutputWriter, redis_client: redis.Redis
 ) -> None:
@@ -187,16 +196,30 @@ def test_script_flush_is_handled_without_duplicating_other_writes(
 
 
 def test_sink_survives_a_redis_restart_between_batches() -> None:
-    with EmbeddedRedis(persistence=True) as server:
-        client = connect(server.url)
+    with EmbeddedRedis() as server:
         w = RedisOutputWriter(RedisSinkConfig(url=server.url), seed=3)
-        w.write_batch([alert("r1"), alert("r2")])
+        w.write_batch([alert("r1")])
         server.stop()
-        server.start()  # scripts are gone, the data (and seen keys) are back
-        w.write_batch([alert("r2"), alert("r3")])
-        assert [a["alert_id"] for a in stream_alerts(client)] == ["r1", "r2", "r3"]
-        assert w.alerts_duplicate == 1
+        server.start()  # a fresh server: no data, no scripts (EVALSHA answers NOSCRIPT)
+        w.write_batch([alert("r2"), DeadLetterOut({"n": 1}), alert("r3")])
+        client = connect(server.url)
+        assert [a["alert_id"] for a in stream_alerts(client)] == ["r2", "r3"]
+        assert client.xlen(DLQ) == 1
         assert w.script_loads == 2
+        w.close()
+        client.close()
+
+
+def test_replay_after_restart_of_a_persistent_redis_is_deduplicated() -> None:
+    with EmbeddedRedis(persistence=True) as server:
+        w = RedisOutputWriter(RedisSinkConfig(url=server.url), seed=3)
+        w.write_batch([alert("p1"), alert("p2")])
+        server.kill()
+        server.start()  # data and seen keys come back from the append-only file
+        w.write_batch([alert("p2"), alert("p3")])
+        client = connect(server.url)
+        assert [a["alert_id"] for a in stream_alerts(client)] == ["p1", "p2", "p3"]
+        assert w.alerts_duplicate == 1
         w.close()
         client.close()
 

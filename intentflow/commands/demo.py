@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -183,7 +184,7 @@ def _drive(
             raise _engine_failed(engine, log_path)
         if drain_until is None and not thread.is_alive():
             drain_until = time.monotonic() + 1.5
-        resp = reader.xread({alerts_key: last_id}, count=500, block=100)
+        resp: Any = reader.xread({alerts_key: last_id}, count=500, block=100)
         read_ts = time.time() * 1000.0
         for entry_id, fields in resp[0][1] if resp else []:
             last_id = entry_id
@@ -220,5 +221,5 @@ def _drive(
 
 
 def _last_id(client: redis.Redis, key: str) -> bytes | str:
-    last = client.xrevrange(key, count=1)
-    return last[0][0] if last else "0-0"
+    last: Any = client.xrevrange(key, count=1)
+    return bytes(last[0][0]) if last else "0-0"

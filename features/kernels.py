@@ -1,0 +1,382 @@
+"""Compiled kernels of the feature engine: pure functions over caller-owned arrays.
+
+No validation and no Python objects here: :mod:`intentflow.features.state`
+owns the arrays, checks inputs and calls :func:`update_table` once per batch
+and key kind. Every Numba setting lives in :data:`NUMBA_OPTIONS`.
+
+Layout arrays (built by :mod:`intentflow.features.program`):
+
+* ``rings[r] = (bucket_ms, slots, cnt_off, sum_off, min_off, max_off)``;
+  the rings of signal column ``c`` are ``col_ring_ptr[c]:col_ring_ptr[c+1]``
+  (offsets are -1 where the ring keeps no such statistic);
+* ``col_lts[c]`` / ``col_lval[c]``: column of the latest timestamp / value
+  (-1: not kept); decay slots of ``c`` are ``col_dec_ptr[c]:col_dec_ptr[c+1]``
+  with half-lives ``dec_hl`` (ms);
+* ``dtabs[k] = (offset, size)``: distinct-value tables;
+* ``wq[j] = (ring, window_ms)``: window queries evaluated for every event;
+* ``outs[f] = (kind, a, b, out_column)`` and ``outx[f]``: output program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+__all__ = [
+    "EMPTY_TS",
+    "LATE_ACCEPTED",
+    "LATE_CLAMPED",
+    "LATE_DROPPED",
+    "NUMBA_OPTIONS",
+    "ON_TIME",
+    "POLICY_CLAMP",
+    "POLICY_DROP",
+    "update_table",
+]
+
+#: The one place for Numba settings. fastmath stays off: results must equal
+#: the reference exactly, and infinities mark empty min/max buckets.
+NUMBA_OPTIONS: Final[dict[str, Any]] = {
+    "cache": True,
+    "nogil": True,
+    "fastmath": False,
+    "boundscheck": False,
+    "error_model": "numpy",
+}
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+U32 = npt.NDArray[np.uint32]
+I8 = npt.NDArray[np.int8]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _kernel(fn: _F) -> _F:
+    """Compile ``fn`` with :data:`NUMBA_OPTIONS` (lazily, on first call)."""
+    return cast(_F, njit(**NUMBA_OPTIONS)(fn))
+
+
+#: Timestamp of "never" (an unused row, an empty slot).
+EMPTY_TS: Final = np.iinfo(np.int64).min
+
+POLICY_DROP: Final = 0
+POLICY_CLAMP: Final = 1
+
+ON_TIME: Final = 0
+LATE_ACCEPTED: Final = 1
+LATE_CLAMPED: Final = 2
+LATE_DROPPED: Final = 3
+
+K_COUNT: Final = 0
+K_SUM: Final = 1
+K_MEAN: Final = 2
+K_MIN: Final = 3
+K_MAX: Final = 4
+K_LAST: Final = 5
+K_RECENCY: Final = 6
+K_DSUM: Final = 7
+K_DRATE: Final = 8
+K_VELOCITY: Final = 9
+K_DISTINCT: Final = 10
+
+
+@_kernel
+def _clear_slot(row: int, slot: int, ring: I64, cnt: U32, sm: F64, mn: F64, mx: F64) -> None:
+    if ring[2] >= 0:
+        cnt[row, ring[2] + slot] = 0
+    if ring[3] >= 0:
+        sm[row, ring[3] + slot] = 0.0
+    if ring[4] >= 0:
+        mn[row, ring[4] + slot] = np.inf
+    if ring[5] >= 0:
+        mx[row, ring[5] + slot] = -np.inf
+
+
+@_kernel
+def _advance(
+    row: int,
+    old: int,
+    new: int,
+    rings: I64,
+    dec_hl: F64,
+    cnt: U32,
+    sm: F64,
+    mn: F64,
+    mx: F64,
+    dec: F64,
+) -> None:
+    """Move a row's clock from ``old`` to ``new``: clear entered buckets, decay sums."""
+    for r in range(rings.shape[0]):
+        size = rings[r, 0]
+        slots = rings[r, 1]
+        head = old // size
+        steps = new // size - head
+        if steps > slots:
+            steps = slots
+        for j in range(1, steps + 1):
+            _clear_slot(row, (head + j) % slots, rings[r], cnt, sm, mn, mx)
+    dt = float(new - old)
+    for d in range(dec_hl.shape[0]):
+        dec[row, d] *= 2.0 ** (-dt / dec_hl[d])
+
+
+@_kernel
+def _add_distinct(row: int, off: int, size: int, h: int, t: int, dh: I64, dts: I64) -> None:
+    """Record value hash ``h`` seen at ``t``; when full, replace the oldest value."""
+    oldest = -1
+    oldest_ts = np.iinfo(np.int64).max
+    for k in range(off, off + size):
+        ts = dts[row, k]
+        if ts == EMPTY_TS:
+            dh[row, k] = h
+            dts[row, k] = t
+            return
+        if dh[row, k] == h:
+            if t > ts:
+                dts[row, k] = t
+            return
+        if ts < oldest_ts:
+            oldest_ts = ts
+            oldest = k
+    if t > oldest_ts:
+        dh[row, oldest] = h
+        dts[row, oldest] = t
+
+
+@_kernel
+def _apply(
+    row: int,
+    t: int,
+    q: int,
+    c: int,
+    v: float,
+    rings: I64,
+    col_ring_ptr: I64,
+    col_lts: I64,
+    col_lval: I64,
+    col_dec_ptr: I64,
+    dec_hl: F64,
+    cnt: U32,
+    sm: F64,
+    mn: F64,
+    mx: F64,
+    lts: I64,
+    lval: F64,
+    dec: F64,
+) -> None:
+    """Add value ``v`` of signal column ``c`` at time ``t`` to a row whose clock is ``q``."""
+    for r in range(col_ring_ptr[c], col_ring_ptr[c + 1]):
+        size = rings[r, 0]
+        slots = rings[r, 1]
+        b = t // size
+        if b > q // size - slots:
+            slot = b % slots
+            if rings[r, 2] >= 0:
+                cnt[row, rings[r, 2] + slot] += 1
+            if rings[r, 3] >= 0:
+                sm[row, rings[r, 3] + slot] += v
+            if rings[r, 4] >= 0 and v < mn[row, rings[r, 4] + slot]:
+                mn[row, rings[r, 4] + slot] = v
+            if rings[r, 5] >= 0 and v > mx[row, rings[r, 5] + slot]:
+                mx[row, rings[r, 5] + slot] = v
+    k = col_lts[c]
+    if k >= 0 and t >= lts[row, k]:
+        lts[row, k] = t
+        if col_lval[c] >= 0:
+            lval[row, col_lval[c]] = v
+    for d in range(col_dec_ptr[c], col_dec_ptr[c + 1]):
+        dec[row, d] += v * 2.0 ** (-float(q - t) / dec_hl[d])
+
+
+@_kernel
+def _emit(
+    i: int,
+    row: int,
+    q: int,
+    rings: I64,
+    dtabs: I64,
+    wq: I64,
+    outs: I64,
+    outx: F64,
+    recency_cap_ms: int,
+    cnt: U32,
+    sm: F64,
+    mn: F64,
+    mx: F64,
+    lts: I64,
+    lval: F64,
+    dec: F64,
+    dts: I64,
+    w_cnt: I64,
+    w_sum: F64,
+    w_min: F64,
+    w_max: F64,
+    out: F64,
+) -> None:
+    """Write the output columns of event ``i`` from row ``row`` at clock ``q``."""
+    for j in range(wq.shape[0]):
+        r = wq[j, 0]
+        size = rings[r, 0]
+        slots = rings[r, 1]
+        last = q // size
+        first = (q - wq[j, 1]) // size
+        if first < last - slots + 1:
+            first = last - slots + 1
+        n = 0
+        s = 0.0
+        lo = np.inf
+        hi = -np.inf
+        for b in range(first, last + 1):
+            slot = b % slots
+            if rings[r, 2] >= 0:
+                n += cnt[row, rings[r, 2] + slot]
+            if rings[r, 3] >= 0:
+                s += sm[row, rings[r, 3] + slot]
+            if rings[r, 4] >= 0:
+                lo = min(lo, mn[row, rings[r, 4] + slot])
+            if rings[r, 5] >= 0:
+                hi = max(hi, mx[row, rings[r, 5] + slot])
+        w_cnt[j] = n
+        w_sum[j] = s
+        w_min[j] = lo
+        w_max[j] = hi
+    for f in range(outs.shape[0]):
+        kind = outs[f, 0]
+        a = outs[f, 1]
+        b = outs[f, 2]
+        x = 0.0
+        if kind == K_COUNT:
+            x = w_cnt[a]
+        elif kind == K_SUM:
+            x = w_sum[a]
+        elif kind == K_MEAN:
+            if w_cnt[a] > 0:
+                x = w_sum[a] / w_cnt[a]
+        elif kind == K_MIN:
+            if w_min[a] != np.inf:
+                x = w_min[a]
+        elif kind == K_MAX:
+            if w_max[a] != -np.inf:
+                x = w_max[a]
+        elif kind == K_LAST:
+            if lts[row, b] != EMPTY_TS:
+                x = lval[row, a]
+        elif kind == K_RECENCY:
+            age = recency_cap_ms
+            if lts[row, a] != EMPTY_TS and q - lts[row, a] < age:
+                age = q - lts[row, a]
+            x = age / 1000.0
+        elif kind == K_DSUM:
+            x = dec[row, a]
+        elif kind == K_DRATE:
+            x = dec[row, a] * outx[f]
+        elif kind == K_VELOCITY:
+            if w_cnt[b] > 0:
+                x = w_cnt[a] / w_cnt[b] * outx[f]
+        else:  # K_DISTINCT
+            lo_ts = q - b + 1
+            m = 0
+            for k in range(dtabs[a, 0], dtabs[a, 0] + dtabs[a, 1]):
+                if dts[row, k] >= lo_ts:
+                    m += 1
+            x = m
+        out[i, outs[f, 3]] = x
+
+
+@_kernel
+def update_table(
+    ev_row: I64,
+    ev_ts: I64,
+    c_ptr: I64,
+    c_col: I64,
+    c_val: F64,
+    d_ptr: I64,
+    d_tab: I64,
+    d_hash: I64,
+    lateness_ms: int,
+    policy: int,
+    recency_cap_ms: int,
+    rings: I64,
+    col_ring_ptr: I64,
+    col_lts: I64,
+    col_lval: I64,
+    col_dec_ptr: I64,
+    dec_hl: F64,
+    dtabs: I64,
+    wq: I64,
+    outs: I64,
+    outx: F64,
+    clock: I64,
+    cnt: U32,
+    sm: F64,
+    mn: F64,
+    mx: F64,
+    lts: I64,
+    lval: F64,
+    dec: F64,
+    dh: I64,
+    dts: I64,
+    out: F64,
+    late: I8,
+) -> None:
+    """Apply a batch of encoded events to one table and write their feature rows.
+
+    Event ``i`` belongs to row ``ev_row[i]`` (-1: no key, the row gets the
+    no-data values) at time ``ev_ts[i]`` and contributes ``c_val[j]`` to
+    signal column ``c_col[j]`` for ``j`` in ``c_ptr[i]:c_ptr[i+1]`` and hash
+    ``d_hash[j]`` to distinct table ``d_tab[j]`` for ``j`` in
+    ``d_ptr[i]:d_ptr[i+1]``. Events are applied in order; the row written for
+    event ``i`` includes it. ``late[i]`` receives ON_TIME, LATE_ACCEPTED,
+    LATE_CLAMPED or LATE_DROPPED.
+    """
+    nq = wq.shape[0]
+    w_cnt = np.zeros(nq, dtype=np.int64)
+    w_sum = np.zeros(nq)
+    w_min = np.zeros(nq)
+    w_max = np.zeros(nq)
+    for i in range(ev_row.shape[0]):
+        row = ev_row[i]
+        if row < 0:
+            for f in range(outs.shape[0]):
+                x = 0.0
+                if outs[f, 0] == K_RECENCY:
+                    x = recency_cap_ms / 1000.0
+                out[i, outs[f, 3]] = x
+            late[i] = ON_TIME
+            continue
+        t = ev_ts[i]
+        q = clock[row]
+        status = ON_TIME
+        if q == EMPTY_TS:
+            q = t
+            clock[row] = t
+        elif t > q:
+            _advance(row, q, t, rings, dec_hl, cnt, sm, mn, mx, dec)
+            q = t
+            clock[row] = t
+        elif t < q:
+            if t >= q - lateness_ms:
+                status = LATE_ACCEPTED
+            elif policy == POLICY_CLAMP:
+                status = LATE_CLAMPED
+                t = q - lateness_ms
+            else:
+                status = LATE_DROPPED
+        late[i] = status
+        if status != LATE_DROPPED:
+            for j in range(c_ptr[i], c_ptr[i + 1]):
+                _apply(
+                    row, t, q, c_col[j], c_val[j], rings, col_ring_ptr, col_lts, col_lval,
+                    col_dec_ptr, dec_hl, cnt, sm, mn, mx, lts, lval, dec,
+                )
+            for j in range(d_ptr[i], d_ptr[i + 1]):
+                k = d_tab[j]
+                _add_distinct(row, dtabs[k, 0], dtabs[k, 1], d_hash[j], t, dh, dts)
+        _emit(
+            i, row, q, rings, dtabs, wq, outs, outx, recency_cap_ms,
+            cnt, sm, mn, mx, lts, lval, dec, dts, w_cnt, w_sum, w_min, w_max, out,
+        )

@@ -1,0 +1,254 @@
+"""Compile a :class:`FeatureSpec` into the arrays the kernels read and the event matchers.
+
+Done once at start-up: per key kind ("entity", "account") one
+:class:`TableProgram` with the ring/decay/distinct layout, the output program
+and precompiled filters (event type -> matchers), so that encoding an event
+is a dict lookup and a few prop comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from intentflow.features import kernels as K
+from intentflow.features.spec import HOUR, FeatureSpec, ring_slots
+
+__all__ = ["BOOL_KEYS", "DistinctMatcher", "Matcher", "TableProgram", "compile_program"]
+
+#: Booleans are looked up under these keys so that true never equals 1.
+BOOL_KEYS: Final = {True: "\x00true", False: "\x00false"}
+
+Conds = tuple[tuple[str, frozenset[object]], ...]
+_M = TypeVar("_M")
+
+_KIND: Final = {
+    "count": K.K_COUNT,
+    "sum": K.K_SUM,
+    "mean": K.K_MEAN,
+    "min": K.K_MIN,
+    "max": K.K_MAX,
+    "last": K.K_LAST,
+    "recency": K.K_RECENCY,
+    "decayed_sum": K.K_DSUM,
+    "decayed_rate": K.K_DRATE,
+    "velocity": K.K_VELOCITY,
+    "distinct": K.K_DISTINCT,
+}
+_STATS: Final = {
+    "count": ("cnt",),
+    "sum": ("sum",),
+    "mean": ("cnt", "sum"),
+    "min": ("min",),
+    "max": ("max",),
+    "velocity": ("cnt",),
+}
+_STAT_ORDER: Final = ("cnt", "sum", "min", "max")
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """Signal column ``col`` takes events passing ``conds``; value from ``value_prop``."""
+
+    col: int
+    conds: Conds
+    value_prop: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctMatcher:
+    """Distinct table ``tab`` takes events passing ``conds``; the value is ``source``."""
+
+    tab: int
+    conds: Conds
+    source: str  # "entity_id", "account_id" or a prop name
+
+
+@dataclass(frozen=True)
+class TableProgram:
+    """Layout, output program and matchers of one key kind."""
+
+    key: str
+    widths: Mapping[str, int]  # columns per state array
+    rings: npt.NDArray[np.int64]
+    col_ring_ptr: npt.NDArray[np.int64]
+    col_lts: npt.NDArray[np.int64]
+    col_lval: npt.NDArray[np.int64]
+    col_dec_ptr: npt.NDArray[np.int64]
+    dec_hl: npt.NDArray[np.float64]
+    dtabs: npt.NDArray[np.int64]
+    wq: npt.NDArray[np.int64]
+    outs: npt.NDArray[np.int64]
+    outx: npt.NDArray[np.float64]
+    by_type: Mapping[str, tuple[Matcher, ...]]
+    any_type: tuple[Matcher, ...]
+    distinct_by_type: Mapping[str, tuple[DistinctMatcher, ...]]
+    distinct_any_type: tuple[DistinctMatcher, ...]
+
+    @property
+    def n_outputs(self) -> int:
+        """Output columns this table writes."""
+        return int(self.outs.shape[0])
+
+
+def _conds(spec: FeatureSpec, index: int) -> Conds:
+    out = []
+    for c in spec.features[index].where:
+        allowed = frozenset(BOOL_KEYS[v] if isinstance(v, bool) else v for v in c.values)
+        out.append((c.prop, allowed))
+    return tuple(out)
+
+
+def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
+    """Build the table program of the features of ``spec`` keyed by ``key``."""
+    feats = [i for i, d in enumerate(spec.features) if d.key == key]
+    signal = [i for i in feats if set(spec.features[i].aggregations) - {"distinct"}]
+    col_of = {i: c for c, i in enumerate(signal)}
+    tab_of = {i: t for t, i in enumerate(i for i in feats if spec.features[i].distinct)}
+    # Rings: (column, bucket size) -> slots needed and statistics kept.
+    ring_need: dict[tuple[int, int], tuple[int, set[str]]] = {}
+    queries: dict[tuple[int, int, int], None] = {}  # (column, size, window) in first-use order
+    decays: dict[tuple[int, int], None] = {}
+    lts_cols: set[int] = set()
+    lval_cols: set[int] = set()
+    for o in spec.outputs:
+        if o.feature not in col_of or o.aggregation == "distinct":
+            continue
+        c = col_of[o.feature]
+        windows = {"velocity": (o.window_ms, o.window2_ms)}.get(o.aggregation, (o.window_ms,))
+        if o.aggregation in _STATS:
+            for w in windows:
+                size = spec.resolution_ms(w)
+                slots, stats = ring_need.get((c, size), (0, set()))
+                ring_need[(c, size)] = (max(slots, ring_slots(w, size)), stats)
+                stats.update(_STATS[o.aggregation])
+                queries[(c, size, w)] = None
+        elif o.aggregation in ("decayed_sum", "decayed_rate"):
+            decays[(c, o.half_life_ms)] = None
+        elif o.aggregation in ("last", "recency"):
+            lts_cols.add(c)
+            if o.aggregation == "last":
+                lval_cols.add(c)
+    ring_keys = sorted(ring_need)  # grouped by column, finest first
+    ring_id = {rk: r for r, rk in enumerate(ring_keys)}
+    offsets = dict.fromkeys(_STAT_ORDER, 0)
+    rings = np.full((len(ring_keys), 6), -1, dtype=np.int64)
+    for r, (c, size) in enumerate(ring_keys):
+        slots, stats = ring_need[(c, size)]
+        rings[r, 0], rings[r, 1] = size, slots
+        for s_i, stat in enumerate(_STAT_ORDER):
+            if stat in stats:
+                rings[r, 2 + s_i] = offsets[stat]
+                offsets[stat] += slots
+    n_cols = len(col_of)
+    col_ring_ptr = np.zeros(n_cols + 1, dtype=np.int64)
+    for c, _ in ring_keys:
+        col_ring_ptr[c + 1] += 1
+    col_ring_ptr = np.cumsum(col_ring_ptr)
+    dec_keys = sorted(decays)
+    dec_id = {dk: d for d, dk in enumerate(dec_keys)}
+    col_dec_ptr = np.cumsum(np.bincount([c + 1 for c, _ in dec_keys], minlength=n_cols + 1))
+    col_lts = np.full(n_cols, -1, dtype=np.int64)
+    col_lval = np.full(n_cols, -1, dtype=np.int64)
+    for k, c in enumerate(sorted(lts_cols)):
+        col_lts[c] = k
+    for k, c in enumerate(sorted(lval_cols)):
+        col_lval[c] = k
+    dtabs = np.zeros((len(tab_of), 2), dtype=np.int64)
+    dist_off = 0
+    for i, t in tab_of.items():
+        dtabs[t] = (dist_off, spec.features[i].max_distinct)
+        dist_off += spec.features[i].max_distinct
+    query_id = {qk: j for j, qk in enumerate(queries)}
+    wq = np.array(
+        [(ring_id[(c, size)], w) for c, size, w in queries], dtype=np.int64
+    ).reshape(-1, 2)
+    outs: list[tuple[int, int, int, int]] = []
+    outx: list[float] = []
+    for col, o in enumerate(spec.outputs):
+        if spec.features[o.feature].key != key:
+            continue
+        kind = _KIND[o.aggregation]
+        a = b = 0
+        x = 0.0
+        if o.aggregation == "distinct":
+            a, b = tab_of[o.feature], o.window_ms
+        else:
+            c = col_of[o.feature]
+            if o.aggregation in _STATS:
+                a = query_id[(c, spec.resolution_ms(o.window_ms), o.window_ms)]
+            if o.aggregation == "velocity":
+                b = query_id[(c, spec.resolution_ms(o.window2_ms), o.window2_ms)]
+                x = o.window2_ms / o.window_ms
+            elif o.aggregation in ("decayed_sum", "decayed_rate"):
+                a = dec_id[(c, o.half_life_ms)]
+                x = math.log(2.0) * HOUR / o.half_life_ms
+            elif o.aggregation == "recency":
+                a = int(col_lts[c])
+            elif o.aggregation == "last":
+                a, b = int(col_lval[c]), int(col_lts[c])
+        outs.append((kind, a, b, col))
+        outx.append(x)
+    by_type, any_type = _group(
+        [
+            (spec.features[i].types, Matcher(c, _conds(spec, i), spec.features[i].value))
+            for i, c in col_of.items()
+        ]
+    )
+    dby_type, dany_type = _group(
+        [
+            (spec.features[i].types, DistinctMatcher(t, _conds(spec, i), _source(spec, i)))
+            for i, t in tab_of.items()
+        ]
+    )
+    return TableProgram(
+        key=key,
+        widths={
+            "cnt": offsets["cnt"],
+            "sum": offsets["sum"],
+            "min": offsets["min"],
+            "max": offsets["max"],
+            "lts": len(lts_cols),
+            "lval": len(lval_cols),
+            "dec": len(dec_keys),
+            "dist": dist_off,
+        },
+        rings=rings,
+        col_ring_ptr=col_ring_ptr.astype(np.int64),
+        col_lts=col_lts,
+        col_lval=col_lval,
+        col_dec_ptr=col_dec_ptr.astype(np.int64),
+        dec_hl=np.array([float(h) for _, h in dec_keys], dtype=np.float64),
+        dtabs=dtabs,
+        wq=wq,
+        outs=np.array(outs, dtype=np.int64).reshape(-1, 4),
+        outx=np.array(outx, dtype=np.float64),
+        by_type=by_type,
+        any_type=any_type,
+        distinct_by_type=dby_type,
+        distinct_any_type=dany_type,
+    )
+
+
+def _source(spec: FeatureSpec, index: int) -> str:
+    src = spec.features[index].distinct or ""
+    return src[len("props.") :] if src.startswith("props.") else src
+
+
+def _group(
+    items: list[tuple[tuple[str, ...], _M]],
+) -> tuple[dict[str, tuple[_M, ...]], tuple[_M, ...]]:
+    """Event type -> matchers (typed ones plus the all-type ones), and the all-type ones."""
+    any_type = tuple(m for types, m in items if not types)
+    by_type: dict[str, list[_M]] = {}
+    for types, m in items:
+        for t in types:
+            by_type.setdefault(t, [])
+    for t, ms in by_type.items():
+        ms.extend(m for types, m in items if not types or t in types)
+    return {t: tuple(ms) for t, ms in by_type.items()}, any_type

@@ -1,0 +1,462 @@
+"""Shard-level feature state: keys -> rows of numpy arrays, one kernel call per batch.
+
+A :class:`FeatureState` holds every entity (and account) routed to one
+shard. :meth:`FeatureState.update` encodes a batch of events in one Python
+pass (key lookup, filters, values), then runs
+:func:`~intentflow.features.kernels.update_table` once for the entity table
+and once for the account table. Semantics: docs/features.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from intentflow.errors import SnapshotMismatchError
+from intentflow.events import Event
+from intentflow.features import kernels as K
+from intentflow.features.program import BOOL_KEYS, Conds, TableProgram, compile_program
+from intentflow.features.spec import VALUE_LIMIT, FeatureSpec
+
+__all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", "TableSnapshot"]
+
+#: Version of the snapshot layout; bumped whenever the arrays change meaning.
+SCHEMA_VERSION: Final = 1
+
+#: name -> (dtype, fill of an empty slot, program width key)
+_ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
+    "cnt": (np.uint32, 0, "cnt"),
+    "sum": (np.float64, 0.0, "sum"),
+    "min": (np.float64, math.inf, "min"),
+    "max": (np.float64, -math.inf, "max"),
+    "lts": (np.int64, K.EMPTY_TS, "lts"),
+    "lval": (np.float64, 0.0, "lval"),
+    "dec": (np.float64, 0.0, "dec"),
+    "dist_hash": (np.int64, 0, "dist"),
+    "dist_ts": (np.int64, K.EMPTY_TS, "dist"),
+}
+_COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
+
+
+@dataclass
+class FeatureBatch:
+    """Feature rows of a batch: ``values[i]`` belongs to ``events[i]``.
+
+    ``accepted[i]`` is False when the event was too late and the drop policy
+    kept it out of its entity's or account's state; its row is still computed.
+    """
+
+    values: npt.NDArray[np.float64]
+    accepted: npt.NDArray[np.bool_]
+    names: tuple[str, ...] = ()
+
+    def as_dict(self, i: int) -> dict[str, float]:
+        """Row ``i`` as ``{name: value}``."""
+        return dict(zip(self.names, self.values[i].tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """Keys and read-only copies of their rows (row ``i`` belongs to ``keys[i]``)."""
+
+    keys: tuple[str, ...]
+    clock: npt.NDArray[np.int64]
+    arrays: tuple[tuple[str, npt.NDArray[Any]], ...]
+
+
+@dataclass(frozen=True)
+class FeatureSnapshot:
+    """The whole feature state of a shard, tagged with its schema and spec hash."""
+
+    schema_version: int
+    spec_hash: str
+    entities: TableSnapshot
+    accounts: TableSnapshot
+    counters: tuple[tuple[str, int], ...] = field(default=())
+
+
+def _frozen(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+class _Table:
+    """Rows of one key kind: a key index, a free list and struct-of-arrays state."""
+
+    def __init__(self, program: TableProgram, capacity: int) -> None:
+        self.program = program
+        self.index: dict[str, int] = {}
+        self.keys: list[str | None] = []
+        self.free: list[int] = []
+        self.capacity = capacity
+        self.clock = np.full(capacity, K.EMPTY_TS, dtype=np.int64)
+        self.arrays = {
+            name: np.full((capacity, program.widths[w]), fill, dtype=dtype)
+            for name, (dtype, fill, w) in _ARRAYS.items()
+        }
+
+    def row(self, key: str) -> int:
+        """Row of ``key``, allocated on first sight."""
+        r = self.index.get(key)
+        if r is not None:
+            return r
+        if self.free:
+            r = self.free.pop()
+            self.keys[r] = key
+        else:
+            r = len(self.keys)
+            if r == self.capacity:
+                self._grow(2 * self.capacity)
+            self.keys.append(key)
+        self.index[key] = r
+        return r
+
+    def _grow(self, capacity: int) -> None:
+        clock = np.full(capacity, K.EMPTY_TS, dtype=np.int64)
+        clock[: self.capacity] = self.clock
+        self.clock = clock
+        for name, (dtype, fill, _) in _ARRAYS.items():
+            old = self.arrays[name]
+            new = np.full((capacity, old.shape[1]), fill, dtype=dtype)
+            new[: self.capacity] = old
+            self.arrays[name] = new
+        self.capacity = capacity
+
+    def evict(self, cutoff_ms: int) -> int:
+        """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
+        used = self.clock[: len(self.keys)]
+        rows = np.flatnonzero((used != K.EMPTY_TS) & (used < cutoff_ms))
+        for r in rows.tolist():
+            key = self.keys[r]
+            if key is not None:
+                del self.index[key]
+            self.keys[r] = None
+            self.free.append(r)
+        self.clock[rows] = K.EMPTY_TS
+        for name, (_, fill, _) in _ARRAYS.items():
+            self.arrays[name][rows] = fill
+        return int(rows.size)
+
+    def run(
+        self,
+        enc: _Encoded,
+        ts: npt.NDArray[np.int64],
+        spec: FeatureSpec,
+        out: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.int8]:
+        """Apply an encoded batch; returns the lateness code of each event."""
+        p = self.program
+        a = self.arrays
+        late = np.zeros(ts.shape[0], dtype=np.int8)
+        K.update_table(
+            np.array(enc.rows, dtype=np.int64),
+            ts,
+            np.array(enc.c_ptr, dtype=np.int64),
+            np.array(enc.c_col, dtype=np.int64),
+            np.array(enc.c_val, dtype=np.float64),
+            np.array(enc.d_ptr, dtype=np.int64),
+            np.array(enc.d_tab, dtype=np.int64),
+            np.array(enc.d_hash, dtype=np.int64),
+            spec.allowed_lateness_ms,
+            K.POLICY_CLAMP if spec.late_policy == "clamp" else K.POLICY_DROP,
+            spec.recency_cap_ms,
+            p.rings,
+            p.col_ring_ptr,
+            p.col_lts,
+            p.col_lval,
+            p.col_dec_ptr,
+            p.dec_hl,
+            p.dtabs,
+            p.wq,
+            p.outs,
+            p.outx,
+            self.clock,
+            a["cnt"],
+            a["sum"],
+            a["min"],
+            a["max"],
+            a["lts"],
+            a["lval"],
+            a["dec"],
+            a["dist_hash"],
+            a["dist_ts"],
+            out,
+            late,
+        )
+        return late
+
+    @property
+    def row_bytes(self) -> int:
+        """State bytes of one row."""
+        return self.clock.itemsize + sum(x.itemsize * x.shape[1] for x in self.arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        """State bytes of all allocated rows (capacity, not only keys in use)."""
+        return self.clock.nbytes + sum(x.nbytes for x in self.arrays.values())
+
+    def snapshot(self) -> TableSnapshot:
+        rows = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+        return TableSnapshot(
+            keys=tuple(self.index),
+            clock=_frozen(self.clock[rows]),
+            arrays=tuple((name, _frozen(x[rows])) for name, x in self.arrays.items()),
+        )
+
+    @classmethod
+    def restore(cls, program: TableProgram, snap: TableSnapshot, capacity: int) -> _Table:
+        n = len(snap.keys)
+        table = cls(program, max(capacity, n))
+        arrays = dict(snap.arrays)
+        for name, (dtype, _, w) in _ARRAYS.items():
+            got = arrays.get(name)
+            if got is None or got.shape != (n, program.widths[w]) or got.dtype != dtype:
+                shape = None if got is None else got.shape
+                raise SnapshotMismatchError(
+                    f"feature snapshot: {program.key} array {name!r} has shape {shape}, "
+                    f"the running spec needs {(n, program.widths[w])}; "
+                    "the snapshot does not belong to this spec"
+                )
+            table.arrays[name][:n] = got
+        table.clock[:n] = snap.clock
+        table.keys = list(snap.keys)
+        table.index = {k: i for i, k in enumerate(snap.keys)}
+        return table
+
+
+@dataclass
+class _Encoded:
+    """One table's view of a batch: rows and CSR lists of contributions."""
+
+    rows: list[int] = field(default_factory=list)
+    c_ptr: list[int] = field(default_factory=lambda: [0])
+    c_col: list[int] = field(default_factory=list)
+    c_val: list[float] = field(default_factory=list)
+    d_ptr: list[int] = field(default_factory=lambda: [0])
+    d_tab: list[int] = field(default_factory=list)
+    d_hash: list[int] = field(default_factory=list)
+
+
+def _passes(props: Mapping[str, Any], conds: Conds) -> bool:
+    for prop, allowed in conds:
+        x = props.get(prop)
+        t = type(x)
+        if t is str or t is int or t is float:
+            if x not in allowed:
+                return False
+        elif t is bool:
+            if BOOL_KEYS[x] not in allowed:  # type: ignore[index]
+                return False
+        else:
+            return False
+    return True
+
+
+def value_hash(x: object) -> int | None:
+    """Stable signed 64-bit hash of a distinct value (None: not countable).
+
+    Strings by their UTF-8 text, booleans apart, numbers by their float64
+    value (1 and 1.0 are the same value); non-finite numbers are ignored.
+    """
+    t = type(x)
+    if t is str:
+        data = b"s" + x.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
+    elif t is bool:
+        data = b"b1" if x else b"b0"
+    elif t is int or t is float:
+        try:
+            f = float(x)  # type: ignore[arg-type]
+        except OverflowError:
+            return None
+        if not math.isfinite(f):
+            return None
+        data = b"n" + struct.pack("<d", f + 0.0)
+    else:
+        return None
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def _encode_event(ev: Event, p: TableProgram, enc: _Encoded) -> None:
+    """Append the contributions of ``ev`` to ``enc`` (filters, values, distinct hashes)."""
+    props = ev.props
+    cols, vals = enc.c_col, enc.c_val
+    for m in p.by_type.get(ev.type, p.any_type):
+        if m.conds and not _passes(props, m.conds):
+            continue
+        if m.value_prop is None:
+            v = 1.0
+        else:
+            raw = props.get(m.value_prop)
+            t = type(raw)
+            if t is int:
+                v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
+            elif t is float and math.isfinite(raw):
+                v = min(max(raw, -VALUE_LIMIT), VALUE_LIMIT)
+            else:
+                continue
+        cols.append(m.col)
+        vals.append(v)
+    enc.c_ptr.append(len(cols))
+    for dm in p.distinct_by_type.get(ev.type, p.distinct_any_type):
+        if dm.conds and not _passes(props, dm.conds):
+            continue
+        if dm.source == "entity_id":
+            h = value_hash(ev.entity_id)
+        elif dm.source == "account_id":
+            h = value_hash(ev.account_id)
+        else:
+            h = value_hash(props.get(dm.source))
+        if h is not None:
+            enc.d_tab.append(dm.tab)
+            enc.d_hash.append(h)
+    enc.d_ptr.append(len(enc.d_tab))
+
+
+class FeatureState:
+    """All feature state of one shard: entities and, keyed by account_id, accounts."""
+
+    def __init__(self, spec: FeatureSpec, *, initial_capacity: int = 1024) -> None:
+        if initial_capacity < 1:
+            raise ValueError(f"initial_capacity must be >= 1, got {initial_capacity}")
+        self.spec = spec
+        self._capacity = initial_capacity
+        self._entities = _Table(compile_program(spec, "entity"), initial_capacity)
+        self._accounts = _Table(compile_program(spec, "account"), initial_capacity)
+        #: Events kept out of some state by the drop policy (accepted False).
+        self.late_dropped = 0
+        #: Out-of-order events applied (within allowed lateness, or clamped).
+        self.late_accepted = 0
+        #: Of ``late_accepted``, events applied at the lateness bound (clamp policy).
+        self.late_clamped = 0
+        #: Of ``late_dropped``, events dropped only by their account's state.
+        self.late_dropped_account = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (self.spec, self.snapshot(), self._capacity))
+
+    @property
+    def n_entities(self) -> int:
+        """Entities held."""
+        return len(self._entities.index)
+
+    @property
+    def n_accounts(self) -> int:
+        """Accounts held."""
+        return len(self._accounts.index)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the state arrays (allocated capacity of both tables)."""
+        return self._entities.nbytes + self._accounts.nbytes
+
+    @property
+    def bytes_per_entity(self) -> int:
+        """State-array bytes of one entity row (key index not included)."""
+        return self._entities.row_bytes
+
+    @property
+    def bytes_per_account(self) -> int:
+        """State-array bytes of one account row (key index not included)."""
+        return self._accounts.row_bytes
+
+    def update(self, events: Sequence[Event]) -> FeatureBatch:
+        """Apply ``events`` in order; row ``i`` includes ``events[i]`` and all before it."""
+        n = len(events)
+        values = np.zeros((n, len(self.spec.names)), dtype=np.float64)
+        if n == 0:
+            return FeatureBatch(values, np.ones(0, dtype=np.bool_), self.spec.names)
+        ent, acc = self._entities, self._accounts
+        with_accounts = acc.program.n_outputs > 0
+        e_enc, a_enc = _Encoded(), _Encoded()
+        ts: list[int] = []
+        for ev in events:
+            ts.append(ev.ts_ms)
+            e_enc.rows.append(ent.row(ev.entity_id))
+            _encode_event(ev, ent.program, e_enc)
+            if with_accounts:
+                if ev.account_id:
+                    a_enc.rows.append(acc.row(ev.account_id))
+                    _encode_event(ev, acc.program, a_enc)
+                else:
+                    a_enc.rows.append(-1)
+                    a_enc.c_ptr.append(len(a_enc.c_col))
+                    a_enc.d_ptr.append(len(a_enc.d_tab))
+        try:
+            ts_arr = np.array(ts, dtype=np.int64)
+        except OverflowError as exc:
+            raise ValueError("events: ts_ms outside the int64 range") from exc
+        e_late = ent.run(e_enc, ts_arr, self.spec, values)
+        e_drop = e_late == K.LATE_DROPPED
+        late = (e_late == K.LATE_ACCEPTED) | (e_late == K.LATE_CLAMPED)
+        clamped = e_late == K.LATE_CLAMPED
+        if with_accounts:
+            a_late = acc.run(a_enc, ts_arr, self.spec, values)
+            a_drop = a_late == K.LATE_DROPPED
+            accepted = ~(e_drop | a_drop)
+            late |= (a_late == K.LATE_ACCEPTED) | (a_late == K.LATE_CLAMPED)
+            clamped |= a_late == K.LATE_CLAMPED
+            self.late_dropped_account += int(np.count_nonzero(a_drop & ~e_drop))
+        else:
+            accepted = ~e_drop
+        self.late_dropped += n - int(np.count_nonzero(accepted))
+        self.late_accepted += int(np.count_nonzero(late & accepted))
+        self.late_clamped += int(np.count_nonzero(clamped & accepted))
+        return FeatureBatch(values, accepted, self.spec.names)
+
+    def evict_idle(self, now_ms: int) -> int:
+        """Forget entities and accounts whose latest event is older than ``now_ms - ttl``.
+
+        Pass event time (the shard's watermark), not wall time, so a backfill
+        keeps its state. Returns how many keys were evicted.
+        """
+        cutoff = now_ms - self.spec.entity_ttl_ms
+        return self._entities.evict(cutoff) + self._accounts.evict(cutoff)
+
+    def snapshot(self) -> FeatureSnapshot:
+        """An immutable, picklable copy of the whole state."""
+        return FeatureSnapshot(
+            schema_version=SCHEMA_VERSION,
+            spec_hash=self.spec.spec_hash,
+            entities=self._entities.snapshot(),
+            accounts=self._accounts.snapshot(),
+            counters=tuple((c, int(getattr(self, c))) for c in _COUNTERS),
+        )
+
+    @classmethod
+    def restore(
+        cls, spec: FeatureSpec, snap: FeatureSnapshot, *, initial_capacity: int = 1024
+    ) -> FeatureState:
+        """Rebuild a state from ``snap``; :class:`SnapshotMismatchError` if it is foreign."""
+        if snap.schema_version != SCHEMA_VERSION:
+            raise SnapshotMismatchError(
+                f"feature snapshot has schema version {snap.schema_version}, this engine "
+                f"reads version {SCHEMA_VERSION}; replay the input into an empty state "
+                "(new recovery directory) or run the engine version that wrote it"
+            )
+        if snap.spec_hash != spec.spec_hash:
+            raise SnapshotMismatchError(
+                f"feature snapshot was written with feature spec {snap.spec_hash[:12]}, "
+                f"the configured spec is {spec.spec_hash[:12]}: the [features] section "
+                "changed since the snapshot. Restore the previous [features] section, or "
+                "start from a new recovery directory and replay the input to rebuild features"
+            )
+        state = cls(spec, initial_capacity=1)
+        state._capacity = initial_capacity
+        state._entities = _Table.restore(state._entities.program, snap.entities, initial_capacity)
+        state._accounts = _Table.restore(state._accounts.program, snap.accounts, initial_capacity)
+        for name, value in snap.counters:
+            if name in _COUNTERS:
+                setattr(state, name, value)
+        return state
+
+
+def _restore(spec: FeatureSpec, snap: FeatureSnapshot, capacity: int) -> FeatureState:
+    return FeatureState.restore(spec, snap, initial_capacity=capacity)

@@ -1,0 +1,317 @@
+"""Delayed labels: decision points, horizon, decimation, bounds, watermark."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intentflow.errors import ConfigError
+from intentflow.events import Event
+from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
+from intentflow.online_models.model import IntentModel, ModelConfig
+
+H = 10_000  # horizon used by most tests
+ROW = np.array([1.0, 2.0])
+
+
+def book(**kw: int) -> LabelBook:
+    cfg = {"horizon_ms": H, "min_gap_ms": 100, **kw}
+    return LabelBook(LabelConfig(**cfg))  # type: ignore[arg-type]
+
+
+def summary(matured: list[Matured]) -> list[tuple[str, int, bool, int]]:
+    return [(m.entity_id, m.decision_ts_ms, m.label, m.delay_ms) for m in matured]
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_errors() -> None:
+    cfg = LabelConfig()
+    assert cfg.horizon_ms == 30 * 60 * 1000
+    assert cfg.min_gap_ms == 60_000
+    assert cfg.max_pending_per_entity == 4
+    assert cfg.conversion_types == ("purchase",)
+    assert LabelConfig.from_dict(
+        {"conversion_types": ["purchase", "payment"]}
+    ).conversion_types == (
+        "purchase",
+        "payment",
+    )
+    with pytest.raises(ConfigError, match=r"labels\.horizon_ms"):
+        LabelConfig.from_dict({"horizon_ms": 0})
+    with pytest.raises(ConfigError, match=r"labels\.conversion_types"):
+        LabelConfig.from_dict({"conversion_types": "purchase"})
+    with pytest.raises(ConfigError, match="horizon"):
+        LabelConfig.from_dict({"horizon": 5})
+
+
+def test_is_conversion() -> None:
+    cfg = LabelConfig()
+    assert cfg.is_conversion(Event("e", 0, "c", "purchase"))
+    assert cfg.is_conversion(Event("e", 0, "c", "outcome", props={"result": "converted"}))
+    assert not cfg.is_conversion(Event("e", 0, "c", "outcome", props={"result": "rejected"}))
+    assert not cfg.is_conversion(Event("e", 0, "c", "page_view"))
+
+
+# --- positives and negatives ----------------------------------------------------------------
+
+
+def test_conversion_labels_points_within_the_horizon() -> None:
+    b = book(min_gap_ms=0)
+    c = 50_000
+    for ts in (c - H - 1, c - H, c - 1, c):
+        assert b.observe("x", ts, ROW, 0.2)
+    assert b.observe("y", c - 5, ROW, 0.2)  # other entity: untouched
+    got = b.on_conversion("x", c)
+    # [c - H, c): the boundary point is in, the point at c itself is not.
+    assert summary(got) == [("x", c - H, True, H), ("x", c - 1, True, 1)]
+    assert b.n_pending == 3
+    assert b.pending("x") == 2
+    assert b.on_conversion("x", c) == []  # nothing left in range: no double labelling
+
+
+def test_points_expire_as_negatives_after_the_horizon() -> None:
+    b = book()
+    b.observe("x", 1_000, ROW, 0.4)
+    b.observe("y", 2_000, ROW, 0.1)
+    assert b.expire(1_000 + H) == []  # ts + H == watermark: not yet
+    got = b.expire(1_000 + H + 1)
+    assert summary(got) == [("x", 1_000, False, H)]
+    assert got[0].label_ts_ms == 1_000 + H
+    assert got[0].score == 0.4
+    assert summary(b.expire(10**9)) == [("y", 2_000, False, H)]
+    assert b.n_pending == 0
+    assert b.n_entities == 0
+    assert b.stats()["negatives"] == 2
+
+
+def test_a_conversion_after_the_horizon_does_not_make_a_positive() -> None:
+    b = book()
+    b.observe("x", 0, ROW, 0.5)
+    assert b.on_conversion("x", H + 1) == []
+    assert summary(b.expire(H + 1)) == [("x", 0, False, H)]
+
+
+def test_feature_row_is_copied() -> None:
+    b = book()
+    row = np.array([1.0, 2.0])
+    b.observe("x", 0, row, 0.5)
+    row[0] = 99.0
+    (m,) = b.on_conversion("x", 5)
+    assert m.features.tolist() == [1.0, 2.0]
+
+
+# --- decimation, bounds, lateness -----------------------------------------------------------
+
+
+def test_decimation_keeps_one_point_per_entity_per_gap() -> None:
+    b = book(min_gap_ms=1_000)
+    assert b.observe("x", 0, ROW, 0.1)
+    assert not b.observe("x", 999, ROW, 0.1)
+    assert b.observe("y", 500, ROW, 0.1)
+    assert b.observe("x", 1_000, ROW, 0.1)
+    assert b.stats()["decimated"] == 1
+    b.on_conversion("x", 1_500)
+    assert b.observe("x", 1_600, ROW, 0.1)  # nothing pending any more
+
+
+def test_bounds_per_entity_and_total() -> None:
+    b = book(max_pending_per_entity=2, max_pending_total=3)
+    assert b.observe("x", 0, ROW, 0.1)
+    assert b.observe("x", 200, ROW, 0.1)
+    assert not b.observe("x", 400, ROW, 0.1)  # per-entity bound
+    assert b.observe("y", 0, ROW, 0.1)
+    assert not b.observe("z", 0, ROW, 0.1)  # total bound
+    assert b.n_pending == 3
+    assert b.stats()["bounded"] == 2
+    assert b.evict_entity("x") == 2
+    assert b.evict_entity("x") == 0
+    assert b.observe("z", 0, ROW, 0.1)
+    assert b.stats()["evicted"] == 2
+
+
+def test_late_points_are_refused_and_watermark_never_moves_back() -> None:
+    b = book()
+    b.expire(5 * H)
+    assert not b.observe("x", 5 * H - H - 1, ROW, 0.1)
+    assert b.observe("x", 5 * H - H, ROW, 0.1)
+    b.expire(0)
+    assert b.watermark_ms == 5 * H
+    assert b.stats()["late"] == 1
+
+
+def test_row_length_must_not_change() -> None:
+    b = book()
+    b.observe("x", 0, ROW, 0.1)
+    with pytest.raises(ValueError, match="features_row"):
+        b.observe("y", 0, np.zeros(3), 0.1)
+
+
+# --- deadlines and pickling -----------------------------------------------------------------
+
+
+def test_next_deadline_follows_the_oldest_live_point() -> None:
+    b = book()
+    assert b.next_deadline_ms() is None
+    b.observe("x", 100, ROW, 0.1)
+    b.observe("y", 300, ROW, 0.1)
+    assert b.next_deadline_ms() == 100 + H + 1
+    b.on_conversion("x", 200)
+    assert b.next_deadline_ms() == 300 + H + 1
+    b.evict_entity("y")
+    assert b.next_deadline_ms() is None
+    b.observe("z", 400, ROW, 0.1)
+    deadline = b.next_deadline_ms()
+    assert deadline is not None
+    assert b.expire(deadline - 1) == []
+    assert len(b.expire(deadline)) == 1
+
+
+def test_pickle_mid_stream_continues_identically() -> None:
+    rng = np.random.default_rng(0)
+    ops = []
+    for ts in range(0, 60_000, 37):
+        entity = f"e{rng.integers(20)}"
+        kind = "conv" if rng.random() < 0.05 else "obs"
+        ops.append((kind, entity, ts, rng.normal(size=2), float(rng.random())))
+
+    Op = tuple[str, str, int, np.ndarray, float]
+
+    def run(b: LabelBook, part: list[Op]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for kind, entity, ts, row, score in part:
+            if kind == "conv":
+                got = b.on_conversion(entity, ts)
+            else:
+                b.observe(entity, ts, row, score)
+                got = b.expire(ts)
+            out += [
+                (*s, m.features.tolist(), m.score) for s, m in zip(summary(got), got, strict=True)
+            ]
+        return out
+
+    whole = book()
+    expected = run(whole, ops)
+    half = book()
+    first = run(half, ops[:800])
+    restored = pickle.loads(pickle.dumps(half))
+    assert first + run(restored, ops[800:]) == expected
+    assert restored.stats() == whole.stats()
+    assert any(e[2] for e in expected)
+    assert not all(e[2] for e in expected)
+
+
+# --- the labelling rule against a slow twin -------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["obs", "conv"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.integers(0, 3 * H),
+        ),
+        max_size=60,
+    )
+)
+def test_every_point_is_labelled_once_by_the_horizon_rule(
+    ops: list[tuple[str, str, int]],
+) -> None:
+    """In event-time order: positive iff the entity converts in (ts, ts + H]."""
+    ops = sorted(ops, key=lambda op: op[2])
+    b = LabelBook(LabelConfig(horizon_ms=H, min_gap_ms=0, max_pending_per_entity=1000))
+    accepted: list[tuple[str, int]] = []
+    matured: list[Matured] = []
+    for kind, entity, ts in ops:
+        if kind == "conv":
+            matured += b.on_conversion(entity, ts)
+        elif b.observe(entity, ts, ROW, 0.0):
+            accepted.append((entity, ts))
+        matured += b.expire(ts)
+    matured += b.expire(10 * H)
+    assert b.n_pending == 0
+    assert sorted((m.entity_id, m.decision_ts_ms) for m in matured) == sorted(accepted)
+    conversions = [(e, ts) for kind, e, ts in ops if kind == "conv"]
+    for m in matured:
+        later = [c for e, c in conversions if e == m.entity_id and m.decision_ts_ms < c]
+        within = [c for c in later if c <= m.decision_ts_ms + H]
+        assert m.label == bool(within)
+        assert m.label_ts_ms == (min(within) if within else m.decision_ts_ms + H)
+
+
+# --- learning from delayed labels -----------------------------------------------------------
+
+
+def _journeys(seed: int, n: int) -> list[tuple[int, str, str, np.ndarray]]:
+    """Decision events; entities with high A convert H/2 later (event time order)."""
+    rng = np.random.default_rng(seed)
+    events: list[tuple[int, str, str, np.ndarray]] = []
+    for i in range(n):
+        ts = i * 200
+        a = rng.normal()
+        row = np.array([a, rng.normal()])
+        entity = f"c{i}"
+        events.append((ts, "decide", entity, row))
+        if a > 0.3:
+            events.append((ts + H // 2, "convert", entity, row))
+    events.sort(key=lambda e: (e[0], e[1]))
+    return events
+
+
+def _stream(model: IntentModel, book_: LabelBook | None, seed: int) -> None:
+    names = ("A", "B")
+    for ts, kind, entity, row in _journeys(seed, 1500):
+        if book_ is None:
+            model.score_batch(row.reshape(1, -1), names)
+            continue
+        matured = book_.on_conversion(entity, ts) if kind == "convert" else []
+        matured += book_.expire(ts)
+        if matured:
+            X, y = to_arrays(matured, 2)
+            model.learn_batch(X, y, names)
+        if kind == "decide":
+            score = model.score_batch(row.reshape(1, -1), names)[0]
+            book_.observe(entity, ts, row, score)
+
+
+def test_delayed_labels_teach_the_model() -> None:
+    names = ("A", "B")
+    rng = np.random.default_rng(42)
+    probe = rng.normal(size=(400, 2))
+    truth = probe[:, 0] > 0.3
+
+    with_labels = IntentModel(ModelConfig(warmup_labels=20))
+    labels = LabelBook(LabelConfig(horizon_ms=H, min_gap_ms=60_000))
+    _stream(with_labels, labels, seed=1)
+    assert with_labels.ready
+    assert with_labels.n_learned > 1000
+    assert with_labels.metrics()["auc"] > 0.9
+    scores = with_labels.score_batch(probe, names)
+    pos, neg = scores[truth], scores[~truth]
+    assert (pos[:, None] > neg[None, :]).mean() > 0.95
+
+    without = IntentModel(ModelConfig(warmup_labels=20))
+    _stream(without, None, seed=1)
+    assert without.n_learned == 0
+    assert not without.ready
+    assert np.all(without.score_batch(probe, names) == 0.0)
+
+
+def test_to_arrays_stacks_in_order() -> None:
+    b = book()
+    b.observe("x", 0, np.array([1.0, 2.0]), 0.1)
+    b.observe("y", 0, np.array([3.0, 4.0]), 0.1)
+    matured = b.on_conversion("y", 10) + b.expire(H + 1)
+    X, y = to_arrays(matured, 2)
+    assert X.tolist() == [[3.0, 4.0], [1.0, 2.0]]
+    assert y.tolist() == [True, False]
+    X0, y0 = to_arrays([], 2)
+    assert X0.shape == (0, 2)
+    assert y0.shape == (0,)
