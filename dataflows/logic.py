@@ -243,7 +243,7 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             expire = False
             if ev.ts_ms > self.watermark:
                 self.watermark = ev.ts_ms
-                expire = deadline is not None and deadline < self.watermark
+                expire = deadline is not None and deadline <= self.watermark
             convert = is_conversion(ev)
             if expire or convert:
                 self._decide_segment(events, feats, seg, i, out)

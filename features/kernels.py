@@ -223,7 +223,7 @@ def _emit(
         size = rings[r, 0]
         slots = rings[r, 1]
         last = q // size
-        first = (q - wq[j, 1]) // size
+        first = (q - wq[j, 1] + 1) // size
         if first < last - slots + 1:
             first = last - slots + 1
         n = 0
@@ -359,7 +359,7 @@ def update_table(
             q = t
             clock[row] = t
         elif t < q:
-            if t >= q - lateness_ms:
+            if t > q - lateness_ms:
                 status = LATE_ACCEPTED
             elif policy == POLICY_CLAMP:
                 status = LATE_CLAMPED

@@ -88,9 +88,9 @@ _TYPE_NAMES: Final = (
 )
 # Rows: stages. Columns: the 11 drawable types above.
 _TYPE_MIX: Final = (
-    (46, 10, 30, 4, 1.0, 4.0, 2.5, 0.2, 0, 0, 2.3),
-    (55, 12, 15, 7, 3.0, 4.0, 3.0, 0.5, 0, 0, 0.5),
-    (52, 12, 10, 7, 7.0, 5.0, 5.0, 1.0, 0, 0, 1.0),
+    (46, 10, 30, 4, 1.0, 4.0, 2.5, 0.4, 0, 0, 2.3),
+    (55, 12, 15, 7, 3.0, 4.0, 3.0, 1.0, 0, 0, 0.5),
+    (52, 12, 10, 7, 7.0, 5.0, 5.0, 2.0, 0, 0, 1.0),
     (48, 10, 7, 7, 10.0, 7.0, 7.0, 3.5, 0, 0, 0.5),
     (50, 10, 8, 7, 10.0, 5.5, 6.0, 2.0, 0, 0, 1.5),
     (42, 10, 15, 5, 6.0, 1.5, 4.0, 1.0, 6, 7, 2.5),
@@ -98,9 +98,14 @@ _TYPE_MIX: Final = (
 )
 #: Relative event rate of a contact per stage (high intent is busier).
 _ACTIVITY: Final = (0.35, 1.0, 1.6, 2.6, 2.2, 0.7, 1.0)
+# Probability that a contact who becomes ready will buy: base + slope * propensity.
+_BUY_BASE: Final = 0.25
+_BUY_SLOPE: Final = 0.5
+# Chance that a cart_add before the ready stage becomes a quick impulse purchase.
+_IMPULSE: Final = 0.35
 _INITIAL_STAGE: Final = (0.50, 0.15, 0.09, 0.05, 0.0, 0.15, 0.06)
 # Mean stage holding time in units of journey_scale_s (ready_buy: purchase delay).
-_HOLD: Final = (4.0, 0.5, 1 / 3, 0.25, 0.25, 6.0, 2.0)
+_HOLD: Final = (4.0, 0.5, 1 / 3, 1 / 3, 0.25, 6.0, 2.0)
 
 _CATEGORIES: Final = ("pricing", "product", "blog", "docs", "case_study", "careers", "home")
 _PAGES: Final = (
@@ -508,14 +513,13 @@ class BuyerJourneyGenerator:
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self._config.seed, 4])))
         init_cdf = np.asarray(_cdf(_INITIAL_STAGE, 7))
         stage = (rng.random(n)[:, None] > init_cdf[None, :]).sum(1).astype(np.int8)
-        buy = rng.random(n) < 0.35 + 0.55 * self._propensity
+        buy = rng.random(n) < _BUY_BASE + _BUY_SLOPE * self._propensity
         stage[(stage == READY_BUY) & ~buy] = READY_LOST
         hold = self._hold_ms[stage] * rng.standard_exponential(n)
         ready = stage == READY_BUY
-        hold[ready] = self._purchase_delay(rng.standard_exponential(int(ready.sum())), 0.25)
+        hold[ready] = self._purchase_delay(rng.standard_exponential(int(ready.sum())), _HOLD[READY_BUY])
         self._stage = stage
         self._flags = np.zeros(n, dtype=np.uint8)
-        self._flags[stage == CUSTOMER] = _CONVERTED  # existing customers are not new conversions
         self._next: I64 = self._start_ms + np.maximum(hold, 1000.0).astype(np.int64)
         self._clock = float(self._start_ms)
         self._seq = 0
@@ -708,7 +712,7 @@ class BuyerJourneyGenerator:
         sel = old == RESEARCH
         new[sel] = np.where(ra < 0.35 + 0.5 * prop, EVAL, COLD)[sel]
         sel = old == EVAL
-        ready = np.where(rb < 0.35 + 0.55 * prop, READY_BUY, READY_LOST)
+        ready = np.where(rb < _BUY_BASE + _BUY_SLOPE * prop, READY_BUY, READY_LOST)
         back = np.where(rb < 0.3, RESEARCH, COLD)
         new[sel] = np.where(ra < 0.3 + 0.6 * prop, ready, back)[sel]
         sel = old == READY_LOST
@@ -765,7 +769,7 @@ class BuyerJourneyGenerator:
             | (typ == CART)
         )
         # 4. A rare cart_add from an early stage turns into an impulse purchase.
-        imp = (typ == CART) & (st <= EVAL) & (u[4] < 0.2)
+        imp = (typ == CART) & (st <= EVAL) & (u[4] < _IMPULSE)
         imp_e, imp_i = np.unique(ents[imp], return_index=True)
         if imp_e.size:
             imp_ts = ts[imp][imp_i]
