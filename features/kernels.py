@@ -281,7 +281,7 @@ def _emit(
             lo_ts = q - b + 1
             m = 0
             for k in range(dtabs[a, 0], dtabs[a, 0] + dtabs[a, 1]):
-                if dts[row, k] >= lo_ts:
+                if dts[row, k] > lo_ts:
                     m += 1
             x = m
         out[i, outs[f, 3]] = x
@@ -359,7 +359,7 @@ def update_table(
             q = t
             clock[row] = t
         elif t < q:
-            if t > q - lateness_ms:
+            if t >= q - lateness_ms:
                 status = LATE_ACCEPTED
             elif policy == POLICY_CLAMP:
                 status = LATE_CLAMPED

@@ -47,6 +47,7 @@ __all__ = [
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+S8 = npt.NDArray[np.int8]
 
 #: Hidden intent stages; ``ready_buy`` and ``ready_lost`` look alike from outside.
 STAGE_NAMES: Final = (
@@ -88,12 +89,12 @@ _TYPE_NAMES: Final = (
 )
 # Rows: stages. Columns: the 11 drawable types above.
 _TYPE_MIX: Final = (
-    (46, 10, 30, 4, 1.0, 4.0, 2.5, 0.4, 0, 0, 2.3),
-    (55, 12, 15, 7, 3.0, 4.0, 3.0, 1.0, 0, 0, 0.5),
-    (52, 12, 10, 7, 7.0, 5.0, 5.0, 2.0, 0, 0, 1.0),
+    (46, 10, 30, 4, 1.0, 4.0, 2.5, 0.2, 0, 0, 2.3),
+    (55, 12, 15, 7, 3.0, 4.0, 3.0, 0.6, 0, 0, 0.5),
+    (52, 12, 10, 7, 7.0, 5.0, 5.0, 1.5, 0, 0, 1.0),
     (48, 10, 7, 7, 10.0, 7.0, 7.0, 3.5, 0, 0, 0.5),
     (50, 10, 8, 7, 10.0, 5.5, 6.0, 2.0, 0, 0, 1.5),
-    (42, 10, 15, 5, 6.0, 1.5, 4.0, 1.0, 6, 7, 2.5),
+    (42, 10, 15, 5, 6.0, 1.5, 4.0, 0.4, 6, 7, 2.5),
     (33, 8, 10, 3, 12.0, 1.5, 6.0, 0.2, 9, 12, 5.3),
 )
 #: Relative event rate of a contact per stage (high intent is busier).
@@ -101,11 +102,11 @@ _ACTIVITY: Final = (0.35, 1.0, 1.6, 2.6, 2.2, 0.7, 1.0)
 # Probability that a contact who becomes ready will buy: base + slope * propensity.
 _BUY_BASE: Final = 0.25
 _BUY_SLOPE: Final = 0.5
-# Chance that a cart_add before the ready stage becomes a quick impulse purchase.
-_IMPULSE: Final = 0.35
-_INITIAL_STAGE: Final = (0.50, 0.15, 0.09, 0.05, 0.0, 0.15, 0.06)
+# Chance per stage that a cart_add becomes a quick impulse (or expansion) purchase.
+_IMPULSE: Final = (0.1, 0.1, 0.1, 0.0, 0.0, 0.3, 0.0)
+_INITIAL_STAGE: Final = (0.50, 0.22, 0.075, 0.026, 0.0, 0.146, 0.033)
 # Mean stage holding time in units of journey_scale_s (ready_buy: purchase delay).
-_HOLD: Final = (4.0, 0.5, 1 / 3, 1 / 3, 0.25, 6.0, 2.0)
+_HOLD: Final = (2.5, 1.0, 0.6, 0.4, 0.5, 3.0, 1.5)
 
 _CATEGORIES: Final = ("pricing", "product", "blog", "docs", "case_study", "careers", "home")
 _PAGES: Final = (
@@ -185,7 +186,7 @@ _CHAT_TEXTS: Final[tuple[tuple[tuple[str, ...], ...], ...]] = (
             "do you offer annual billing?",
             "who can I talk to about pricing?",
         ),
-        ("价格", "{n}个席位的报价是多少？", "我们想下周开始试用", "可以发合同吗？"),  # noqa: RUF001
+        ("价格", "{n}个席位的报价是多少？", "我们想下周开始试用", "可以发合同吗？"),
     ),
     (
         (
@@ -194,7 +195,7 @@ _CHAT_TEXTS: Final[tuple[tuple[tuple[str, ...], ...], ...]] = (
             "how long does onboarding take?",
             "do you support SSO?",
         ),
-        ("支持单点登录吗？", "有API吗？"),  # noqa: RUF001
+        ("支持单点登录吗？", "有API吗？"),
     ),
     (
         (
@@ -226,7 +227,7 @@ _MENTION_TEXTS: Final[tuple[tuple[tuple[str, ...], ...], ...]] = (
     (("great onboarding experience", "support was quick to help"), ("客服很专业",)),
     (
         ("anyone using this for lead scoring?", "saw their talk at a conference"),
-        ("有人用过吗？",),  # noqa: RUF001
+        ("有人用过吗？",),
     ),
     (("considering switching, too pricey", "outage again today"), ("太贵了", "有没有替代方案")),
 )
@@ -436,12 +437,13 @@ def _set_rng_state(rng: np.random.Generator, st: tuple[int, int, int, int]) -> N
 @dataclass
 class _Block:
     events: list[dict[str, Any]]
-    stages: npt.NDArray[np.int8]  # hidden stage of each event (for evaluation scripts)
+    stages: S8  # hidden stage of each event (for evaluation scripts)
     poison_counts: list[int] | None  # poison items emitted before each event
     poison_first: list[int]  # index of each event's first poison item in poison_kinds
     poison_kinds: list[int]
     conversions: list[tuple[int, int, int]]  # (event index, entity, ts)
-    encoded: list[bytes] | None = None  # events as JSON, made on first payload request
+    encoded: list[bytes] | None = None  # events[encoded_from:] as JSON, made on demand
+    encoded_from: int = 0
 
 
 class BuyerJourneyGenerator:
@@ -463,7 +465,7 @@ class BuyerJourneyGenerator:
         self._ppos = 0  # poison items already emitted before that event
         self._position = 0
         self._block_start: tuple[Any, ...] | None = None
-        self._undo: tuple[I64, Any, Any, I64] | None = None
+        self._undo: tuple[I64, S8, npt.NDArray[np.uint8], I64] | None = None
 
     # ----------------------------------------------------------------- set-up
     def _build_static(self) -> None:
@@ -497,6 +499,7 @@ class BuyerJourneyGenerator:
         self._plan_of: list[int] = plan[account].tolist()
         self._seats_of: list[int] = seats[account].tolist()
         self._activity = np.asarray(_ACTIVITY, dtype=np.float64)
+        self._impulse = np.asarray(_IMPULSE, dtype=np.float64)
         self._type_cdf = np.asarray([_cdf(row, 11) for row in _TYPE_MIX], dtype=np.float64)
         sub = np.ones((13, 7, 7), dtype=np.float64)
         for t, rows in _SUB_MIX.items():
@@ -517,7 +520,9 @@ class BuyerJourneyGenerator:
         stage[(stage == READY_BUY) & ~buy] = READY_LOST
         hold = self._hold_ms[stage] * rng.standard_exponential(n)
         ready = stage == READY_BUY
-        hold[ready] = self._purchase_delay(rng.standard_exponential(int(ready.sum())), _HOLD[READY_BUY])
+        hold[ready] = self._purchase_delay(
+            rng.standard_exponential(int(ready.sum())), _HOLD[READY_BUY]
+        )
         self._stage = stage
         self._flags = np.zeros(n, dtype=np.uint8)
         self._next: I64 = self._start_ms + np.maximum(hold, 1000.0).astype(np.int64)
@@ -567,12 +572,14 @@ class BuyerJourneyGenerator:
         out: list[bytes] = []
         while len(out) < n:
             blk = self._current_block()
-            if blk.encoded is None:
-                blk.encoded = _encode_many(blk.events)
+            if blk.encoded is None:  # encode only what was not handed out as dicts
+                blk.encoded_from = self._vpos
+                blk.encoded = _encode_many(blk.events[self._vpos :])
+            enc, base = blk.encoded, blk.encoded_from
             counts = blk.poison_counts
             if counts is None:
                 take = min(n - len(out), len(blk.events) - self._vpos)
-                out.extend(blk.encoded[self._vpos : self._vpos + take])
+                out.extend(enc[self._vpos - base : self._vpos - base + take])
                 self._vpos += take
             else:
                 while len(out) < n and self._vpos < len(blk.events):
@@ -581,7 +588,7 @@ class BuyerJourneyGenerator:
                         out.append(self._poison(blk.poison_kinds[j], blk.events[self._vpos], j))
                         self._ppos += 1
                     else:
-                        out.append(blk.encoded[self._vpos])
+                        out.append(enc[self._vpos - base])
                         self._vpos += 1
                         self._ppos = 0
             self._maybe_finish_block()
@@ -702,7 +709,7 @@ class BuyerJourneyGenerator:
             got += keep.size
         return np.concatenate(chunks)[:n].astype(np.int64)
 
-    def _transition(self, old: Any, prop: F64) -> tuple[Any, F64]:
+    def _transition(self, old: S8, prop: F64) -> tuple[S8, F64]:
         """One step of the hidden stage chain for contacts whose stage has expired."""
         m = old.size
         ra, rb = self._rng.random(m), self._rng.random(m)
@@ -718,9 +725,9 @@ class BuyerJourneyGenerator:
         sel = old == READY_LOST
         new[sel] = np.where(ra < 0.25, EVAL, COLD)[sel]
         sel = old == CUSTOMER
-        new[sel] = np.select([ra < 0.25, ra < 0.6], [EVAL, CHURN], CUSTOMER)[sel]
+        new[sel] = np.select([ra < 0.2, ra < 0.6], [EVAL, CHURN], CUSTOMER)[sel]
         sel = old == CHURN
-        new[sel] = np.where(ra < 0.5, CUSTOMER, COLD)[sel]
+        new[sel] = np.where(ra < 0.3, CUSTOMER, COLD)[sel]
         hold = np.maximum(self._hold_ms[new] * expo, 1000.0)
         buy = new == READY_BUY
         hold[buy] = self._purchase_delay(expo[buy], _HOLD[READY_BUY])
@@ -769,7 +776,7 @@ class BuyerJourneyGenerator:
             | (typ == CART)
         )
         # 4. A rare cart_add from an early stage turns into an impulse purchase.
-        imp = (typ == CART) & (st <= EVAL) & (u[4] < _IMPULSE)
+        imp = (typ == CART) & (u[4] < self._impulse[st])
         imp_e, imp_i = np.unique(ents[imp], return_index=True)
         if imp_e.size:
             imp_ts = ts[imp][imp_i]
@@ -833,8 +840,7 @@ class BuyerJourneyGenerator:
                 out.append({**e, "props": dict(e["props"])} if seen[s] else e)
                 seen[s] = True
             events = out
-        pos_of = np.empty(m, np.int64)
-        pos_of[src[::-1]] = np.arange(src.size - 1, -1, -1)  # first occurrence of each
+        _, pos_of = np.unique(src, return_index=True)  # first occurrence of each event
         conversions = [
             (int(pos_of[i]), int(ents[i]), int(ts[i])) for i in np.flatnonzero(newly_mark)
         ]
@@ -956,8 +962,8 @@ class BuyerJourneyGenerator:
             return head + b'"type":"purchase","props":{"item_id":"plan-team","amount":NaN}}'
         if kind == 3:  # Infinity amount
             return head + b'"type":"payment","props":{"status":"paid","amount":Infinity}}'
-        if kind == 4:  # ts as a string
-            return orjson.dumps({**base, "ts": "2026-01-01T00:00:00Z"})
+        if kind == 4:  # ts of the wrong type
+            return orjson.dumps({**base, "ts": True})
         if kind == 5:  # entity_id as a number
             return orjson.dumps({**base, "entity_id": 123456})
         if kind == 6:  # props not an object

@@ -39,6 +39,11 @@ CAT_VALUES: list[Any] = ["a", "b", True, 1, 1.0, 0, None]
 PAGE_VALUES: list[Any] = ["p1", "p2", "p3", "p4", "p5", 1, 1.0, math.nan, None]
 
 
+def _ms(text: str) -> int:
+    unit = {"s": 1_000, "m": MINUTE, "h": HOUR, "d": DAY}[text[-1]]
+    return int(text[:-1]) * unit
+
+
 @st.composite
 def feature_tables(draw: st.DrawFn, key: str) -> dict[str, Any]:
     d: dict[str, Any] = {"key": key}
@@ -100,11 +105,6 @@ def specs(draw: st.DrawFn) -> FeatureSpec:
     return FeatureSpec.from_dict(data)
 
 
-def _ms(text: str) -> int:
-    unit = {"s": 1_000, "m": MINUTE, "h": HOUR, "d": DAY}[text[-1]]
-    return int(text[:-1]) * unit
-
-
 @dataclass
 class Op:
     kind: str  # "event", "batch", "evict", "restore"
@@ -112,25 +112,53 @@ class Op:
     now_ms: int = 0
 
 
+EDGE_GRIDS = [10_000, 30_000, MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 4 * HOUR, DAY]
+EDGE_SPANS = [_ms(w) for w in WINDOWS] + [HOUR, 3 * DAY]
+KINDS = ["step"] * 5 + ["back"] * 3 + ["grid", "span", "span", "same", "batch", "evict", "restore"]
+
+
 @st.composite
 def streams(draw: st.DrawFn, max_ops: int = 40) -> list[Op]:
+    """Events plus batch breaks, evictions and restores.
+
+    Besides random steps and out-of-order events, timestamps land next to
+    bucket-grid points (``grid``), one window length (±1 ms) after an earlier
+    event of the same entity, type and account (``span``), or on the previous
+    event's time, entity and type (``same``).
+    """
     ops: list[Op] = []
-    high = T0 + draw(st.integers(0, DAY))
+    high = T0 + draw(st.one_of(st.sampled_from([0, 1, DAY - 1]), st.integers(0, DAY)))
+    seen: list[Event] = []
     for n in range(draw(st.integers(1, max_ops))):
-        kind = draw(st.sampled_from(["step"] * 6 + ["back"] * 3 + ["batch", "evict", "restore"]))
-        if kind == "batch" or kind == "restore":
+        kind = draw(st.sampled_from(KINDS))
+        if kind in ("batch", "restore"):
             ops.append(Op(kind))
             continue
         if kind == "evict":
             offset = draw(st.one_of(st.integers(-DAY, 40 * DAY), st.sampled_from([0, 35 * DAY])))
             ops.append(Op("evict", now_ms=high + offset))
             continue
-        if kind == "step":
-            gap = draw(st.one_of(st.sampled_from(GAPS), st.integers(0, 2 * DAY)))
-            high += gap
+        entity = draw(st.sampled_from(["e1", "e2", "e3"]))
+        etype = draw(st.sampled_from([*TYPES, "ticket"]))
+        account = draw(st.sampled_from(["a1", "a2", None]))
+        if kind == "step" or (kind in ("span", "same") and not seen):
+            high += draw(st.one_of(st.sampled_from(GAPS), st.integers(0, 2 * DAY)))
             ts = high
-        else:
+        elif kind == "back":
             ts = high - draw(st.one_of(st.sampled_from(BACKS), st.integers(0, DAY)))
+        elif kind == "grid":
+            grid = draw(st.sampled_from(EDGE_GRIDS))
+            ts = (high // grid + 1) * grid + draw(st.sampled_from([-1, 0, 1]))
+        elif kind == "span":
+            before = draw(st.sampled_from(seen))
+            ts = (
+                before.ts_ms + draw(st.sampled_from(EDGE_SPANS)) + draw(st.sampled_from([-1, 0, 1]))
+            )
+            entity, etype, account = before.entity_id, before.type, before.account_id
+        else:  # same time, entity and type as the previous event
+            before = seen[-1]
+            ts, entity, etype = before.ts_ms, before.entity_id, before.type
+        high = max(high, ts)
         props: dict[str, Any] = {}
         for name, pool in (("cat", CAT_VALUES), ("x", X_VALUES), ("page", PAGE_VALUES)):
             value = draw(st.sampled_from(pool))
@@ -139,16 +167,19 @@ def streams(draw: st.DrawFn, max_ops: int = 40) -> list[Op]:
         ev = Event(
             event_id=str(n),
             ts_ms=ts,
-            entity_id=draw(st.sampled_from(["e1", "e2", "e3"])),
-            type=draw(st.sampled_from([*TYPES, "ticket"])),
-            account_id=draw(st.sampled_from(["a1", "a2", None])),
+            entity_id=entity,
+            type=etype,
+            account_id=account,
             props=props,
         )
+        seen.append(ev)
         ops.append(Op("event", ev))
     return ops
 
 
-def _assert_rows(spec: FeatureSpec, got: np.ndarray, want: list[list[float]], tol: list[list[float]]) -> None:
+def _assert_rows(
+    spec: FeatureSpec, got: np.ndarray, want: list[list[float]], tol: list[list[float]]
+) -> None:
     assert got.shape == (len(want), len(spec.names))
     assert np.isfinite(got).all()
     for i, (row, wrow, trow) in enumerate(zip(got.tolist(), want, tol, strict=True)):
