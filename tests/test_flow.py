@@ -10,8 +10,6 @@ import jsonschema
 import orjson
 import pytest
 from bytewax.testing import TestingSource
-
-from intentflow.online_models.policy import alert_id
 from flowkit import (
     alerts,
     dead_letters,
@@ -22,6 +20,8 @@ from flowkit import (
     run_memory,
     scores,
 )
+
+from intentflow.online_models.policy import alert_id
 
 N = 12_000
 ALERTS = jsonschema.Draft202012Validator(
