@@ -66,6 +66,7 @@ class EngineParts:
     dedup_window_ms: int = 86_400_000
     dedup_max: int = 1_000_000
     housekeeping_interval_ms: int = 60_000
+    learn_tick_ms: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             self.watermark = 0
             self.counters: dict[str, int] = {}
             self._next_housekeeping_ms = parts.housekeeping_interval_ms
+            self._matured: list[Matured] = []
         else:
             self._restore(resume)
         self._latest: dict[str, tuple[float, int]] = {}
@@ -127,6 +129,7 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         self.watermark = state["watermark"]
         self.counters = state["counters"]
         self._next_housekeeping_ms = state["next_housekeeping_ms"]
+        self._matured = state["matured"]
 
     def snapshot(self) -> ShardSnapshot:
         state = {
@@ -138,6 +141,7 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             "watermark": self.watermark,
             "counters": self.counters,
             "next_housekeeping_ms": self._next_housekeeping_ms,
+            "matured": self._matured,
         }
         return ShardSnapshot(
             SNAPSHOT_SCHEMA_VERSION,
@@ -188,18 +192,26 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         self._count("labels", len(matured))
         self._count("labels_positive", int(y.sum()))
 
-    def _decide_segment(
+    def _process_segment(
         self, events: list[Event], feats: np.ndarray, a: int, b: int, out: list[Output]
     ) -> None:
-        """Score events ``a:b`` with the current model and decide on each, in order."""
+        """Score events ``a:b`` in one call, then decide, observe and resolve in order.
+
+        The model does not change inside a segment (it learns only at ticks),
+        so one scoring call gives each event the score it would get alone.
+        """
         if a >= b:
             return
         scores = self.model.score_batch(feats[a:b], self._names)
         ready = self.model.ready
         now_ms = time.time() * 1000.0
         labels, policy = self.labels, self.policy
+        is_conversion = self._parts.labels.is_conversion
+        matured = self._matured
         for j in range(a, b):
             ev = events[j]
+            if is_conversion(ev):
+                matured.extend(labels.on_conversion(ev.entity_id, ev.ts_ms))
             if ev.type == "outcome":
                 policy.feedback(ev)
                 continue
@@ -213,15 +225,21 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
                 out.append(AlertOut(self._alert(ev, score, feats[j], decision, now_ms)))
                 self._count("alerts")
 
+    def _tick(self) -> None:
+        """Learn every label matured so far: resolved positives and expired negatives."""
+        self._matured.extend(self.labels.expire(self.watermark))
+        matured, self._matured = self._matured, []
+        self._learn(matured)
+
     def on_batch(self, values: list[Event]) -> tuple[Iterable[Output], bool]:
         """Process a batch exactly as if its events had arrived one by one.
 
-        Before event *i* is scored, the model has learned every label that
-        matured up to it: positives from conversions among events ``< i``
-        and negatives whose horizon ended before the watermark at *i*. The
-        batch is cut into segments at those points and each segment is
-        scored in one call, so results do not depend on batch boundaries
-        (which differ after a resume).
+        The model learns at event-time *ticks* (``engine.learn_tick_s``): when
+        the watermark enters a new tick, it learns every label that matured
+        before (positives resolved by conversions, negatives whose horizon
+        ended), then scores on. Segments between ticks are scored in one call
+        each. Ticks depend only on event times, so results do not depend on
+        batch boundaries (which differ after a resume).
         """
         events = self._dedup(values)
         if not events:
@@ -235,25 +253,19 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
 
         out: list[Output] = []
         self._latest = {}
-        labels = self.labels
-        is_conversion = self._parts.labels.is_conversion
-        deadline = labels.next_deadline_ms()
+        tick_ms = self._parts.learn_tick_ms
+        tick = self.watermark // tick_ms
         seg = 0
         for i, ev in enumerate(events):
-            expire = False
-            if ev.ts_ms > self.watermark:
-                self.watermark = ev.ts_ms
-                expire = deadline is not None and deadline <= self.watermark
-            convert = is_conversion(ev)
-            if expire or convert:
-                self._decide_segment(events, feats, seg, i, out)
+            if ev.ts_ms > self.watermark and ev.ts_ms // tick_ms > tick:
+                self._process_segment(events, feats, seg, i, out)
                 seg = i
-                matured = labels.expire(self.watermark) if expire else []
-                if convert:
-                    matured.extend(labels.on_conversion(ev.entity_id, ev.ts_ms))
-                self._learn(matured)
-                deadline = labels.next_deadline_ms()
-        self._decide_segment(events, feats, seg, len(events), out)
+                self.watermark = ev.ts_ms
+                tick = ev.ts_ms // tick_ms
+                self._tick()
+            elif ev.ts_ms > self.watermark:
+                self.watermark = ev.ts_ms
+        self._process_segment(events, feats, seg, len(events), out)
 
         version = self.model.version
         for entity_id, (score, ts_ms) in self._latest.items():

@@ -90,6 +90,7 @@ class EngineSection:
     dedup_window_s: float = 86400.0
     dedup_max_per_shard: int = 1_000_000
     housekeeping_interval_s: float = 60.0  # event time between evictions/trims
+    learn_tick_s: float = 1.0  # event time between model updates from matured labels
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def _validate(obj: Any, where: str) -> None:
         "dlq_maxlen",
         "snapshot_interval_s",
         "housekeeping_interval_s",
+        "learn_tick_s",
         "dedup_max_per_shard",
     }
     for f in fields(obj):

@@ -116,11 +116,14 @@ def produce(
     return producer.sent
 
 
-def live_generator(cfg: GeneratorConfig, rate: float) -> BuyerJourneyGenerator:
-    """A generator whose event time follows the wall clock at ``rate`` events/s."""
+def live_generator(
+    cfg: GeneratorConfig, rate: float, time_scale: float = 1.0
+) -> BuyerJourneyGenerator:
+    """A generator whose event time starts now and runs ``time_scale`` times
+    faster than the wall clock when sent at ``rate`` events/s."""
     from dataclasses import replace
 
-    per_s = rate if rate > 0 else cfg.events_per_second
+    per_s = (rate if rate > 0 else cfg.events_per_second) / time_scale
     return BuyerJourneyGenerator(
         replace(cfg, start_ms=int(time.time() * 1000), events_per_second=per_s)
     )
