@@ -184,7 +184,7 @@ def _apply(
             if rings[r, 5] >= 0 and v > mx[row, rings[r, 5] + slot]:
                 mx[row, rings[r, 5] + slot] = v
     k = col_lts[c]
-    if k >= 0 and t >= lts[row, k]:
+    if k >= 0 and t > lts[row, k]:
         lts[row, k] = t
         if col_lval[c] >= 0:
             lval[row, col_lval[c]] = v
@@ -281,7 +281,7 @@ def _emit(
             lo_ts = q - b + 1
             m = 0
             for k in range(dtabs[a, 0], dtabs[a, 0] + dtabs[a, 1]):
-                if dts[row, k] > lo_ts:
+                if dts[row, k] >= lo_ts:
                     m += 1
             x = m
         out[i, outs[f, 3]] = x
