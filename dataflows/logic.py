@@ -50,7 +50,7 @@ def shard_key(routing_key: str, shards: int) -> str:
     whole account lives in one shard and account roll-ups are exact.
 
     >>> shard_key("a-00042", 4)
-    's2'
+    's3'
     """
     return f"s{zlib.crc32(routing_key.encode()) % shards}"
 

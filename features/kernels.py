@@ -184,7 +184,7 @@ def _apply(
             if rings[r, 5] >= 0 and v > mx[row, rings[r, 5] + slot]:
                 mx[row, rings[r, 5] + slot] = v
     k = col_lts[c]
-    if k >= 0 and t > lts[row, k]:
+    if k >= 0 and t >= lts[row, k]:
         lts[row, k] = t
         if col_lval[c] >= 0:
             lval[row, col_lval[c]] = v
@@ -370,13 +370,49 @@ def update_table(
         if status != LATE_DROPPED:
             for j in range(c_ptr[i], c_ptr[i + 1]):
                 _apply(
-                    row, t, q, c_col[j], c_val[j], rings, col_ring_ptr, col_lts, col_lval,
-                    col_dec_ptr, dec_hl, cnt, sm, mn, mx, lts, lval, dec,
+                    row,
+                    t,
+                    q,
+                    c_col[j],
+                    c_val[j],
+                    rings,
+                    col_ring_ptr,
+                    col_lts,
+                    col_lval,
+                    col_dec_ptr,
+                    dec_hl,
+                    cnt,
+                    sm,
+                    mn,
+                    mx,
+                    lts,
+                    lval,
+                    dec,
                 )
             for j in range(d_ptr[i], d_ptr[i + 1]):
                 k = d_tab[j]
                 _add_distinct(row, dtabs[k, 0], dtabs[k, 1], d_hash[j], t, dh, dts)
         _emit(
-            i, row, q, rings, dtabs, wq, outs, outx, recency_cap_ms,
-            cnt, sm, mn, mx, lts, lval, dec, dts, w_cnt, w_sum, w_min, w_max, out,
+            i,
+            row,
+            q,
+            rings,
+            dtabs,
+            wq,
+            outs,
+            outx,
+            recency_cap_ms,
+            cnt,
+            sm,
+            mn,
+            mx,
+            lts,
+            lval,
+            dec,
+            dts,
+            w_cnt,
+            w_sum,
+            w_min,
+            w_max,
+            out,
         )

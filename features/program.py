@@ -16,7 +16,7 @@ from typing import Final, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from intentflow.features import kernels as K
+from intentflow.features import kernels as kern
 from intentflow.features.spec import HOUR, FeatureSpec, ring_slots
 
 __all__ = ["BOOL_KEYS", "DistinctMatcher", "Matcher", "TableProgram", "compile_program"]
@@ -28,17 +28,17 @@ Conds = tuple[tuple[str, frozenset[object]], ...]
 _M = TypeVar("_M")
 
 _KIND: Final = {
-    "count": K.K_COUNT,
-    "sum": K.K_SUM,
-    "mean": K.K_MEAN,
-    "min": K.K_MIN,
-    "max": K.K_MAX,
-    "last": K.K_LAST,
-    "recency": K.K_RECENCY,
-    "decayed_sum": K.K_DSUM,
-    "decayed_rate": K.K_DRATE,
-    "velocity": K.K_VELOCITY,
-    "distinct": K.K_DISTINCT,
+    "count": kern.K_COUNT,
+    "sum": kern.K_SUM,
+    "mean": kern.K_MEAN,
+    "min": kern.K_MIN,
+    "max": kern.K_MAX,
+    "last": kern.K_LAST,
+    "recency": kern.K_RECENCY,
+    "decayed_sum": kern.K_DSUM,
+    "decayed_rate": kern.K_DRATE,
+    "velocity": kern.K_VELOCITY,
+    "distinct": kern.K_DISTINCT,
 }
 _STATS: Final = {
     "count": ("cnt",),
@@ -165,9 +165,9 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
         dtabs[t] = (dist_off, spec.features[i].max_distinct)
         dist_off += spec.features[i].max_distinct
     query_id = {qk: j for j, qk in enumerate(queries)}
-    wq = np.array(
-        [(ring_id[(c, size)], w) for c, size, w in queries], dtype=np.int64
-    ).reshape(-1, 2)
+    wq = np.array([(ring_id[(c, size)], w) for c, size, w in queries], dtype=np.int64).reshape(
+        -1, 2
+    )
     outs: list[tuple[int, int, int, int]] = []
     outx: list[float] = []
     for col, o in enumerate(spec.outputs):
@@ -245,10 +245,6 @@ def _group(
 ) -> tuple[dict[str, tuple[_M, ...]], tuple[_M, ...]]:
     """Event type -> matchers (typed ones plus the all-type ones), and the all-type ones."""
     any_type = tuple(m for types, m in items if not types)
-    by_type: dict[str, list[_M]] = {}
-    for types, m in items:
-        for t in types:
-            by_type.setdefault(t, [])
-    for t, ms in by_type.items():
-        ms.extend(m for types, m in items if not types or t in types)
-    return {t: tuple(ms) for t, ms in by_type.items()}, any_type
+    named = dict.fromkeys(t for types, _ in items for t in types)
+    by_type = {t: tuple(m for types, m in items if not types or t in types) for t in named}
+    return by_type, any_type

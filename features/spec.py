@@ -404,9 +404,7 @@ def _parse_feature(name: str, table: Mapping[str, Any], path: str) -> FeatureDef
         )
     for key in table:
         if key not in _FEATURE_KEYS:
-            raise ConfigError(
-                f"{path}.{key}: unknown key (allowed: {', '.join(_FEATURE_KEYS)})"
-            )
+            raise ConfigError(f"{path}.{key}: unknown key (allowed: {', '.join(_FEATURE_KEYS)})")
     description = table.get("description", name.replace("_", " "))
     if not isinstance(description, str) or not description.strip():
         raise ConfigError(f"{path}.description: expected a non-empty string")
@@ -414,13 +412,13 @@ def _parse_feature(name: str, table: Mapping[str, Any], path: str) -> FeatureDef
     if key not in KEYS:
         raise ConfigError(f"{path}.key: {key!r} is not one of {', '.join(KEYS)}")
     if "types" not in table:
-        raise ConfigError(f"{path}.types: missing (list event types, or [\"*\"] for all)")
+        raise ConfigError(f'{path}.types: missing (list event types, or ["*"] for all)')
     types = _str_list(table["types"], f"{path}.types")
     for i, t in enumerate(types):
         if t not in KNOWN_TYPES and not (t == "*" and len(types) == 1):
             raise ConfigError(
                 f"{path}.types[{i}]: unknown event type {t!r} "
-                f"(known: {', '.join(sorted(KNOWN_TYPES))}; or [\"*\"] alone for all)"
+                f'(known: {", ".join(sorted(KNOWN_TYPES))}; or ["*"] alone for all)'
             )
     where = _parse_where(table["where"], f"{path}.where") if "where" in table else ()
     value = None
@@ -462,9 +460,7 @@ def _parse_feature(name: str, table: Mapping[str, Any], path: str) -> FeatureDef
     velocity = _parse_velocity(table["velocity"], f"{path}.velocity") if needs["velocity"] else ()
     distinct = None
     if needs["distinct"]:
-        distinct = _prop(
-            table["distinct"], f"{path}.distinct", allowed=("entity_id", "account_id")
-        )
+        distinct = _prop(table["distinct"], f"{path}.distinct", allowed=("entity_id", "account_id"))
     max_distinct = table.get("max_distinct", 32)
     if "max_distinct" in table and not needs["distinct"]:
         raise ConfigError(f"{path}.max_distinct: set, but no aggregation uses it")

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
-from intentflow.features import kernels as K
+from intentflow.features import kernels as kern
 from intentflow.features.program import BOOL_KEYS, Conds, TableProgram, compile_program
 from intentflow.features.spec import VALUE_LIMIT, FeatureSpec
 
@@ -36,11 +36,11 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "sum": (np.float64, 0.0, "sum"),
     "min": (np.float64, math.inf, "min"),
     "max": (np.float64, -math.inf, "max"),
-    "lts": (np.int64, K.EMPTY_TS, "lts"),
+    "lts": (np.int64, kern.EMPTY_TS, "lts"),
     "lval": (np.float64, 0.0, "lval"),
     "dec": (np.float64, 0.0, "dec"),
     "dist_hash": (np.int64, 0, "dist"),
-    "dist_ts": (np.int64, K.EMPTY_TS, "dist"),
+    "dist_ts": (np.int64, kern.EMPTY_TS, "dist"),
 }
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
 
@@ -97,7 +97,7 @@ class _Table:
         self.keys: list[str | None] = []
         self.free: list[int] = []
         self.capacity = capacity
-        self.clock = np.full(capacity, K.EMPTY_TS, dtype=np.int64)
+        self.clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
         self.arrays = {
             name: np.full((capacity, program.widths[w]), fill, dtype=dtype)
             for name, (dtype, fill, w) in _ARRAYS.items()
@@ -120,7 +120,7 @@ class _Table:
         return r
 
     def _grow(self, capacity: int) -> None:
-        clock = np.full(capacity, K.EMPTY_TS, dtype=np.int64)
+        clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
         clock[: self.capacity] = self.clock
         self.clock = clock
         for name, (dtype, fill, _) in _ARRAYS.items():
@@ -133,14 +133,14 @@ class _Table:
     def evict(self, cutoff_ms: int) -> int:
         """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
         used = self.clock[: len(self.keys)]
-        rows = np.flatnonzero((used != K.EMPTY_TS) & (used < cutoff_ms))
+        rows = np.flatnonzero((used != kern.EMPTY_TS) & (used < cutoff_ms))
         for r in rows.tolist():
             key = self.keys[r]
             if key is not None:
                 del self.index[key]
             self.keys[r] = None
             self.free.append(r)
-        self.clock[rows] = K.EMPTY_TS
+        self.clock[rows] = kern.EMPTY_TS
         for name, (_, fill, _) in _ARRAYS.items():
             self.arrays[name][rows] = fill
         return int(rows.size)
@@ -156,7 +156,7 @@ class _Table:
         p = self.program
         a = self.arrays
         late = np.zeros(ts.shape[0], dtype=np.int8)
-        K.update_table(
+        kern.update_table(
             np.array(enc.rows, dtype=np.int64),
             ts,
             np.array(enc.c_ptr, dtype=np.int64),
@@ -166,7 +166,7 @@ class _Table:
             np.array(enc.d_tab, dtype=np.int64),
             np.array(enc.d_hash, dtype=np.int64),
             spec.allowed_lateness_ms,
-            K.POLICY_CLAMP if spec.late_policy == "clamp" else K.POLICY_DROP,
+            kern.POLICY_CLAMP if spec.late_policy == "clamp" else kern.POLICY_DROP,
             spec.recency_cap_ms,
             p.rings,
             p.col_ring_ptr,
@@ -196,7 +196,7 @@ class _Table:
     @property
     def row_bytes(self) -> int:
         """State bytes of one row."""
-        return self.clock.itemsize + sum(x.itemsize * x.shape[1] for x in self.arrays.values())
+        return self.clock.itemsize + sum(int(x.itemsize * x.shape[1]) for x in self.arrays.values())
 
     @property
     def nbytes(self) -> int:
@@ -294,7 +294,7 @@ def _encode_event(ev: Event, p: TableProgram, enc: _Encoded) -> None:
         if m.value_prop is None:
             v = 1.0
         else:
-            raw = props.get(m.value_prop)
+            raw: Any = props.get(m.value_prop)
             t = type(raw)
             if t is int:
                 v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
@@ -394,15 +394,15 @@ class FeatureState:
         except OverflowError as exc:
             raise ValueError("events: ts_ms outside the int64 range") from exc
         e_late = ent.run(e_enc, ts_arr, self.spec, values)
-        e_drop = e_late == K.LATE_DROPPED
-        late = (e_late == K.LATE_ACCEPTED) | (e_late == K.LATE_CLAMPED)
-        clamped = e_late == K.LATE_CLAMPED
+        e_drop = e_late == kern.LATE_DROPPED
+        late = (e_late == kern.LATE_ACCEPTED) | (e_late == kern.LATE_CLAMPED)
+        clamped = e_late == kern.LATE_CLAMPED
         if with_accounts:
             a_late = acc.run(a_enc, ts_arr, self.spec, values)
-            a_drop = a_late == K.LATE_DROPPED
+            a_drop = a_late == kern.LATE_DROPPED
             accepted = ~(e_drop | a_drop)
-            late |= (a_late == K.LATE_ACCEPTED) | (a_late == K.LATE_CLAMPED)
-            clamped |= a_late == K.LATE_CLAMPED
+            late |= (a_late == kern.LATE_ACCEPTED) | (a_late == kern.LATE_CLAMPED)
+            clamped |= a_late == kern.LATE_CLAMPED
             self.late_dropped_account += int(np.count_nonzero(a_drop & ~e_drop))
         else:
             accepted = ~e_drop
