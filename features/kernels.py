@@ -6,14 +6,16 @@ and key kind. Every Numba setting lives in :data:`NUMBA_OPTIONS`.
 
 Layout arrays (built by :mod:`intentflow.features.program`):
 
-* ``rings[r] = (bucket_ms, slots, cnt_off, sum_off, min_off, max_off)``;
-  the rings of signal column ``c`` are ``col_ring_ptr[c]:col_ring_ptr[c+1]``
+* ``tiers[k]``: the bucket sizes (ms) in use;
+* ``rings[r] = (tier, slots, cnt_off, sum_off, min_off, max_off)``; the
+  rings of signal column ``c`` are ``col_ring_ptr[c]:col_ring_ptr[c+1]``
   (offsets are -1 where the ring keeps no such statistic);
 * ``col_lts[c]`` / ``col_lval[c]``: column of the latest timestamp / value
   (-1: not kept); decay slots of ``c`` are ``col_dec_ptr[c]:col_dec_ptr[c+1]``
   with half-lives ``dec_hl`` (ms);
 * ``dtabs[k] = (offset, size)``: distinct-value tables;
-* ``wq[j] = (ring, window_ms)``: window queries evaluated for every event;
+* ``wq[j] = (ring, m, rem)`` with ``window_ms - 1 = m * size + rem``: window
+  queries evaluated for every event;
 * ``outs[f] = (kind, a, b, out_column)`` and ``outx[f]``: output program.
 """
 
@@ -85,40 +87,45 @@ K_DISTINCT: Final = 10
 
 
 @_kernel
-def _clear_slot(row: int, slot: int, ring: I64, cnt: U32, sm: F64, mn: F64, mx: F64) -> None:
-    if ring[2] >= 0:
-        cnt[row, ring[2] + slot] = 0
-    if ring[3] >= 0:
-        sm[row, ring[3] + slot] = 0.0
-    if ring[4] >= 0:
-        mn[row, ring[4] + slot] = np.inf
-    if ring[5] >= 0:
-        mx[row, ring[5] + slot] = -np.inf
+def _clear(row: int, r: int, first: int, steps: int, rings: I64,
+           cnt: U32, sm: F64, mn: F64, mx: F64) -> None:  # fmt: skip
+    """Empty ``steps`` slots of ring ``r`` from slot ``first`` on (wrapping)."""
+    slots = rings[r, 1]
+    for stat in range(2, 6):
+        off = rings[r, stat]
+        if off < 0:
+            continue
+        slot = first
+        for _ in range(steps):
+            if stat == 2:
+                cnt[row, off + slot] = 0
+            elif stat == 3:
+                sm[row, off + slot] = 0.0
+            elif stat == 4:
+                mn[row, off + slot] = np.inf
+            else:
+                mx[row, off + slot] = -np.inf
+            slot += 1
+            if slot == slots:
+                slot = 0
 
 
 @_kernel
-def _advance(
-    row: int,
-    old: int,
-    new: int,
-    rings: I64,
-    dec_hl: F64,
-    cnt: U32,
-    sm: F64,
-    mn: F64,
-    mx: F64,
-    dec: F64,
-) -> None:
-    """Move a row's clock from ``old`` to ``new``: clear entered buckets, decay sums."""
+def _advance(row: int, old: int, new_b: I64, tiers: I64, rings: I64, dec_hl: F64,
+             cnt: U32, sm: F64, mn: F64, mx: F64, dec: F64, new: int) -> None:  # fmt: skip
+    """Move a row's clock from ``old`` to ``new``: empty entered buckets, decay sums.
+
+    ``new_b[k]`` is ``new // tiers[k]``.
+    """
     for r in range(rings.shape[0]):
-        size = rings[r, 0]
-        slots = rings[r, 1]
-        head = old // size
-        steps = new // size - head
-        if steps > slots:
-            steps = slots
-        for j in range(1, steps + 1):
-            _clear_slot(row, (head + j) % slots, rings[r], cnt, sm, mn, mx)
+        k = rings[r, 0]
+        head = old // tiers[k]
+        steps = new_b[k] - head
+        if steps > 0:
+            slots = rings[r, 1]
+            if steps > slots:
+                steps = slots
+            _clear(row, r, (head + 1) % slots, steps, rings, cnt, sm, mn, mx)
     dt = float(new - old)
     for d in range(dec_hl.shape[0]):
         dec[row, d] *= 2.0 ** (-dt / dec_hl[d])
@@ -148,32 +155,19 @@ def _add_distinct(row: int, off: int, size: int, h: int, t: int, dh: I64, dts: I
 
 
 @_kernel
-def _apply(
-    row: int,
-    t: int,
-    q: int,
-    c: int,
-    v: float,
-    rings: I64,
-    col_ring_ptr: I64,
-    col_lts: I64,
-    col_lval: I64,
-    col_dec_ptr: I64,
-    dec_hl: F64,
-    cnt: U32,
-    sm: F64,
-    mn: F64,
-    mx: F64,
-    lts: I64,
-    lval: F64,
-    dec: F64,
-) -> None:
-    """Add value ``v`` of signal column ``c`` at time ``t`` to a row whose clock is ``q``."""
+def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, c: int, v: float,
+           rings: I64, col_ring_ptr: I64, col_lts: I64, col_lval: I64, col_dec_ptr: I64,
+           dec_hl: F64, cnt: U32, sm: F64, mn: F64, mx: F64, lts: I64, lval: F64,
+           dec: F64) -> None:  # fmt: skip
+    """Add value ``v`` of signal column ``c`` at time ``t`` to a row whose clock is ``q``.
+
+    ``t_b[k]`` / ``q_b[k]`` are the bucket indices of ``t`` / ``q`` in tier ``k``.
+    """
     for r in range(col_ring_ptr[c], col_ring_ptr[c + 1]):
-        size = rings[r, 0]
+        k = rings[r, 0]
         slots = rings[r, 1]
-        b = t // size
-        if b > q // size - slots:
+        b = t_b[k]
+        if b > q_b[k] - slots:
             slot = b % slots
             if rings[r, 2] >= 0:
                 cnt[row, rings[r, 2] + slot] += 1
@@ -193,57 +187,75 @@ def _apply(
 
 
 @_kernel
-def _emit(
-    i: int,
-    row: int,
-    q: int,
-    rings: I64,
-    dtabs: I64,
-    wq: I64,
-    outs: I64,
-    outx: F64,
-    recency_cap_ms: int,
-    cnt: U32,
-    sm: F64,
-    mn: F64,
-    mx: F64,
-    lts: I64,
-    lval: F64,
-    dec: F64,
-    dts: I64,
-    w_cnt: I64,
-    w_sum: F64,
-    w_min: F64,
-    w_max: F64,
-    out: F64,
-) -> None:
-    """Write the output columns of event ``i`` from row ``row`` at clock ``q``."""
+def _ring_sum(a: Any, row: int, off: int, start: int, length: int, slots: int) -> Any:
+    """Sum of ``length`` ring slots from ``start`` (wrapping) of ``a[row, off:off+slots]``."""
+    total = a[row, off] - a[row, off]  # zero of the array's dtype
+    end = start + length
+    for k in range(off + start, off + min(end, slots)):
+        total += a[row, k]
+    for k in range(off, off + end - slots):
+        total += a[row, k]
+    return total
+
+
+@_kernel
+def _ring_min(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
+    """Minimum over ``length`` ring slots from ``start`` (wrapping)."""
+    lo = np.inf
+    end = start + length
+    for k in range(off + start, off + min(end, slots)):
+        lo = min(lo, a[row, k])
+    for k in range(off, off + end - slots):
+        lo = min(lo, a[row, k])
+    return lo
+
+
+@_kernel
+def _ring_max(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
+    """Maximum over ``length`` ring slots from ``start`` (wrapping)."""
+    hi = -np.inf
+    end = start + length
+    for k in range(off + start, off + min(end, slots)):
+        hi = max(hi, a[row, k])
+    for k in range(off, off + end - slots):
+        hi = max(hi, a[row, k])
+    return hi
+
+
+@_kernel
+def _windows(row: int, q_b: I64, q_u: I64, rings: I64, wq: I64, cnt: U32, sm: F64, mn: F64,
+             mx: F64, w_cnt: I64, w_sum: F64, w_min: F64, w_max: F64) -> None:  # fmt: skip
+    """Evaluate every window query of a row at the clock whose tier buckets are ``q_b``.
+
+    The window of length W at clock q covers buckets (q - W + 1) // size ..
+    q // size; with W - 1 = m * size + rem and q = q_b * size + q_u the first
+    bucket is q_b - m, one less when q_u < rem.
+    """
     for j in range(wq.shape[0]):
         r = wq[j, 0]
-        size = rings[r, 0]
+        k = rings[r, 0]
         slots = rings[r, 1]
-        last = q // size
-        first = (q - wq[j, 1] + 1) // size
-        if first < last - slots + 1:
-            first = last - slots + 1
-        n = 0
-        s = 0.0
-        lo = np.inf
-        hi = -np.inf
-        for b in range(first, last + 1):
-            slot = b % slots
-            if rings[r, 2] >= 0:
-                n += cnt[row, rings[r, 2] + slot]
-            if rings[r, 3] >= 0:
-                s += sm[row, rings[r, 3] + slot]
-            if rings[r, 4] >= 0:
-                lo = min(lo, mn[row, rings[r, 4] + slot])
-            if rings[r, 5] >= 0:
-                hi = max(hi, mx[row, rings[r, 5] + slot])
-        w_cnt[j] = n
-        w_sum[j] = s
-        w_min[j] = lo
-        w_max[j] = hi
+        length = wq[j, 1] + 1
+        if q_u[k] < wq[j, 2]:
+            length += 1
+        if length > slots:
+            length = slots
+        start = (q_b[k] - length + 1) % slots
+        w_cnt[j] = 0 if rings[r, 2] < 0 else _ring_sum(cnt, row, rings[r, 2], start, length, slots)
+        w_sum[j] = 0.0 if rings[r, 3] < 0 else _ring_sum(sm, row, rings[r, 3], start, length, slots)
+        w_min[j] = (
+            np.inf if rings[r, 4] < 0 else _ring_min(mn, row, rings[r, 4], start, length, slots)
+        )
+        w_max[j] = (
+            -np.inf if rings[r, 5] < 0 else _ring_max(mx, row, rings[r, 5], start, length, slots)
+        )
+
+
+@_kernel
+def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_cap_ms: int,
+          lts: I64, lval: F64, dec: F64, dts: I64, w_cnt: I64, w_sum: F64, w_min: F64,
+          w_max: F64, out: F64) -> None:  # fmt: skip
+    """Write the output columns of event ``i`` from row ``row`` at clock ``q``."""
     for f in range(outs.shape[0]):
         kind = outs[f, 0]
         a = outs[f, 1]
@@ -300,6 +312,7 @@ def update_table(
     lateness_ms: int,
     policy: int,
     recency_cap_ms: int,
+    tiers: I64,
     rings: I64,
     col_ring_ptr: I64,
     col_lts: I64,
@@ -334,10 +347,14 @@ def update_table(
     LATE_CLAMPED or LATE_DROPPED.
     """
     nq = wq.shape[0]
+    nt = tiers.shape[0]
     w_cnt = np.zeros(nq, dtype=np.int64)
     w_sum = np.zeros(nq)
     w_min = np.zeros(nq)
     w_max = np.zeros(nq)
+    q_b = np.zeros(nt, dtype=np.int64)
+    q_u = np.zeros(nt, dtype=np.int64)
+    t_b = np.zeros(nt, dtype=np.int64)
     for i in range(ev_row.shape[0]):
         row = ev_row[i]
         if row < 0:
@@ -351,68 +368,37 @@ def update_table(
         t = ev_ts[i]
         q = clock[row]
         status = ON_TIME
-        if q == EMPTY_TS:
+        if q == EMPTY_TS or t > q:
+            for k in range(nt):
+                q_b[k] = t // tiers[k]
+            if q != EMPTY_TS:
+                _advance(row, q, q_b, tiers, rings, dec_hl, cnt, sm, mn, mx, dec, t)
             q = t
             clock[row] = t
-        elif t > q:
-            _advance(row, q, t, rings, dec_hl, cnt, sm, mn, mx, dec)
-            q = t
-            clock[row] = t
-        elif t < q:
-            if t >= q - lateness_ms:
+        else:
+            if t < q - lateness_ms:
+                if policy == POLICY_CLAMP:
+                    status = LATE_CLAMPED
+                    t = q - lateness_ms
+                else:
+                    status = LATE_DROPPED
+            elif t < q:
                 status = LATE_ACCEPTED
-            elif policy == POLICY_CLAMP:
-                status = LATE_CLAMPED
-                t = q - lateness_ms
-            else:
-                status = LATE_DROPPED
+            for k in range(nt):
+                q_b[k] = q // tiers[k]
+        for k in range(nt):
+            q_u[k] = q - q_b[k] * tiers[k]
         late[i] = status
         if status != LATE_DROPPED:
+            if c_ptr[i + 1] > c_ptr[i]:
+                for k in range(nt):
+                    t_b[k] = q_b[k] if t == q else t // tiers[k]
             for j in range(c_ptr[i], c_ptr[i + 1]):
-                _apply(
-                    row,
-                    t,
-                    q,
-                    c_col[j],
-                    c_val[j],
-                    rings,
-                    col_ring_ptr,
-                    col_lts,
-                    col_lval,
-                    col_dec_ptr,
-                    dec_hl,
-                    cnt,
-                    sm,
-                    mn,
-                    mx,
-                    lts,
-                    lval,
-                    dec,
-                )
+                _apply(row, t, q, t_b, q_b, c_col[j], c_val[j], rings, col_ring_ptr, col_lts,
+                       col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx, lts, lval, dec)  # fmt: skip
             for j in range(d_ptr[i], d_ptr[i + 1]):
                 k = d_tab[j]
                 _add_distinct(row, dtabs[k, 0], dtabs[k, 1], d_hash[j], t, dh, dts)
-        _emit(
-            i,
-            row,
-            q,
-            rings,
-            dtabs,
-            wq,
-            outs,
-            outx,
-            recency_cap_ms,
-            cnt,
-            sm,
-            mn,
-            mx,
-            lts,
-            lval,
-            dec,
-            dts,
-            w_cnt,
-            w_sum,
-            w_min,
-            w_max,
-            out,
-        )
+        _windows(row, q_b, q_u, rings, wq, cnt, sm, mn, mx, w_cnt, w_sum, w_min, w_max)
+        _emit(i, row, q, dtabs, outs, outx, recency_cap_ms, lts, lval, dec, dts,
+              w_cnt, w_sum, w_min, w_max, out)  # fmt: skip

@@ -75,6 +75,7 @@ class TableProgram:
 
     key: str
     widths: Mapping[str, int]  # columns per state array
+    tiers: npt.NDArray[np.int64]
     rings: npt.NDArray[np.int64]
     col_ring_ptr: npt.NDArray[np.int64]
     col_lts: npt.NDArray[np.int64]
@@ -136,11 +137,12 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
                 lval_cols.add(c)
     ring_keys = sorted(ring_need)  # grouped by column, finest first
     ring_id = {rk: r for r, rk in enumerate(ring_keys)}
+    tiers = sorted({size for _, size in ring_keys})
     offsets = dict.fromkeys(_STAT_ORDER, 0)
     rings = np.full((len(ring_keys), 6), -1, dtype=np.int64)
     for r, (c, size) in enumerate(ring_keys):
         slots, stats = ring_need[(c, size)]
-        rings[r, 0], rings[r, 1] = size, slots
+        rings[r, 0], rings[r, 1] = tiers.index(size), slots
         for s_i, stat in enumerate(_STAT_ORDER):
             if stat in stats:
                 rings[r, 2 + s_i] = offsets[stat]
@@ -165,9 +167,10 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
         dtabs[t] = (dist_off, spec.features[i].max_distinct)
         dist_off += spec.features[i].max_distinct
     query_id = {qk: j for j, qk in enumerate(queries)}
-    wq = np.array([(ring_id[(c, size)], w) for c, size, w in queries], dtype=np.int64).reshape(
-        -1, 2
-    )
+    wq = np.array(
+        [(ring_id[(c, size)], (w - 1) // size, (w - 1) % size) for c, size, w in queries],
+        dtype=np.int64,
+    ).reshape(-1, 3)
     outs: list[tuple[int, int, int, int]] = []
     outx: list[float] = []
     for col, o in enumerate(spec.outputs):
@@ -218,6 +221,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
             "dec": len(dec_keys),
             "dist": dist_off,
         },
+        tiers=np.array(tiers, dtype=np.int64),
         rings=rings,
         col_ring_ptr=col_ring_ptr.astype(np.int64),
         col_lts=col_lts,

@@ -168,6 +168,7 @@ class _Table:
             spec.allowed_lateness_ms,
             kern.POLICY_CLAMP if spec.late_policy == "clamp" else kern.POLICY_DROP,
             spec.recency_cap_ms,
+            p.tiers,
             p.rings,
             p.col_ring_ptr,
             p.col_lts,

@@ -26,12 +26,12 @@ def alert_latency_ms(alert: dict[str, Any], read_ts_ms: float) -> float | None:
 def alert_line(alert: dict[str, Any], latency_ms: float | None) -> Text:
     """One line per alert: entity, action, score, top reasons, latency."""
     action = (alert.get("action") or {}).get("id", "?")
-    reasons = ", ".join(
-        f"{r.get('label') or r.get('feature')}={r.get('value'):g}"
-        for r in (alert.get("reasons") or [])[:3]
+    reasons = "; ".join(
+        f"{r.get('label') or r.get('feature')}: {r.get('value'):g}"
+        for r in (alert.get("reasons") or [])[:2]
         if isinstance(r.get("value"), int | float)
     )
-    line = Text()
+    line = Text(no_wrap=True, overflow="ellipsis")
     line.append(f"{alert.get('entity_id', '?'):<10} ", style="bold")
     line.append(f"{action:<16} ", style="cyan")
     line.append(f"score {alert.get('score', 0):.2f}  ", style="yellow")

@@ -179,3 +179,26 @@ def test_resume_refuses_a_missing_recovery_directory(redis_url: str, tmp_path: P
     assert out.returncode != 0
     assert "does not exist" in out.stderr
     assert "--init-recovery" in out.stderr
+
+
+def test_bytewax_run_entry_point(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    payloads = gen_payloads(500, seed=9)
+    Producer(redis_client, "intentflow:events:", 1).send(payloads)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "INTENTFLOW_CONFIG": DEMO_TOML,
+        "INTENTFLOW__INPUT__COUNT": "500",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "intentflow.dataflows.main:get_flow"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    entities = {orjson.loads(p)["entity_id"] for p in payloads}
+    keys = {k.decode().rpartition(":")[2] for k in redis_client.keys("intentflow:score:*")}
+    assert keys == entities
