@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
+    machine["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     doc: dict[str, Any] = {
         "scenario": args.scenario,
         "quick": bool(args.quick),

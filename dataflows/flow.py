@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import bytewax.operators as op
@@ -20,9 +21,12 @@ from intentflow.dataflows.logic import EngineParts, ShardLogic, ShardSnapshot, s
 from intentflow.dataflows.sources import RawItem
 from intentflow.events import Event
 from intentflow.features.spec import FeatureSpec
-from intentflow.online_models.catalog import ActionCatalog
+from intentflow.metrics import EngineMetrics
+from intentflow.online_models.catalog import load_catalog
 from intentflow.online_models.labels import LabelConfig
 from intentflow.online_models.model import ModelConfig
+from intentflow.online_models.scorelog import ScoreLogBatch
+from intentflow.rules.provider import RulesProvider
 from intentflow.sinks.base import DeadLetterOut, Output
 
 __all__ = ["build_flow", "engine_parts", "make_parser"]
@@ -35,15 +39,13 @@ def engine_parts(config: Config) -> EngineParts:
         if config.features
         else FeatureSpec.default()
     )
+    catalog = load_catalog(config.actions)
+    catalog.check_features(spec.names)
     return EngineParts(
         spec=spec,
         model=ModelConfig.from_dict(config.model, where="model"),
         labels=LabelConfig.from_dict(config.labels, where="labels"),
-        catalog=(
-            ActionCatalog.from_dict(config.actions, where="actions")
-            if config.actions
-            else ActionCatalog.default()
-        ),
+        catalog=catalog,
         dedup_window_ms=int(config.engine.dedup_window_s * 1000),
         dedup_max=config.engine.dedup_max_per_shard,
         housekeeping_interval_ms=int(config.engine.housekeeping_interval_s * 1000),
@@ -51,8 +53,11 @@ def engine_parts(config: Config) -> EngineParts:
     )
 
 
-def make_parser(limits: Limits) -> Callable[[list[RawItem]], list[Event | DeadLetterOut]]:
+def make_parser(
+    limits: Limits, metrics: EngineMetrics | None = None
+) -> Callable[[list[RawItem]], list[Event | DeadLetterOut]]:
     """A batch function turning raw items into events or dead letters."""
+    metrics = metrics or EngineMetrics()
 
     def parse_batch(items: list[RawItem]) -> list[Event | DeadLetterOut]:
         now_ms = int(time.time() * 1000)
@@ -79,6 +84,7 @@ def make_parser(limits: Limits) -> Callable[[list[RawItem]], list[Event | DeadLe
                 out.append(DeadLetterOut(record))
             else:
                 out.append(res)
+        metrics.parsed(len(items), out)
         return out
 
     return parse_batch
@@ -91,13 +97,32 @@ def build_flow(
     *,
     parts: EngineParts | None = None,
     flow_id: str = "intentflow",
+    metrics: EngineMetrics | None = None,
+    score_log: Sink[ScoreLogBatch] | None = None,
+    rules: RulesProvider | None = None,
 ) -> Dataflow:
-    """Assemble the dataflow; ``source`` and ``sink`` are injected (tests use Testing*)."""
+    """Assemble the dataflow; ``source`` and ``sink`` are injected (tests use Testing*).
+
+    With ``score_log``, every scored event also goes there (see
+    :mod:`intentflow.online_models.scorelog`).
+
+    ``metrics`` receives per-batch figures (see :mod:`intentflow.metrics`);
+    the default ignores them.
+
+    ``rules`` is the process's rules provider; without one, a provider is
+    made from ``config.rules`` (it reads nothing until the first batch).
+    """
     parts = parts or engine_parts(config)
+    if rules is None:
+        rules = RulesProvider.from_config(config, parts.spec, parts.catalog)
+    if score_log is not None:
+        parts = replace(parts, score_log=True)
+    metrics = metrics or EngineMetrics()
     shards = config.engine.shards
+    metrics.shards = shards
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
-    parsed = op.flat_map_batch("parse", raw, make_parser(config.limits))
+    parsed = op.flat_map_batch("parse", raw, make_parser(config.limits, metrics))
     split = op.branch("valid", parsed, lambda x: isinstance(x, Event))
     events: Any = split.trues
     dead: Any = split.falses
@@ -105,9 +130,14 @@ def build_flow(
     keyed = op.key_on("shard", events, lambda e: shard_key(e.account_id or e.entity_id, shards))
 
     def build(resume: ShardSnapshot | None) -> ShardLogic:
-        return ShardLogic(parts, resume)
+        return ShardLogic(parts, resume, metrics, rules)
 
     outputs = op.stateful_batch("engine", keyed, build)
-    merged = op.merge("outputs", op.key_rm("unkey", outputs), dead)
+    results: Any = op.key_rm("unkey", outputs)
+    if score_log is not None:
+        logged = op.branch("score_log_split", results, lambda x: isinstance(x, ScoreLogBatch))
+        op.output("score_log", logged.trues, score_log)
+        results = logged.falses
+    merged = op.merge("outputs", results, dead)
     op.output("sink", merged, sink)
     return flow

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -24,10 +25,17 @@ from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features.spec import FeatureSpec
 from intentflow.features.state import FeatureState
+from intentflow.metrics import EngineMetrics, ShardObserver
 from intentflow.online_models.catalog import ActionCatalog
+from intentflow.online_models.champion import ModelSet
 from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
 from intentflow.online_models.model import IntentModel, ModelConfig
 from intentflow.online_models.policy import Policy, alert_id
+from intentflow.online_models.scorelog import ScoreLogBatch
+from intentflow.online_models.targets import SideTargets
+from intentflow.rules.compile import RuleSet
+from intentflow.rules.engine import RuleEngine
+from intentflow.rules.provider import RulesProvider
 from intentflow.sinks.base import AlertOut, Output, ScoreOut
 
 __all__ = [
@@ -39,8 +47,10 @@ __all__ = [
 ]
 
 ALERT_SCHEMA_VERSION: Final = "1.0"
-SNAPSHOT_SCHEMA_VERSION: Final = 1
+SNAPSHOT_SCHEMA_VERSION: Final = 2
 MODEL_TRIGGER: Final = "model:intent"
+#: What a shard emits: outputs for the sink, and score-log batches when enabled.
+EngineOutput = Output | ScoreLogBatch
 
 
 def shard_key(routing_key: str, shards: int) -> str:
@@ -67,6 +77,8 @@ class EngineParts:
     dedup_max: int = 1_000_000
     housekeeping_interval_ms: int = 60_000
     learn_tick_ms: int = 1_000
+    initial_model: IntentModel | None = None  # warm start of fresh shards (--model-file)
+    score_log: bool = False  # emit a ScoreLogBatch per scored segment (--score-log)
 
 
 @dataclass(frozen=True)
@@ -79,15 +91,25 @@ class ShardSnapshot:
     state: bytes
 
 
-class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
+class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
     """All the state and per-batch processing of one shard."""
 
-    def __init__(self, parts: EngineParts, resume: ShardSnapshot | None) -> None:
+    def __init__(
+        self,
+        parts: EngineParts,
+        resume: ShardSnapshot | None,
+        metrics: EngineMetrics | None = None,
+        rules: RulesProvider | None = None,
+    ) -> None:
         self._parts = parts
+        self.rule_engine = RuleEngine(schema_version=ALERT_SCHEMA_VERSION)
+        self._metrics = metrics or EngineMetrics()  # process-local, never snapshotted
+        self._obs: ShardObserver | None = None
         if resume is None:
             self.features = FeatureState(parts.spec)
-            self.model = IntentModel(parts.model, parts.spec.spec_hash)
+            self.model = ModelSet(parts.model, parts.spec.spec_hash, parts.initial_model)
             self.labels = LabelBook(parts.labels)
+            self.side = SideTargets(parts.labels, parts.model, parts.spec.spec_hash)
             self.policy = Policy(parts.catalog, parts.model.threshold)
             self.seen: dict[str, int] = {}
             self.watermark = 0
@@ -96,7 +118,12 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             self._matured: list[Matured] = []
         else:
             self._restore(resume)
+        self._rules = rules  # process-wide rules provider (configuration, not state)
+        self._ruleset: RuleSet | None = None  # the rules of the current batch
+        if rules is not None:
+            self.rule_engine = rules.engine(self.rule_engine.state, ALERT_SCHEMA_VERSION)
         self._latest: dict[str, tuple[float, int]] = {}
+        self._logged: list[ScoreLogBatch] = []  # score-log batches of the current batch
         self._names = parts.spec.names
         self._descriptions = parts.spec.descriptions
         self._top_k = parts.model.reason_top_k
@@ -124,31 +151,38 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         self.features = FeatureState.restore(self._parts.spec, state["features"])
         self.model = state["model"]
         self.labels = state["labels"]
+        self.side = state["side"]
         self.policy = state["policy"]
         self.seen = state["seen"]
         self.watermark = state["watermark"]
         self.counters = state["counters"]
         self._next_housekeeping_ms = state["next_housekeeping_ms"]
         self._matured = state["matured"]
+        self.rule_engine = RuleEngine(state.get("rules"), schema_version=ALERT_SCHEMA_VERSION)
 
     def snapshot(self) -> ShardSnapshot:
         state = {
             "features": self.features.snapshot(),
             "model": self.model,
             "labels": self.labels,
+            "side": self.side,
             "policy": self.policy,
             "seen": self.seen,
             "watermark": self.watermark,
             "counters": self.counters,
             "next_housekeeping_ms": self._next_housekeeping_ms,
             "matured": self._matured,
+            "rules": self.rule_engine.state,
         }
-        return ShardSnapshot(
+        snap = ShardSnapshot(
             SNAPSHOT_SCHEMA_VERSION,
             self._parts.spec.spec_hash,
             self._parts.model.kind,
             pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL),
         )
+        if self._obs is not None:
+            self._obs.snapshotted(len(snap.state))
+        return snap
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -189,6 +223,8 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             return
         X, y = to_arrays(matured, len(self._names))
         self.model.learn_batch(X, y, self._names)
+        if self._obs is not None:
+            self._obs.learned(matured)
         self._count("labels", len(matured))
         self._count("labels_positive", int(y.sum()))
 
@@ -203,13 +239,20 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         if a >= b:
             return
         scores = self.model.score_batch(feats[a:b], self._names)
+        if self.side:
+            self.side.process_segment(events, feats, a, b, self._names)
+        if self._parts.score_log:
+            self._logged.append(ScoreLogBatch.of(events, a, b, scores, self.model.version))
         ready = self.model.ready
         now_ms = time.time() * 1000.0
         labels, policy = self.labels, self.policy
         is_conversion = self._parts.labels.is_conversion
         matured = self._matured
+        rules, rule_engine = self._ruleset, self.rule_engine
         for j in range(a, b):
             ev = events[j]
+            if rules is not None:
+                rule_engine.advance(rules, ev, self.model, now_ms, out)
             if is_conversion(ev):
                 matured.extend(labels.on_conversion(ev.entity_id, ev.ts_ms))
             if ev.type == "outcome":
@@ -218,20 +261,34 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             score = float(scores[j - a])
             self._latest[ev.entity_id] = (score, ev.ts_ms)
             labels.observe(ev.entity_id, ev.ts_ms, feats[j], score)
+            adjust = None
+            if rules is not None:
+                adjust = rule_engine.on_event(rules, ev, score, feats[j], self.model, now_ms, out)
             if not ready:
                 continue
-            decision = policy.decide(ev, score, feats[j], self._names)
+            if adjust is not None and adjust.suppress:
+                self._count("alerts_suppressed")
+                continue
+            decided = score if adjust is None else adjust.score(score)
+            decision = policy.decide(ev, decided, feats[j], self._names)
             if decision is not None:
-                out.append(AlertOut(self._alert(ev, score, feats[j], decision, now_ms)))
+                alert = self._alert(ev, score, feats[j], decision, now_ms)
+                if adjust is not None:
+                    alert["adjustments"] = adjust.applied
+                out.append(AlertOut(alert))
                 self._count("alerts")
+                if rules is not None:
+                    rule_engine.watch(rules, alert)
 
     def _tick(self) -> None:
         """Learn every label matured so far: resolved positives and expired negatives."""
         self._matured.extend(self.labels.expire(self.watermark))
         matured, self._matured = self._matured, []
         self._learn(matured)
+        if self.side:
+            self.side.tick(self.watermark, self._names)
 
-    def on_batch(self, values: list[Event]) -> tuple[Iterable[Output], bool]:
+    def on_batch(self, values: list[Event]) -> tuple[Iterable[EngineOutput], bool]:
         """Process a batch exactly as if its events had arrived one by one.
 
         The model learns at event-time *ticks* (``engine.learn_tick_s``): when
@@ -242,9 +299,13 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
         batch boundaries (which differ after a resume).
         """
         events = self._dedup(values)
+        obs = self._observer(values)
         if not events:
+            obs.batch(len(values), len(values), 0, ())
             return [], StatefulBatchLogic.RETAIN
         self._count("events", len(events))
+        current = self._rules.current() if self._rules is not None else None
+        self._ruleset = None if current is None or current.empty else current
         batch = self.features.update(events)
         feats = batch.values
         late = len(events) - int(batch.accepted.sum())
@@ -272,7 +333,28 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             out.append(ScoreOut(entity_id, score, ts_ms, version))
         if self.watermark >= self._next_housekeeping_ms:
             self._housekeeping()
+        obs.batch(len(values), len(values) - len(events), late, out)
+        if obs.due():
+            obs.state(
+                entities=self.features.n_entities,
+                accounts=self.features.n_accounts,
+                feature_bytes=self.features.nbytes,
+                dedup_ids=len(self.seen),
+                pending_labels=self.labels.n_pending,
+                model=self.model.metrics(),
+            )
+        if self._logged:
+            logged, self._logged = self._logged, []
+            return [*out, *logged], StatefulBatchLogic.RETAIN
         return out, StatefulBatchLogic.RETAIN
+
+    def _observer(self, values: list[Event]) -> ShardObserver:
+        """This shard's metrics observer, labelled by the shard of its first event."""
+        if self._obs is None:
+            first = values[0]
+            key = shard_key(first.account_id or first.entity_id, self._metrics.shards)
+            self._obs = self._metrics.shard(key)
+        return self._obs
 
     def _alert(
         self, ev: Event, score: float, row: np.ndarray, decision: Any, now_ms: float
@@ -294,10 +376,17 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
                 "channel": decision.channel,
                 "priority": decision.priority,
                 "probability": decision.probability,
+                "acceptance": decision.acceptance,
+                "exploration": decision.explored,
                 "why": decision.why,
             },
             "reasons": self.model.explain(row, self._names, self._descriptions, self._top_k),
-            "model": {"name": self.model.name, "version": self.model.version},
+            "model": {
+                "name": self.model.name,
+                "version": self.model.version,
+                "challenger": self.model.challenger_version,
+            },
+            **self._side_scores(score, row),
             "trace": {
                 "event_ids": [ev.event_id],
                 "event_type": ev.type,
@@ -306,6 +395,13 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
                 "produced_ts": ev.produced_ts,
             },
         }
+
+    def _side_scores(self, score: float, row: np.ndarray) -> dict[str, Any]:
+        """``{"scores": {label name: score}}`` when extra label definitions run, else ``{}``."""
+        if not self.side:
+            return {}
+        primary = {self._parts.labels.name: round(score, 6)}
+        return {"scores": {**primary, **self.side.score_row(row, self._names)}}
 
     # --- time ----------------------------------------------------------------------
 
@@ -317,3 +413,18 @@ class ShardLogic(StatefulBatchLogic[Event, Output, ShardSnapshot]):
             self._count("evicted", evicted)
         self.policy.prune(self.watermark)
         self._trim_seen()
+        if self._rules is not None:
+            self.rule_engine.prune(self._rules.current())
+
+    def notify_at(self) -> datetime | None:
+        """When an idle shard must wake to fire a rule's absence deadline (docs/rules.md)."""
+        return self.rule_engine.notify_at() if self._rules is not None else None
+
+    def on_notify(self) -> tuple[Iterable[EngineOutput], bool]:
+        """Fire the absence deadlines an idle shard has passed by the wall clock."""
+        out: list[Output] = []
+        if self._rules is not None:
+            current = self._rules.current()
+            if not current.empty:
+                self.rule_engine.on_notify(current, self.model, out)
+        return out, StatefulBatchLogic.RETAIN

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +22,7 @@ import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
+from intentflow.metrics import EngineMetrics
 from intentflow.redisutil import connect, redact_url
 
 __all__ = [
@@ -115,6 +116,8 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._stop = _Stop(src.duration_s, src.count)
         self._backoff = 0.0
         self._label = f"redis:{stream}"
+        metrics = src.metrics or EngineMetrics()
+        self._probe = metrics.backlog_probe(stream, stream.removeprefix(src.prefix))
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
@@ -135,8 +138,13 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             )
             self._client = None
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff)
+            if self._probe is not None:
+                self._probe.failed()
             return []
         self._backoff = 0.0
+        if self._probe is not None:
+            got = resp[0][1] if resp else []
+            self._probe.polled(self._client, got[-1][0] if got else self._last_id, len(got))
         if not resp:
             self._awake = datetime.now(UTC) + timedelta(milliseconds=self._src.poll_idle_ms)
             return []
@@ -184,6 +192,7 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     start_id: str = "0-0"
     duration_s: float = 0.0
     count: int = 0
+    metrics: EngineMetrics | None = field(default=None, repr=False, compare=False)
 
     def list_parts(self) -> list[str]:
         return [f"{self.prefix}{i}" for i in range(self.partitions)]

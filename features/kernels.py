@@ -111,15 +111,17 @@ def _clear(row: int, r: int, first: int, steps: int, rings: I64,
 
 
 @_kernel
-def _advance(row: int, old: int, new_b: I64, tiers: I64, rings: I64, dec_hl: F64,
-             cnt: U32, sm: F64, mn: F64, mx: F64, dec: F64, new: int) -> None:  # fmt: skip
+def _advance(row: int, old: int, new: int, old_b: I64, new_b: I64, tiers: I64, rings: I64,
+             dec_hl: F64, cnt: U32, sm: F64, mn: F64, mx: F64, dec: F64) -> None:  # fmt: skip
     """Move a row's clock from ``old`` to ``new``: empty entered buckets, decay sums.
 
-    ``new_b[k]`` is ``new // tiers[k]``.
+    ``new_b[k]`` is ``new // tiers[k]``; ``old_b`` is scratch space.
     """
+    for k in range(tiers.shape[0]):
+        old_b[k] = old // tiers[k]
     for r in range(rings.shape[0]):
         k = rings[r, 0]
-        head = old // tiers[k]
+        head = old_b[k]
         steps = new_b[k] - head
         if steps > 0:
             slots = rings[r, 1]
@@ -295,6 +297,8 @@ def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_ca
             for k in range(dtabs[a, 0], dtabs[a, 0] + dtabs[a, 1]):
                 if dts[row, k] >= lo_ts:
                     m += 1
+                elif dts[row, k] == EMPTY_TS:
+                    break  # slots fill in order and are never emptied
             x = m
         out[i, outs[f, 3]] = x
 
@@ -372,7 +376,7 @@ def update_table(
             for k in range(nt):
                 q_b[k] = t // tiers[k]
             if q != EMPTY_TS:
-                _advance(row, q, q_b, tiers, rings, dec_hl, cnt, sm, mn, mx, dec, t)
+                _advance(row, q, t, t_b, q_b, tiers, rings, dec_hl, cnt, sm, mn, mx, dec)
             q = t
             clock[row] = t
         else:

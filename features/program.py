@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -19,13 +19,13 @@ import numpy.typing as npt
 from intentflow.features import kernels as kern
 from intentflow.features.spec import HOUR, FeatureSpec, ring_slots
 
-__all__ = ["BOOL_KEYS", "DistinctMatcher", "Matcher", "TableProgram", "compile_program"]
+__all__ = ["BOOL_KEYS", "Group", "Route", "TableProgram", "compile_program", "norm", "route_for"]
 
-#: Booleans are looked up under these keys so that true never equals 1.
-BOOL_KEYS: Final = {True: "\x00true", False: "\x00false"}
+#: Booleans are looked up under these keys so that true never equals 1
+#: (a JSON prop value is never a tuple).
+BOOL_KEYS: Final = {True: ("bool", True), False: ("bool", False)}
 
 Conds = tuple[tuple[str, frozenset[object]], ...]
-_M = TypeVar("_M")
 
 _KIND: Final = {
     "count": kern.K_COUNT,
@@ -51,22 +51,50 @@ _STATS: Final = {
 _STAT_ORDER: Final = ("cnt", "sum", "min", "max")
 
 
-@dataclass(frozen=True, slots=True)
-class Matcher:
-    """Signal column ``col`` takes events passing ``conds``; value from ``value_prop``."""
+class Route(NamedTuple):
+    """What an event contributes once its filters are decided.
 
-    col: int
+    ``unit_cols`` take 1.0 (``ones`` is a tuple of 1.0 of the same length);
+    ``valued`` are ``(column, value prop)``; ``distinct`` are ``(table,
+    source)`` with source "entity_id", "account_id" or a prop name.
+    """
+
+    unit_cols: tuple[int, ...]
+    ones: tuple[float, ...]
+    valued: tuple[tuple[int, str], ...]
+    distinct: tuple[tuple[int, str], ...]
+
+
+class Group(NamedTuple):
+    """Targets that share one filter: every ``(prop, allowed)`` of ``conds`` holds."""
+
     conds: Conds
-    value_prop: str | None
+    route: Route
 
 
-@dataclass(frozen=True, slots=True)
-class DistinctMatcher:
-    """Distinct table ``tab`` takes events passing ``conds``; the value is ``source``."""
+def norm(x: object) -> object:
+    """A prop value as filters compare it: scalars (booleans as BOOL_KEYS), else None."""
+    t = type(x)
+    if t is str or t is int:
+        return x
+    if t is bool:
+        return BOOL_KEYS[x]  # type: ignore[index]
+    if t is float and x == x:
+        return x
+    return None
 
-    tab: int
-    conds: Conds
-    source: str  # "entity_id", "account_id" or a prop name
+
+def route_for(groups: tuple[Group, ...], values: Mapping[str, object]) -> Route:
+    """The route of an event whose normalised filter props are ``values``."""
+    units: list[int] = []
+    valued: list[tuple[int, str]] = []
+    distinct: list[tuple[int, str]] = []
+    for conds, route in groups:
+        if all(values[prop] in allowed for prop, allowed in conds):
+            units.extend(route.unit_cols)
+            valued.extend(route.valued)
+            distinct.extend(route.distinct)
+    return Route(tuple(units), (1.0,) * len(units), tuple(valued), tuple(distinct))
 
 
 @dataclass(frozen=True)
@@ -86,10 +114,10 @@ class TableProgram:
     wq: npt.NDArray[np.int64]
     outs: npt.NDArray[np.int64]
     outx: npt.NDArray[np.float64]
-    by_type: Mapping[str, tuple[Matcher, ...]]
-    any_type: tuple[Matcher, ...]
-    distinct_by_type: Mapping[str, tuple[DistinctMatcher, ...]]
-    distinct_any_type: tuple[DistinctMatcher, ...]
+    by_type: Mapping[str, tuple[Group, ...]]  # event type -> filter groups
+    any_type: tuple[Group, ...]  # groups of types not listed in by_type
+    key_props: Mapping[str, tuple[str, ...]]  # event type -> props its filters read
+    any_key_props: tuple[str, ...]
 
     @property
     def n_outputs(self) -> int:
@@ -102,7 +130,7 @@ def _conds(spec: FeatureSpec, index: int) -> Conds:
     for c in spec.features[index].where:
         allowed = frozenset(BOOL_KEYS[v] if isinstance(v, bool) else v for v in c.values)
         out.append((c.prop, allowed))
-    return tuple(out)
+    return tuple(sorted(out, key=lambda pa: pa[0]))
 
 
 def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
@@ -197,18 +225,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
                 a, b = int(col_lval[c]), int(col_lts[c])
         outs.append((kind, a, b, col))
         outx.append(x)
-    by_type, any_type = _group(
-        [
-            (spec.features[i].types, Matcher(c, _conds(spec, i), spec.features[i].value))
-            for i, c in col_of.items()
-        ]
-    )
-    dby_type, dany_type = _group(
-        [
-            (spec.features[i].types, DistinctMatcher(t, _conds(spec, i), _source(spec, i)))
-            for i, t in tab_of.items()
-        ]
-    )
+    by_type, any_type = _groups(spec, col_of, tab_of)
     return TableProgram(
         key=key,
         widths={
@@ -234,21 +251,40 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
         outx=np.array(outx, dtype=np.float64),
         by_type=by_type,
         any_type=any_type,
-        distinct_by_type=dby_type,
-        distinct_any_type=dany_type,
+        key_props={t: _props_of(g) for t, g in by_type.items()},
+        any_key_props=_props_of(any_type),
     )
 
 
-def _source(spec: FeatureSpec, index: int) -> str:
-    src = spec.features[index].distinct or ""
-    return src[len("props.") :] if src.startswith("props.") else src
+def _groups(
+    spec: FeatureSpec, col_of: Mapping[int, int], tab_of: Mapping[int, int]
+) -> tuple[dict[str, tuple[Group, ...]], tuple[Group, ...]]:
+    """Event type -> filter groups, and the groups for event types no feature names."""
+    feats = sorted(set(col_of) | set(tab_of))
+    named = dict.fromkeys(t for i in feats for t in spec.features[i].types)
+
+    def build(etype: str | None) -> tuple[Group, ...]:
+        by_conds: dict[Conds, tuple[list[tuple[int, str | None]], list[tuple[int, str]]]] = {}
+        for i in feats:
+            d = spec.features[i]
+            if d.types and etype not in d.types:
+                continue
+            sig, dist = by_conds.setdefault(_conds(spec, i), ([], []))
+            if i in col_of:
+                sig.append((col_of[i], d.value))
+            if i in tab_of:
+                src = d.distinct or ""
+                dist.append((tab_of[i], src.removeprefix("props.")))
+        groups = []
+        for conds, (sig, dist) in by_conds.items():
+            units = tuple(c for c, vp in sig if vp is None)
+            valued = tuple((c, vp) for c, vp in sig if vp is not None)
+            route = Route(units, (1.0,) * len(units), valued, tuple(dist))
+            groups.append(Group(conds, route))
+        return tuple(groups)
+
+    return {t: build(t) for t in named}, build(None)
 
 
-def _group(
-    items: list[tuple[tuple[str, ...], _M]],
-) -> tuple[dict[str, tuple[_M, ...]], tuple[_M, ...]]:
-    """Event type -> matchers (typed ones plus the all-type ones), and the all-type ones."""
-    any_type = tuple(m for types, m in items if not types)
-    named = dict.fromkeys(t for types, _ in items for t in types)
-    by_type = {t: tuple(m for types, m in items if not types or t in types) for t in named}
-    return by_type, any_type
+def _props_of(groups: tuple[Group, ...]) -> tuple[str, ...]:
+    return tuple(sorted({prop for g in groups for prop, _ in g.conds}))

@@ -22,7 +22,14 @@ import numpy.typing as npt
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
-from intentflow.features.program import BOOL_KEYS, Conds, TableProgram, compile_program
+from intentflow.features.program import (
+    BOOL_KEYS,
+    Route,
+    TableProgram,
+    compile_program,
+    norm,
+    route_for,
+)
 from intentflow.features.spec import VALUE_LIMIT, FeatureSpec
 
 __all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", "TableSnapshot"]
@@ -42,6 +49,7 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "dist_hash": (np.int64, 0, "dist"),
     "dist_ts": (np.int64, kern.EMPTY_TS, "dist"),
 }
+_ROUTE_LIMIT: Final = 4096
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
 
 
@@ -102,6 +110,17 @@ class _Table:
             name: np.full((capacity, program.widths[w]), fill, dtype=dtype)
             for name, (dtype, fill, w) in _ARRAYS.items()
         }
+        #: (type, filter prop values) -> route; derived data, bounded, never snapshotted.
+        self.routes: dict[object, Route] = {}
+
+    def route(self, key: object, etype: str, values: Mapping[str, object]) -> Route:
+        """Decide (and memoise) the route of events of ``etype`` with these filter values."""
+        p = self.program
+        found = route_for(p.by_type.get(etype, p.any_type), values)
+        if len(self.routes) >= _ROUTE_LIMIT:
+            self.routes.clear()
+        self.routes[key] = found
+        return found
 
     def row(self, key: str) -> int:
         """Row of ``key``, allocated on first sight."""
@@ -246,21 +265,6 @@ class _Encoded:
     d_hash: list[int] = field(default_factory=list)
 
 
-def _passes(props: Mapping[str, Any], conds: Conds) -> bool:
-    for prop, allowed in conds:
-        x = props.get(prop)
-        t = type(x)
-        if t is str or t is int or t is float:
-            if x not in allowed:
-                return False
-        elif t is bool:
-            if BOOL_KEYS[x] not in allowed:  # type: ignore[index]
-                return False
-        else:
-            return False
-    return True
-
-
 def value_hash(x: object) -> int | None:
     """Stable signed 64-bit hash of a distinct value (None: not countable).
 
@@ -285,38 +289,80 @@ def value_hash(x: object) -> int | None:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
-def _encode_event(ev: Event, p: TableProgram, enc: _Encoded) -> None:
+class _HashCache(dict[object, int | None]):
+    """Bounded memo of :func:`value_hash` (derived data: never snapshotted)."""
+
+    limit = 1 << 16
+
+    def __missing__(self, key: object) -> int | None:
+        if len(self) >= self.limit:
+            self.clear()
+        x = key[1] if type(key) is tuple else key
+        h = self[key] = value_hash(x)
+        return h
+
+
+def _cache_key(x: object) -> object:
+    """Strings key themselves, other scalars go with their type (True is not 1), others None."""
+    t = type(x)
+    if t is str:
+        return x
+    if t is int or t is float or t is bool:
+        return (t, x)
+    return None
+
+
+def _encode_event(ev: Event, table: _Table, enc: _Encoded, hashes: _HashCache) -> None:
     """Append the contributions of ``ev`` to ``enc`` (filters, values, distinct hashes)."""
+    p = table.program
+    etype = ev.type
     props = ev.props
+    keys = p.key_props.get(etype, p.any_key_props)
+    if not keys:
+        key: Any = etype
+    elif len(keys) == 1:
+        x: Any = props.get(keys[0])
+        tx = type(x)
+        if tx is bool:
+            x = BOOL_KEYS[x]
+        elif tx is float:
+            if x != x:
+                x = None
+        elif tx is not str and tx is not int:
+            x = None
+        key = (etype, x)
+    else:
+        key = (etype, *[norm(props.get(k)) for k in keys])
+    route = table.routes.get(key)
+    if route is None:
+        route = table.route(key, etype, {k: norm(props.get(k)) for k in keys})
+    unit_cols, ones, valued, distinct = route
     cols, vals = enc.c_col, enc.c_val
-    for m in p.by_type.get(ev.type, p.any_type):
-        if m.conds and not _passes(props, m.conds):
-            continue
-        if m.value_prop is None:
-            v = 1.0
+    if unit_cols:
+        cols.extend(unit_cols)
+        vals.extend(ones)
+    for col, value_prop in valued:
+        raw: Any = props.get(value_prop)
+        t = type(raw)
+        if t is int:
+            v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
+        elif t is float and math.isfinite(raw):
+            v = min(max(raw, -VALUE_LIMIT), VALUE_LIMIT)
         else:
-            raw: Any = props.get(m.value_prop)
-            t = type(raw)
-            if t is int:
-                v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
-            elif t is float and math.isfinite(raw):
-                v = min(max(raw, -VALUE_LIMIT), VALUE_LIMIT)
-            else:
-                continue
-        cols.append(m.col)
+            continue
+        cols.append(col)
         vals.append(v)
     enc.c_ptr.append(len(cols))
-    for dm in p.distinct_by_type.get(ev.type, p.distinct_any_type):
-        if dm.conds and not _passes(props, dm.conds):
-            continue
-        if dm.source == "entity_id":
-            h = value_hash(ev.entity_id)
-        elif dm.source == "account_id":
-            h = value_hash(ev.account_id)
+    for tab, source in distinct:
+        if source == "entity_id":
+            y: Any = ev.entity_id
+        elif source == "account_id":
+            y = ev.account_id
         else:
-            h = value_hash(props.get(dm.source))
+            y = props.get(source)
+        h = hashes[_cache_key(y)]
         if h is not None:
-            enc.d_tab.append(dm.tab)
+            enc.d_tab.append(tab)
             enc.d_hash.append(h)
     enc.d_ptr.append(len(enc.d_tab))
 
@@ -331,6 +377,7 @@ class FeatureState:
         self._capacity = initial_capacity
         self._entities = _Table(compile_program(spec, "entity"), initial_capacity)
         self._accounts = _Table(compile_program(spec, "account"), initial_capacity)
+        self._hashes = _HashCache()
         #: Events kept out of some state by the drop policy (accepted False).
         self.late_dropped = 0
         #: Out-of-order events applied (within allowed lateness, or clamped).
@@ -377,15 +424,19 @@ class FeatureState:
         ent, acc = self._entities, self._accounts
         with_accounts = acc.program.n_outputs > 0
         e_enc, a_enc = _Encoded(), _Encoded()
+        e_index, a_index = ent.index, acc.index
+        hashes = self._hashes
         ts: list[int] = []
         for ev in events:
             ts.append(ev.ts_ms)
-            e_enc.rows.append(ent.row(ev.entity_id))
-            _encode_event(ev, ent.program, e_enc)
+            row = e_index.get(ev.entity_id)
+            e_enc.rows.append(ent.row(ev.entity_id) if row is None else row)
+            _encode_event(ev, ent, e_enc, hashes)
             if with_accounts:
                 if ev.account_id:
-                    a_enc.rows.append(acc.row(ev.account_id))
-                    _encode_event(ev, acc.program, a_enc)
+                    row = a_index.get(ev.account_id)
+                    a_enc.rows.append(acc.row(ev.account_id) if row is None else row)
+                    _encode_event(ev, acc, a_enc, hashes)
                 else:
                     a_enc.rows.append(-1)
                     a_enc.c_ptr.append(len(a_enc.c_col))

@@ -1,4 +1,4 @@
-"""The ``intentflow`` command line: demo, run, produce, tail, replay.
+"""The ``intentflow`` command line: demo, run, produce, tail, replay, status, model, rules.
 
 Flag names (``--redis-url``, ``--partitions``, ``--events-prefix``,
 ``--alerts-stream``) are part of the contract and stay stable.
@@ -55,6 +55,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--snapshot-interval", type=float, metavar="S", help="seconds per snapshot")
     p.add_argument("--shards", type=int, help="state shards (fixed for a recovery directory)")
+    p.add_argument(
+        "--rules", metavar="FILE", help="rules file (TOML), reloaded live when it changes"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _shared(p)
     _run_options(p)
+    p.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="address of /metrics, /healthz, /readyz (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="port of /metrics, /healthz, /readyz (default 9464; 0: a free port, logged)",
+    )
+    p.add_argument(
+        "--score-log",
+        metavar="PATH",
+        help="log every score (event_id, entity_id, ts, score, model) to a JSONL file, "
+        "or to a Redis stream with redis:STREAM",
+    )
+    p.add_argument(
+        "--model-file",
+        metavar="PATH",
+        help="start every fresh shard from this exported model (intentflow model export)",
+    )
     p.set_defaults(func="intentflow.commands.run:cmd_run")
 
     p = sub.add_parser(
@@ -100,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
     p.add_argument("--recovery-dir", metavar="DIR", help="Bytewax recovery directory")
     p.add_argument("--init-recovery", action="store_true", help="create --recovery-dir")
+    p.add_argument("--rules", metavar="FILE", help="rules file (TOML)")
     p.set_defaults(func="intentflow.commands.run:cmd_replay")
 
     p = sub.add_parser(
@@ -129,6 +155,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="exit after N alerts (0: never)")
     p.add_argument("--timeout", type=float, default=0.0, help="exit after SECONDS idle")
     p.set_defaults(func="intentflow.commands.tail:cmd_tail")
+
+    p = sub.add_parser(
+        "status",
+        help="key figures of a running engine, from its metrics endpoint",
+        description="Scrape a running engine's /metrics twice, INTERVAL apart, and print "
+        "throughput, lag, latency percentiles, alerts per action and model quality.",
+    )
+    p.add_argument(
+        "--metrics-url",
+        default="http://127.0.0.1:9464/metrics",
+        metavar="URL",
+        help="the engine's metrics endpoint (default http://127.0.0.1:9464/metrics)",
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (1)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    p.set_defaults(func="intentflow.commands.status:cmd_status")
+
+    p = sub.add_parser(
+        "model",
+        help="export a trained model, or check a model file before starting from it",
+        description="Warm starts: export a shard's model from a recovery directory, and check "
+        "a model file against the configuration (then: intentflow run --model-file PATH).",
+    )
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    q = msub.add_parser(
+        "export",
+        help="write the model of a recovery directory to a model file",
+        description="Read the newest engine snapshots of --recovery-dir and write the model "
+        "of the shard that has learned the most labels (or --shard) to PATH.",
+    )
+    q.add_argument("path", help="model file to write")
+    q.add_argument("--recovery-dir", required=True, metavar="DIR", help="Bytewax recovery dir")
+    q.add_argument("--shard", metavar="KEY", help="export this shard's model (e.g. s2)")
+    q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    q.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    q.set_defaults(func="intentflow.commands.model:cmd_export")
+    q = msub.add_parser(
+        "import",
+        help="check a model file against the configuration",
+        description="Check that PATH fits the configuration (feature spec, model kind, "
+        "checksum) and print how to start from it with intentflow run --model-file.",
+    )
+    q.add_argument("path", help="model file to check")
+    q.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    q.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    q.set_defaults(func="intentflow.commands.model:cmd_import")
+
+    p = sub.add_parser(
+        "rules",
+        help="check, try out or publish a rules file",
+        description="Declarative triggers and decision adjustments (docs/rules.md).",
+    )
+    rsub = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    q = rsub.add_parser(
+        "check",
+        help="validate a rules file offline",
+        description="Validate FILE against the configured feature spec and action catalog "
+        "and describe its rules; exit 2 with the offending key on error.",
+    )
+    _shared(q)
+    q.add_argument("file", help="rules file (TOML)")
+    q.set_defaults(func="intentflow.commands.rules:cmd_check")
+    q = rsub.add_parser(
+        "test",
+        help="show which rules fire on which events of a sample",
+        description="Run the engine in memory (features, score, rules) over a JSONL sample "
+        "and show the alerts each rule would send.",
+    )
+    _shared(q)
+    q.add_argument("file", help="rules file (TOML)")
+    q.add_argument("--events", required=True, metavar="SAMPLE.jsonl", help="events, one a line")
+    q.add_argument("--json", action="store_true", help="print the rule alerts as JSON lines")
+    q.set_defaults(func="intentflow.commands.rules:cmd_test")
+    q = rsub.add_parser(
+        "push",
+        help="validate a rules file and store it in the engines' Redis key",
+        description="Validate FILE, then SET it as the value of rules.redis_key "
+        "(intentflow:rules): running engines apply it within rules.reload_interval_s.",
+    )
+    _shared(q)
+    q.add_argument("file", help="rules file (TOML)")
+    q.set_defaults(func="intentflow.commands.rules:cmd_push")
     return parser
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "OutputSection",
     "RecoverySection",
     "RedisSection",
+    "RulesSection",
     "load_config",
 ]
 
@@ -80,6 +81,7 @@ class OutputSection:
     seen_key_prefix: str = "intentflow:alert-seen:"
     seen_ttl_s: int = 7 * 86400
     max_retries: int = 8
+    score_log: str = ""  # every score, for offline evaluation: a JSONL path or redis:STREAM
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class EngineSection:
     dedup_max_per_shard: int = 1_000_000
     housekeeping_interval_s: float = 60.0  # event time between evictions/trims
     learn_tick_s: float = 1.0  # event time between model updates from matured labels
+    model_file: str = ""  # warm-start every fresh shard's model from this exported model file
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,20 @@ class RecoverySection:
     backup_interval_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class RulesSection:
+    """Declarative rules (docs/rules.md): a TOML file and/or a Redis key, reloaded live."""
+
+    path: str = ""  # rules file (TOML); empty: none
+    redis_key: str = "intentflow:rules"  # key holding rules TOML text (wins over path); "": off
+    reload_interval_s: float = 2.0  # how often the file and the key are checked
+    audit_stream: str = "intentflow:rules:audit"  # applied changes and rejections
+    audit_maxlen: int = 10_000
+    idle_timers: bool = True  # fire absence deadlines on idle shards by the wall clock
+    max_keys_per_shard: int = 200_000  # cooldown, count and owner entries (each)
+    max_timers_per_shard: int = 100_000  # absence timers awaiting an outcome
+
+
 _SECTIONS: dict[str, type] = {
     "redis": RedisSection,
     "input": InputSection,
@@ -109,6 +126,7 @@ _SECTIONS: dict[str, type] = {
     "engine": EngineSection,
     "recovery": RecoverySection,
     "limits": Limits,
+    "rules": RulesSection,
 }
 #: Sections handed as raw tables to their components, which validate them.
 _COMPONENT_SECTIONS = ("features", "model", "labels", "actions", "generator")
@@ -124,6 +142,7 @@ class Config:
     engine: EngineSection = field(default_factory=EngineSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
     limits: Limits = field(default_factory=Limits)
+    rules: RulesSection = field(default_factory=RulesSection)
     features: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, Any] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from intentflow.dataflows.sources import (
 )
 from intentflow.errors import ConfigError, RecoveryError
 from intentflow.generator import GeneratorConfig
+from intentflow.metrics import EngineMetrics
 from intentflow.sinks.redis_sink import RedisSink, RedisSinkConfig
 
 __all__ = [
@@ -54,7 +55,7 @@ def generator_config(table: Any, **overrides: Any) -> GeneratorConfig:
     return replace(cfg, **clean) if clean else cfg
 
 
-def make_source(config: Config) -> Source[RawItem]:
+def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[RawItem]:
     """The input source named by ``input.source``."""
     inp = config.input
     if inp.source == "redis":
@@ -67,6 +68,7 @@ def make_source(config: Config) -> Source[RawItem]:
             start_id=inp.start_id,
             duration_s=inp.duration_s,
             count=inp.count,
+            metrics=metrics,
         )
     if inp.source == "file":
         paths = [p.strip() for p in inp.path.split(",") if p.strip()]
@@ -91,7 +93,7 @@ def make_source(config: Config) -> Source[RawItem]:
     )
 
 
-def make_sink(config: Config) -> RedisSink:
+def make_sink(config: Config, metrics: EngineMetrics | None = None) -> RedisSink:
     """The Redis sink for alerts, latest scores and dead letters."""
     out = config.output
     return RedisSink(
@@ -106,13 +108,48 @@ def make_sink(config: Config) -> RedisSink:
             seen_key_prefix=out.seen_key_prefix,
             seen_ttl_s=out.seen_ttl_s,
             max_retries=out.max_retries,
-        )
+        ),
+        metrics,
     )
 
 
-def make_flow(config: Config) -> Dataflow:
-    """The production dataflow for ``config``."""
-    return build_flow(config, make_source(config), make_sink(config))
+def make_flow(config: Config, metrics: EngineMetrics | None = None) -> Dataflow:
+    """The production dataflow for ``config``, reporting to ``metrics`` when given.
+
+    ``engine.model_file`` warm-starts every fresh shard's model from an
+    exported model file; ``output.score_log`` adds the score log.
+    """
+    from intentflow.dataflows.flow import engine_parts
+    from intentflow.online_models.modelfile import load_model_file
+    from intentflow.online_models.scorelog import make_score_log
+
+    parts = engine_parts(config)
+    if config.engine.model_file:
+        model = load_model_file(
+            config.engine.model_file, spec_hash=parts.spec.spec_hash, config=parts.model
+        )
+        log.info("fresh shards start from model %s (%s)", model.version, config.engine.model_file)
+        parts = replace(parts, initial_model=model)
+    score_log = (
+        make_score_log(config.output.score_log, config.redis.url)
+        if config.output.score_log
+        else None
+    )
+    from intentflow.rules.provider import RulesProvider
+
+    rules = RulesProvider.from_config(config, parts.spec, parts.catalog)
+    if rules is not None:
+        loaded = rules.load_initial()  # a bad rule set stops the start with a clear error
+        log.info("rules %s from %s: %d enabled", loaded.version, loaded.source, len(loaded.rules))
+    return build_flow(
+        config,
+        make_source(config, metrics),
+        make_sink(config, metrics),
+        parts=parts,
+        metrics=metrics,
+        score_log=score_log,
+        rules=rules,
+    )
 
 
 def prepare_recovery(config: Config, *, init: bool, partitions: int = 1) -> RecoveryConfig | None:

@@ -2,8 +2,13 @@
 
 The defaults live in ``intentflow/defaults/actions.toml``; the engine
 configuration's ``[actions]`` table (same format) replaces them, or points at
-another file with ``path = "..."``. Eligibility is data only: the event
-types an action applies to, the customer flag and one required event prop.
+another file with ``path = "..."``. Eligibility is data first (the event
+types an action applies to, the customer flag, one required event prop),
+plus an optional CEL expression ``eligible_if`` over the event, the
+features, the score and the customer flag, compiled once at load and
+evaluated only for actions that pass everything else. The ``[bandit]`` table
+configures how the policy learns from feedback
+(:class:`~intentflow.online_models.bandit.BanditConfig`).
 
 >>> catalog = ActionCatalog.default()
 >>> [a.id for a in catalog.actions][:3]
@@ -15,31 +20,77 @@ types an action applies to, the customer flag and one required event prop.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+import cel
+
 from intentflow.errors import ConfigError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass, require_table
+from intentflow.online_models.bandit import BanditConfig
 
-__all__ = ["CHANNELS", "Action", "ActionCatalog", "load_catalog"]
+__all__ = [
+    "CHANNELS",
+    "ELIGIBILITY_VARIABLES",
+    "Action",
+    "ActionCatalog",
+    "compile_eligibility",
+    "load_catalog",
+]
 
 #: Channels an action can use.
 CHANNELS: Final[tuple[str, ...]] = ("phone", "email", "meeting", "in_app")
+
+#: Variables an ``eligible_if`` expression can use.
+ELIGIBILITY_VARIABLES: Final[tuple[str, ...]] = ("event", "features", "score", "customer")
+
+DAY_MS: Final[int] = 86_400_000
+
+
+def compile_eligibility(source: str, where: str = "eligible_if") -> Any:
+    """Compile a CEL eligibility expression; a :class:`ConfigError` names ``where``.
+
+    >>> compile_eligibility('event.type == "page_view" && !customer').source
+    'event.type == "page_view" && !customer'
+    >>> compile_eligibility("visits > 3", where="x.eligible_if")
+    Traceback (most recent call last):
+    ...
+    intentflow.errors.ConfigError: x.eligible_if: unknown variable(s) ['visits'] ...
+    """
+    try:
+        program = cel.compile(source)
+    except ValueError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not a valid CEL expression: {first}") from err
+    unknown = sorted(set(program.variables()) - set(ELIGIBILITY_VARIABLES))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown variable(s) {unknown} (use {', '.join(ELIGIBILITY_VARIABLES)}, "
+            "e.g. features.pricing_views__count__1h or event.props.owner)"
+        )
+    return program
 
 
 @dataclass(frozen=True)
 class Action:
     """One action the engine can recommend.
 
-    ``value`` is the business value of the action succeeding; ``cooldown_s``
-    the event time during which the same entity does not get it again;
-    ``min_score`` its own score floor (on top of the global threshold).
-    Eligibility: ``types`` (event types it applies to; empty = all),
-    ``exclude_if_customer`` / ``only_if_customer`` and ``requires_prop`` (an
-    event prop that must be present and non-empty).
+    ``value`` is the business value of the action succeeding and ``lever``
+    a business multiplier of its priority; ``cooldown_s`` the event time
+    during which the same entity does not get it again, and
+    ``account_cooldown_s`` the same for any contact of the account;
+    ``daily_cap`` the most alerts of this action per entity per UTC day of
+    event time, ``owner_daily_capacity`` per owner (``props.owner`` of the
+    triggering event) per day (0: no limit). ``suppress_after_rejections``
+    rejections of this action by an entity within ``suppress_days`` pause it
+    for that entity for ``suppress_days`` (0: never). ``min_score`` is its
+    own score floor (on top of the global threshold). Eligibility: ``types``
+    (event types it applies to; empty = all), ``exclude_if_customer`` /
+    ``only_if_customer``, ``requires_prop`` (an event prop that must be
+    present and non-empty) and ``eligible_if`` (a CEL expression).
     """
 
     id: str
@@ -52,6 +103,13 @@ class Action:
     exclude_if_customer: bool = False
     only_if_customer: bool = False
     requires_prop: str | None = None
+    lever: float = 1.0
+    account_cooldown_s: float = 0.0
+    daily_cap: int = 0
+    owner_daily_capacity: int = 0
+    suppress_after_rejections: int = 0
+    suppress_days: float = 30.0
+    eligible_if: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -72,11 +130,38 @@ class Action:
             )
         if self.requires_prop == "":
             raise InvalidFieldError("requires_prop", "must be a prop name or absent")
+        if self.lever < 0:
+            raise InvalidFieldError("lever", f"must be >= 0, got {self.lever!r}")
+        for key in ("account_cooldown_s", "suppress_days"):
+            if getattr(self, key) < 0:
+                raise InvalidFieldError(key, f"must be >= 0, got {getattr(self, key)!r}")
+        for key in ("daily_cap", "owner_daily_capacity", "suppress_after_rejections"):
+            if getattr(self, key) < 0:
+                raise InvalidFieldError(
+                    key, f"must be >= 0 (0: no limit), got {getattr(self, key)!r}"
+                )
+        if self.eligible_if is not None:
+            if not self.eligible_if.strip():
+                raise InvalidFieldError("eligible_if", "must be a CEL expression or absent")
+            try:
+                compile_eligibility(self.eligible_if)
+            except ConfigError as err:
+                raise InvalidFieldError("eligible_if", str(err).partition(": ")[2]) from err
 
     @property
     def cooldown_ms(self) -> int:
         """The cooldown in milliseconds of event time."""
         return round(self.cooldown_s * 1000.0)
+
+    @property
+    def account_cooldown_ms(self) -> int:
+        """The account cooldown in milliseconds of event time."""
+        return round(self.account_cooldown_s * 1000.0)
+
+    @property
+    def suppress_ms(self) -> int:
+        """The rejection window and pause in milliseconds of event time."""
+        return round(self.suppress_days * DAY_MS)
 
     def ineligible_because(self, event_type: str, props: Mapping[str, Any], customer: bool) -> str:
         """Why the action does not apply, or ``""`` when it does."""
@@ -102,6 +187,7 @@ class ActionCatalog:
     actions: tuple[Action, ...]
     customer_prop: str = "is_customer"
     customer_feature: str = "is_customer"
+    bandit: BanditConfig = field(default_factory=BanditConfig)
 
     def __post_init__(self) -> None:
         if not self.actions:
@@ -119,16 +205,32 @@ class ActionCatalog:
                 return action
         raise KeyError(action_id)
 
+    def check_features(self, names: Sequence[str], where: str = "actions") -> None:
+        """Check that the bandit's ``context_features`` are features of the spec."""
+        missing = [f for f in self.bandit.context_features if f not in names]
+        if missing:
+            raise ConfigError(
+                f"{where}.bandit.context_features: {missing} are not features of the "
+                "feature spec (see the output names in docs/features.md)"
+            )
+
     @property
     def max_cooldown_ms(self) -> int:
         """The longest cooldown in the catalog."""
         return max(a.cooldown_ms for a in self.actions)
 
+    @property
+    def max_memory_ms(self) -> int:
+        """The longest any per-entity or per-account state of the policy matters."""
+        return max(
+            max(a.cooldown_ms, a.account_cooldown_ms, a.suppress_ms, DAY_MS) for a in self.actions
+        )
+
     @classmethod
     def from_dict(cls, data: object, where: str = "actions") -> ActionCatalog:
-        """Build from a table ``{customer_prop?, customer_feature?, catalog = [...]}``."""
+        """Build from a table ``{customer_prop?, customer_feature?, bandit?, catalog = [...]}``."""
         table = require_table(data, where)
-        known = {"catalog", "customer_prop", "customer_feature"}
+        known = {"catalog", "customer_prop", "customer_feature", "bandit"}
         for key in table:
             if key not in known:
                 raise ConfigError(
@@ -152,7 +254,8 @@ class ActionCatalog:
                 if not isinstance(value, str) or not value:
                     raise ConfigError(f"{where}.{key}: expected a non-empty string, got {value!r}")
                 kwargs[key] = value
-        return cls(actions=actions, **kwargs)
+        bandit = BanditConfig.from_dict(table.get("bandit", {}), where=f"{where}.bandit")
+        return cls(actions=actions, bandit=bandit, **kwargs)
 
     @classmethod
     def load(cls, path: str | Path) -> ActionCatalog:

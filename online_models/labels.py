@@ -25,19 +25,24 @@ True
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
+from intentflow.errors import ConfigError
 from intentflow.events import Event
-from intentflow.online_models._validate import InvalidFieldError, build_dataclass
+from intentflow.online_models._validate import InvalidFieldError, build_dataclass, require_table
 
 __all__ = ["LabelBook", "LabelConfig", "Matured", "to_arrays"]
 
 FloatArray = NDArray[np.float64]
+
+#: Positive label delays kept for :meth:`LabelBook.delay_stats`.
+DELAY_WINDOW: Final[int] = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,12 @@ class LabelConfig:
     journeys of the synthetic generator, so a purchase at the end of a
     journey still labels its early decision points, while negatives mature
     soon enough to be learned during a short run.
+
+    ``name`` names the definition (the model's target). ``conversion_actions``
+    restricts outcome conversions to outcomes of these actions (empty: any).
+    ``extra`` holds further definitions that run side by side, each with
+    its own pending points and model (``[[labels.extra]]`` tables; see
+    :class:`~intentflow.online_models.targets.SideTargets`).
     """
 
     horizon_ms: int = 30 * 60 * 1000
@@ -56,8 +67,20 @@ class LabelConfig:
     max_pending_per_entity: int = 4
     max_pending_total: int = 200_000
     min_gap_ms: int = 60_000
+    name: str = "converts"
+    conversion_actions: tuple[str, ...] = ()
+    extra: tuple[LabelConfig, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise InvalidFieldError(
+                "name", f"must be letters, digits and underscores, got {self.name!r}"
+            )
+        if not self.conversion_types and not self.conversion_outcome_results:
+            raise InvalidFieldError(
+                "conversion_types",
+                "give conversion_types or conversion_outcome_results: nothing would convert",
+            )
         if self.horizon_ms < 1:
             raise InvalidFieldError("horizon_ms", f"must be >= 1, got {self.horizon_ms!r}")
         if self.min_gap_ms < 0:
@@ -68,17 +91,46 @@ class LabelConfig:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "labels") -> LabelConfig:
-        """Build from a TOML table; a :class:`ConfigError` names the bad key."""
-        return build_dataclass(cls, data, where)
+        """Build from a TOML table; a :class:`ConfigError` names the bad key.
+
+        ``extra`` (a list of tables, ``[[labels.extra]]``) holds further
+        definitions; each needs its own ``name``, and names are unique.
+        """
+        table: Mapping[str, Any] = require_table(data, where)
+        extra_raw = table.get("extra", [])
+        base = build_dataclass(cls, {k: v for k, v in table.items() if k != "extra"}, where)
+        if not isinstance(extra_raw, list):
+            raise ConfigError(f"{where}.extra: expected a list of tables ([[{where}.extra]])")
+        extra: list[LabelConfig] = []
+        names = [base.name]
+        for i, entry in enumerate(extra_raw):
+            at = f"{where}.extra[{i}]"
+            entry_table = require_table(entry, at)
+            if "extra" in entry_table:
+                raise ConfigError(f"{at}.extra: extra definitions cannot nest")
+            if "name" not in entry_table:
+                raise ConfigError(f"{at}.name: every extra label definition needs a name")
+            item = build_dataclass(cls, entry_table, at)
+            if item.name in names:
+                raise ConfigError(f"{at}.name: duplicate label name {item.name!r}")
+            names.append(item.name)
+            extra.append(item)
+        if not extra:
+            return base
+        return replace(base, extra=tuple(extra))
 
     def is_conversion(self, event: Event) -> bool:
         """A conversion: a ``conversion_types`` event, or an ``outcome`` whose
-        ``props.result`` is in ``conversion_outcome_results``."""
+        ``props.result`` is in ``conversion_outcome_results`` (and, when
+        ``conversion_actions`` is given, whose ``props.action`` is one of them)."""
         if event.type in self.conversion_types:
             return True
-        return (
-            event.type == "outcome" and event.props.get("result") in self.conversion_outcome_results
-        )
+        if event.type != "outcome":
+            return False
+        props = event.props
+        if props.get("result") not in self.conversion_outcome_results:
+            return False
+        return not self.conversion_actions or props.get("action") in self.conversion_actions
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +177,7 @@ class LabelBook:
     refused as late.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     def __init__(self, config: LabelConfig | None = None) -> None:
         self.config = config if config is not None else LabelConfig()
@@ -148,6 +200,9 @@ class LabelBook:
             ),
             0,
         )
+        self._delays = np.zeros(DELAY_WINDOW, dtype=np.int64)
+        self._delay_next = 0
+        self._delay_size = 0
 
     @property
     def n_pending(self) -> int:
@@ -227,7 +282,26 @@ class LabelBook:
         self._n_pending -= len(hit)
         self.counts["positives"] += len(hit)
         hit.sort(key=lambda p: (p[1], p[0]))
+        for p in hit:
+            self._delays[self._delay_next] = ts - p[1]
+            self._delay_next = (self._delay_next + 1) % DELAY_WINDOW
+        self._delay_size = min(DELAY_WINDOW, self._delay_size + len(hit))
         return [Matured(entity_id, p[1], ts, p[2], p[3], True) for p in hit]
+
+    def delay_stats(self) -> dict[str, float]:
+        """Label delay of the last :data:`DELAY_WINDOW` positives (conversion minus
+        decision time, ms): ``mean_ms``, ``p50_ms``, ``p90_ms`` (NaN before the
+        first positive) and ``window``. A negative's delay is always the horizon."""
+        size = self._delay_size
+        if size == 0:
+            return {"mean_ms": math.nan, "p50_ms": math.nan, "p90_ms": math.nan, "window": 0.0}
+        d = self._delays[:size]
+        return {
+            "mean_ms": float(d.mean()),
+            "p50_ms": float(np.percentile(d, 50)),
+            "p90_ms": float(np.percentile(d, 90)),
+            "window": float(size),
+        }
 
     def _live(self, seq: int, entity_id: str) -> _Point | None:
         for p in self._pending.get(entity_id, ()):

@@ -35,9 +35,15 @@ from intentflow.errors import SnapshotMismatchError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass
 
 __all__ = [
+    "CALIBRATIONS",
     "COLD_SCORE",
+    "DRIFT_ACTIONS",
+    "DRIFT_DETECTORS",
     "KINDS",
+    "MAX_ABS",
+    "PROMOTE_METRICS",
     "IntentModel",
+    "Learned",
     "ModelConfig",
     "Reason",
     "build_estimator",
@@ -47,8 +53,25 @@ __all__ = [
 #: Model kinds :func:`build_estimator` knows.
 KINDS: Final[tuple[str, ...]] = ("logreg", "hoeffding", "arf")
 
+#: Score calibrations: none, or online Platt scaling of the estimator's logit.
+CALIBRATIONS: Final[tuple[str, ...]] = ("none", "platt")
+
+#: Finite feature values are clipped to +-MAX_ABS before they reach River, so
+#: that a running variance never overflows.
+MAX_ABS: Final[float] = 1e12
+
+# Platt scaling works on logit(p) with p clipped away from 0 and 1.
+_P_EPS: Final[float] = 1e-6
+
 #: The score of every row while the model is cold (see :attr:`IntentModel.ready`).
 COLD_SCORE: Final[float] = 0.0
+
+#: Drift detectors on the progressive log loss.
+DRIFT_DETECTORS: Final[tuple[str, ...]] = ("adwin", "none")
+#: What a detected drift does: a log line and a count, a fresh champion, or a challenger.
+DRIFT_ACTIONS: Final[tuple[str, ...]] = ("log", "reset", "challenger")
+#: Progressive metrics a challenger can be promoted on.
+PROMOTE_METRICS: Final[tuple[str, ...]] = ("auc", "log_loss", "brier")
 
 FloatArray = NDArray[np.float64]
 
@@ -65,6 +88,18 @@ class ModelConfig:
     :data:`COLD_SCORE`) until it has learned ``warmup_labels`` rows including
     a positive and a negative. Metrics roll over the last ``metrics_window``
     labels.
+
+    ``calibration = "platt"`` maps the estimator's score through an online
+    Platt scaler fitted on progressive (score-before-learning) pairs.
+    ``learn_fraction`` < 1 learns only that share of the labelled rows (every
+    row is still validated), a deterministic thinning for the costly tree
+    kinds. ``learn = false`` freezes the model (it still validates).
+
+    The remaining keys configure :class:`~intentflow.online_models.champion.ModelSet`:
+    drift detection on the progressive log loss (``drift``, ``drift_delta``,
+    ``on_drift``) and a shadow ``challenger`` promoted when it beats the
+    champion on ``promote_metric`` by ``promote_margin`` over
+    ``promote_min_labels`` shared labels.
     """
 
     kind: str = "logreg"
@@ -76,10 +111,54 @@ class ModelConfig:
     warmup_labels: int = 50
     metrics_window: int = 1000
     n_models: int = 3
+    calibration: str = "none"
+    learn_fraction: float = 1.0
+    learn: bool = True
+    drift: str = "adwin"
+    drift_delta: float = 0.002
+    on_drift: str = "log"
+    challenger: str = ""
+    promote_metric: str = "log_loss"
+    promote_margin: float = 0.01
+    promote_min_labels: int = 500
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InvalidFieldError("kind", f"{self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.calibration not in CALIBRATIONS:
+            raise InvalidFieldError(
+                "calibration", f"{self.calibration!r} is not one of {', '.join(CALIBRATIONS)}"
+            )
+        if not 0.0 < self.learn_fraction <= 1.0:
+            raise InvalidFieldError(
+                "learn_fraction", f"must be in (0, 1], got {self.learn_fraction!r}"
+            )
+        if self.drift not in DRIFT_DETECTORS:
+            raise InvalidFieldError(
+                "drift", f"{self.drift!r} is not one of {', '.join(DRIFT_DETECTORS)}"
+            )
+        if not 0.0 < self.drift_delta < 1.0:
+            raise InvalidFieldError("drift_delta", f"must be in (0, 1), got {self.drift_delta!r}")
+        if self.on_drift not in DRIFT_ACTIONS:
+            raise InvalidFieldError(
+                "on_drift", f"{self.on_drift!r} is not one of {', '.join(DRIFT_ACTIONS)}"
+            )
+        if self.challenger and self.challenger not in KINDS:
+            raise InvalidFieldError(
+                "challenger",
+                f"{self.challenger!r} is not one of {', '.join(KINDS)} (or empty for none)",
+            )
+        if self.promote_metric not in PROMOTE_METRICS:
+            raise InvalidFieldError(
+                "promote_metric",
+                f"{self.promote_metric!r} is not one of {', '.join(PROMOTE_METRICS)}",
+            )
+        if self.promote_margin < 0:
+            raise InvalidFieldError("promote_margin", f"must be >= 0, got {self.promote_margin!r}")
+        if self.promote_min_labels < 1:
+            raise InvalidFieldError(
+                "promote_min_labels", f"must be >= 1, got {self.promote_min_labels!r}"
+            )
         if not self.lr > 0:
             raise InvalidFieldError("lr", f"must be > 0, got {self.lr!r}")
         if self.l2 < 0:
@@ -159,6 +238,31 @@ def _sigmoid(z: FloatArray) -> FloatArray:
     return np.where(z < -30.0, 0.0, np.where(z > 30.0, 1.0, inner))
 
 
+def _finite_rows(X: FloatArray) -> NDArray[np.bool_]:
+    """Rows whose values are all finite."""
+    return np.asarray(np.isfinite(X).all(axis=1), dtype=bool)
+
+
+def _logit(p: FloatArray) -> FloatArray:
+    q = np.clip(p, _P_EPS, 1.0 - _P_EPS)
+    result: FloatArray = np.log(q / (1.0 - q))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What one :meth:`IntentModel.learn_scored` call did.
+
+    ``scores`` are the served scores of the accepted rows *before* the model
+    learned them (``None`` when the model had learned nothing yet, so there
+    was nothing to validate); ``labels`` are those rows' labels.
+    """
+
+    n_learned: int
+    scores: FloatArray | None
+    labels: NDArray[np.bool_]
+
+
 def names_hash(names: Sequence[str]) -> str:
     """A stable hash of an ordered feature-name list (32 hex digits)."""
     blob = "\x1f".join(names).encode("utf-8")
@@ -174,24 +278,32 @@ class IntentModel:
     :class:`~intentflow.errors.SnapshotMismatchError`.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
-    def __init__(self, config: ModelConfig | None = None, spec_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        spec_hash: str | None = None,
+        generation: int = 0,
+    ) -> None:
         self.config = config if config is not None else ModelConfig()
         self._estimator = build_estimator(self.config)
         self._names: tuple[str, ...] | None = None
         self._hash = spec_hash or ""
         self._moments: _Moments | None = None
+        self.generation = generation
         self.n_learned = 0
         self.n_positive = 0
         self.n_refused = 0
-        window = self.config.metrics_window
-        self._auc: Any = metrics.RollingROCAUC(window_size=window)  # type: ignore[no-untyped-call]
-        self._log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
-        self._ring_y = np.zeros(window, dtype=bool)
-        self._ring_p = np.zeros(window)
-        self._ring_next = 0
-        self._ring_size = 0
+        self.n_validated = 0
+        self.n_offered = 0  # labelled finite rows offered to learning (for learn_fraction)
+        # Platt scaling: served = sigmoid(a * logit(raw) + b), starting at the identity.
+        self._platt: FloatArray | None = (
+            np.array([1.0, 0.0]) if self.config.calibration == "platt" else None
+        )
+        self._auc: Any = None
+        self._log_loss: Any = None
+        self._reset_metrics()
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -212,9 +324,15 @@ class IntentModel:
 
     @property
     def version(self) -> str:
-        """``{kind}-{spec_hash[:8]}-n{n_learned}``: changes with every learned row."""
+        """``{kind}-{spec_hash[:8]}-n{n_learned}``: changes with every learned row.
+
+        A model created later in a shard's life (after a drift reset or as a
+        challenger) has ``generation`` > 0 and the version
+        ``{kind}-{spec_hash[:8]}-g{generation}-n{n_learned}``.
+        """
         spec = self._hash[:8] if self._hash else "unbound"
-        return f"{self.name}-{spec}-n{self.n_learned}"
+        gen = f"-g{self.generation}" if self.generation else ""
+        return f"{self.name}-{spec}{gen}-n{self.n_learned}"
 
     @property
     def ready(self) -> bool:
@@ -224,6 +342,33 @@ class IntentModel:
             and self.n_positive > 0
             and self.n_learned > self.n_positive
         )
+
+    def retune(self, config: ModelConfig) -> None:
+        """Adopt ``config``'s settings for a model of the same kind (a warm start).
+
+        The learned state is kept. A new ``metrics_window`` restarts the
+        rolling metrics; switching calibration on starts the Platt scaler at
+        the identity, switching it off drops it.
+        """
+        if config.kind != self.config.kind:
+            raise ValueError(f"config.kind: {config.kind!r} cannot retune a {self.name!r} model")
+        old = self.config
+        self.config = config
+        if config.calibration == "none":
+            self._platt = None
+        elif self._platt is None:
+            self._platt = np.array([1.0, 0.0])
+        if config.metrics_window != old.metrics_window:
+            self._reset_metrics()
+
+    def _reset_metrics(self) -> None:
+        window = self.config.metrics_window
+        self._auc = metrics.RollingROCAUC(window_size=window)  # type: ignore[no-untyped-call]
+        self._log_loss = utils.Rolling(metrics.LogLoss, window_size=window)
+        self._ring_y = np.zeros(window, dtype=bool)
+        self._ring_p = np.zeros(window)
+        self._ring_next = 0
+        self._ring_size = 0
 
     @property
     def estimator(self) -> Any:
@@ -252,6 +397,9 @@ class IntentModel:
         arr = np.asarray(X, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != len(names):
             raise ValueError(f"X: expected shape (n, {len(names)}) to match names, got {arr.shape}")
+        if arr.size and float(np.nanmax(np.abs(arr), initial=0.0)) > MAX_ABS:
+            arr = np.clip(arr, -MAX_ABS, MAX_ABS)  # inf stays out: clip maps it to MAX_ABS
+            arr[~np.isfinite(np.asarray(X, dtype=np.float64))] = np.nan
         return arr, self._bind(names)
 
     # -- scoring ----------------------------------------------------------------------------
@@ -270,8 +418,42 @@ class IntentModel:
                 )
                 total = sum(proba.values())
                 out[i] = proba.get(True, 0.0) / total if total > 0 else 0.0
+        out[~np.isfinite(out)] = 0.0
         np.clip(out, 0.0, 1.0, out=out)
         return out
+
+    def _served(self, X: FloatArray, names: tuple[str, ...]) -> FloatArray:
+        """The served score: the estimator's, through the Platt scaler if configured."""
+        raw = self._raw_scores(X, names)
+        if self._platt is None:
+            return raw
+        return self._calibrate(raw, _finite_rows(X))
+
+    def _calibrate(self, raw: FloatArray, finite: NDArray[np.bool_]) -> FloatArray:
+        assert self._platt is not None
+        a, b = float(self._platt[0]), float(self._platt[1])
+        out = _sigmoid(a * _logit(raw) + b)
+        out[~finite] = 0.0
+        return out
+
+    def _fit_platt(self, raw: FloatArray, labels: NDArray[np.bool_]) -> None:
+        """One SGD step per row on the log loss of the Platt scaler (a kept >= 0)."""
+        assert self._platt is not None
+        a, b = float(self._platt[0]), float(self._platt[1])
+        lr = self.config.lr
+        for z, y in zip(_logit(raw).tolist(), labels.tolist(), strict=True):
+            zz = min(max(a * z + b, -30.0), 30.0)
+            g = 1.0 / (1.0 + math.exp(-zz)) - (1.0 if y else 0.0)
+            a = max(0.0, a - lr * g * z)
+            b -= lr * g
+        self._platt = np.array([a, b])
+
+    @property
+    def calibration(self) -> tuple[float, float] | None:
+        """The Platt scaler's ``(a, b)``, or None without calibration."""
+        if self._platt is None:
+            return None
+        return float(self._platt[0]), float(self._platt[1])
 
     def _linear_parts(self, names: tuple[str, ...]) -> tuple[FloatArray, FloatArray, FloatArray]:
         scaler = self._estimator["StandardScaler"]
@@ -297,7 +479,7 @@ class IntentModel:
         arr, bound = self._check(X, names)
         if not self.ready:
             return np.full(arr.shape[0], COLD_SCORE)
-        return self._raw_scores(arr, bound)
+        return self._served(arr, bound)
 
     # -- learning ---------------------------------------------------------------------------
     def learn_batch(self, X: FloatArray, y: NDArray[np.bool_], names: Sequence[str]) -> int:
@@ -307,25 +489,64 @@ class IntentModel:
         Before learning, every accepted row is scored with the current model
         (if it has learned anything) and the rolling metrics are updated.
         """
+        return self.learn_scored(X, y, names).n_learned
+
+    def learn_scored(self, X: FloatArray, y: NDArray[np.bool_], names: Sequence[str]) -> Learned:
+        """:meth:`learn_batch`, also returning the progressive scores (see :class:`Learned`).
+
+        The served score of each accepted row is computed before anything
+        learns; then the metrics are updated, the Platt scaler (if any) takes
+        one step per row on the raw score, and the estimator learns the rows
+        (every row, or the ``learn_fraction`` share; none with ``learn = false``).
+        """
         arr, bound = self._check(X, names)
         labels = np.asarray(y, dtype=bool).reshape(-1)
         if labels.shape[0] != arr.shape[0]:
             raise ValueError(f"y: expected {arr.shape[0]} labels, got {labels.shape[0]}")
-        finite = np.isfinite(arr).all(axis=1)
+        finite = _finite_rows(arr)
         self.n_refused += int(arr.shape[0] - finite.sum())
         rows, labels = arr[finite], labels[finite]
         if rows.shape[0] == 0:
-            return 0
+            return Learned(0, None, labels)
+        served: FloatArray | None = None
         if self.n_learned > 0:
-            self._update_metrics(labels, self._raw_scores(rows, bound))
+            raw = self._raw_scores(rows, bound)
+            served = raw if self._platt is None else self._calibrate(raw, np.ones(len(raw), bool))
+            self._update_metrics(labels, served)
+            self.n_validated += rows.shape[0]
+            if self._platt is not None and self.config.learn:
+                self._fit_platt(raw, labels)
+        if not self.config.learn:
+            return Learned(0, served, labels)
+        keep = self._sample(rows.shape[0])
+        if keep is not None:
+            rows, learn_labels = rows[keep], labels[keep]
+        else:
+            learn_labels = labels
         learn_one = self._estimator.learn_one
-        for row, label in zip(rows.tolist(), labels.tolist(), strict=True):
+        for row, label in zip(rows.tolist(), learn_labels.tolist(), strict=True):
             learn_one(dict(zip(bound, row, strict=True)), label)
         if self._moments is not None:
             self._moments.update(rows)
         self.n_learned += rows.shape[0]
-        self.n_positive += int(labels.sum())
-        return int(rows.shape[0])
+        self.n_positive += int(learn_labels.sum())
+        return Learned(int(rows.shape[0]), served, labels)
+
+    def _sample(self, n: int) -> NDArray[np.bool_] | None:
+        """Which of the next ``n`` offered rows to learn under ``learn_fraction``.
+
+        Row ``i`` (counted over the model's life) is learned when
+        ``floor((i + 1) f) > floor(i f)``: exactly the share ``f``, evenly
+        spread, and independent of how rows are grouped into batches.
+        """
+        start = self.n_offered
+        self.n_offered += n
+        f = self.config.learn_fraction
+        if f >= 1.0:
+            return None
+        i = np.arange(start, start + n, dtype=np.float64)
+        keep: NDArray[np.bool_] = np.floor((i + 1.0) * f) > np.floor(i * f)
+        return keep
 
     def _update_metrics(self, labels: NDArray[np.bool_], scores: FloatArray) -> None:
         window = self._ring_y.shape[0]
@@ -343,8 +564,9 @@ class IntentModel:
 
         ``auc`` (exact, River ``RollingROCAUC``), ``log_loss`` (River
         ``LogLoss``), ``brier`` (mean squared error of the probability) are
-        NaN until defined; ``window`` counts the labels they cover. ``labels``,
-        ``positives`` and ``refused`` count since the model was created.
+        NaN until defined; ``window`` counts the labels they cover. ``labels``
+        (learned rows), ``positives``, ``refused`` and ``validated`` (rows
+        scored before learning) count since the model was created.
         """
         size = self._ring_size
         y = self._ring_y[:size]
@@ -359,6 +581,7 @@ class IntentModel:
             "labels": float(self.n_learned),
             "positives": float(self.n_positive),
             "refused": float(self.n_refused),
+            "validated": float(self.n_validated),
         }
 
     # -- reason codes -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from intentflow.errors import SinkError
+from intentflow.metrics import EngineMetrics, SinkObserver
 from intentflow.redisutil import connect, redact_url
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, OutputWriter, ScoreOut
 from intentflow.sinks.lua import ALERT_ONCE, ALERT_ONCE_SHA
@@ -78,8 +79,10 @@ class RedisOutputWriter(OutputWriter):
     batch had written before its connection broke), ``scores_written`` (score
     hashes written, after keeping only the last score of each entity in a
     batch), ``dead_letters_written``, ``retries``, ``script_loads``,
-    ``batches`` (batches delivered) and ``last_batch_latency_s`` (wall time of
-    the last delivered batch, retries included).
+    ``batches`` (batches delivered), ``last_batch_latency_s`` (wall time of
+    the last delivered batch, retries included), ``backoff_s`` (total time
+    slept before retries) and ``connected`` (``None`` before the first
+    attempt, then whether the last attempt reached Redis).
     """
 
     def __init__(
@@ -102,6 +105,8 @@ class RedisOutputWriter(OutputWriter):
         self.script_loads = 0
         self.batches = 0
         self.last_batch_latency_s = 0.0
+        self.backoff_s = 0.0
+        self.connected: bool | None = None
 
     # -- public API ------------------------------------------------------------------------
     def write_batch(self, items: list[Output]) -> None:
@@ -130,6 +135,7 @@ class RedisOutputWriter(OutputWriter):
             except RETRYABLE as exc:
                 attempt += 1
                 self._script_loaded = False
+                self.connected = False
                 if attempt > self.config.max_retries:
                     raise SinkError(
                         f"Redis sink could not write a batch of {len(items)} records to"
@@ -138,7 +144,10 @@ class RedisOutputWriter(OutputWriter):
                         " (--redis-url / REDIS_URL)"
                     ) from exc
                 self.retries += 1
-                time.sleep(self._backoff_s(attempt))
+                delay = self._backoff_s(attempt)
+                self.backoff_s += delay
+                time.sleep(delay)
+        self.connected = True
         self.alerts_written += written
         self.alerts_duplicate += duplicates
         self.scores_written += scores
@@ -287,12 +296,18 @@ class RedisOutputWriter(OutputWriter):
 class RedisSinkPartition(StatelessSinkPartition[Output]):
     """The per-worker partition of :class:`RedisSink`; ``writer`` exposes the counters."""
 
-    def __init__(self, writer: RedisOutputWriter) -> None:
+    def __init__(self, writer: RedisOutputWriter, observer: SinkObserver | None = None) -> None:
         self.writer = writer
+        self.observer = observer or SinkObserver()
 
     def write_batch(self, items: list[Output]) -> None:
         """Deliver one Bytewax batch through the writer."""
-        self.writer.write_batch(items)
+        try:
+            self.writer.write_batch(items)
+        except Exception:
+            self.observer.failed(self.writer)
+            raise
+        self.observer.delivered(items, self.writer)
 
     def close(self) -> None:
         """Close the writer's connection."""
@@ -308,9 +323,10 @@ class RedisSink(DynamicSink[Output]):
     last-write-wins per entity; dead letters are at-least-once.
     """
 
-    def __init__(self, config: RedisSinkConfig) -> None:
+    def __init__(self, config: RedisSinkConfig, metrics: EngineMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or EngineMetrics()
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> RedisSinkPartition:
         """Return a partition with its own :class:`RedisOutputWriter` (connects lazily)."""
-        return RedisSinkPartition(RedisOutputWriter(self.config))
+        return RedisSinkPartition(RedisOutputWriter(self.config), self.metrics.sink())

@@ -24,6 +24,9 @@ _FLAG_KEYS = {
     "recovery_dir": "recovery.dir",
     "snapshot_interval": "recovery.snapshot_interval_s",
     "shards": "engine.shards",
+    "score_log": "output.score_log",
+    "model_file": "engine.model_file",
+    "rules": "rules.path",
 }
 
 

@@ -18,13 +18,30 @@ __all__ = ["cmd_replay", "cmd_run", "run_config"]
 log = logging.getLogger("intentflow.run")
 
 
-def run_config(config: Config, *, workers: int = 1, init_recovery: bool = False) -> None:
-    """Run the dataflow for ``config`` in this process until its input ends."""
+def run_config(
+    config: Config,
+    *,
+    workers: int = 1,
+    init_recovery: bool = False,
+    metrics_address: tuple[str | None, int | None] | None = None,
+) -> None:
+    """Run the dataflow for ``config`` in this process until its input ends.
+
+    With ``metrics_address`` (host, port), serve ``/metrics``, ``/healthz`` and
+    ``/readyz`` while it runs (see :func:`intentflow.health.serve_engine_metrics`).
+    """
     client = connect(config.redis.url)
     ping_or_fail(client, config.redis.url)
     client.close()
     recovery = prepare_recovery(config, init=init_recovery, partitions=max(1, workers))
-    flow = make_flow(config)
+    metrics, server = None, None
+    if metrics_address is not None:
+        from intentflow.health import serve_engine_metrics
+
+        metrics, server = serve_engine_metrics(
+            config, host=metrics_address[0], port=metrics_address[1]
+        )
+    flow = make_flow(config, metrics)
     log.info(
         "running: source=%s partitions=%d redis=%s recovery=%s workers=%d config=%s",
         config.input.source,
@@ -34,12 +51,16 @@ def run_config(config: Config, *, workers: int = 1, init_recovery: bool = False)
         workers,
         config.config_hash(),
     )
-    cli_main(
-        flow,
-        workers_per_process=workers,
-        epoch_interval=epoch_interval(config),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            epoch_interval=epoch_interval(config),
+            recovery_config=recovery,
+        )
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,7 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not config.redis.url:
             log.warning("no --redis-url/REDIS_URL: using an embedded redis-server at %s", url)
         config = config.with_overrides({"redis.url": url})
-        run_config(config, workers=args.workers, init_recovery=args.init_recovery)
+        run_config(
+            config,
+            workers=args.workers,
+            init_recovery=args.init_recovery,
+            metrics_address=(args.metrics_host, args.metrics_port),
+        )
     return 0
 
 
