@@ -41,6 +41,7 @@ __all__ = [
     "Scenario",
     "latency_figures",
     "machine_info",
+    "process_cpu_seconds",
     "sentinel_payload",
     "wait_until",
     "write_json",
@@ -286,6 +287,10 @@ class Engine:
         if code is not None:
             raise BenchError(f"the engine exited with code {code}:\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the engine process has used (Linux), else ``None``."""
+        return process_cpu_seconds(self.proc.pid)
+
     def wait_exit(self, timeout_s: float) -> int:
         """Wait for the engine to exit by itself; returns its exit code."""
         try:
@@ -314,6 +319,18 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` from ``/proc`` (Linux), else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start at field 3.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- figures --------------------------------------------------------------------------------

@@ -57,6 +57,10 @@ EVENT_TIME_RATE: Final = 200.0
 RATE_SHARE: Final = 0.5
 #: ... within these bounds (events/s).
 RATE_BOUNDS: Final = (100.0, 20_000.0)
+#: Warn when the engine got less of a core than this in a throughput round ...
+BUSY_CPU_SHARE: Final = 0.8
+#: ... or used more than this while live (near saturation).
+SATURATED_CPU_SHARE: Final = 0.85
 #: Below this many samples p99.9 is not meaningful.
 MIN_SAMPLES: Final = 1000
 _SEND_BATCH: Final = 1000
@@ -179,6 +183,7 @@ class Throughput:
     dead_letters: int
     startup_s: float  # engine start + warm-up (not timed)
     exit_code: int
+    engine_cpu: list[float]  # the engine's CPU time per round / round seconds (Linux)
 
 
 def measure_throughput(
@@ -203,6 +208,7 @@ def measure_throughput(
         startup_s = _warm_up(client, engine, gen, sizes.warmup)
         eps_rounds: list[float] = []
         seconds: list[float] = []
+        cpu: list[float] = []
         alerts_before = int(client.xlen(keys.alerts))
         staging = f"{keys.staging_prefix}0"
         for r in range(rounds):
@@ -212,6 +218,7 @@ def measure_throughput(
             stager.send([sentinel_payload(tag, last_ts)])
             client.rename(staging, f"{keys.events_prefix}0")
             t0 = time.monotonic()
+            cpu0 = engine.cpu_seconds()
             t1 = wait_until(
                 _exists(client, keys.score_key(f"bench-{tag}")),
                 timeout_s=max(120.0, n / 500.0),
@@ -219,6 +226,9 @@ def measure_throughput(
                 poll_s=0.002,
                 alive=engine.check_alive,
             )
+            cpu1 = engine.cpu_seconds()
+            if cpu0 is not None and cpu1 is not None:
+                cpu.append((cpu1 - cpu0) / (t1 - t0))
             seconds.append(t1 - t0)
             eps_rounds.append((n + 1) / (t1 - t0))
             ctx.console.print(
@@ -241,6 +251,7 @@ def measure_throughput(
         dead_letters=dead,
         startup_s=startup_s,
         exit_code=code,
+        engine_cpu=cpu,
     )
 
 
@@ -261,6 +272,7 @@ class Latency:
     sink_read: list[float]  # read time - emit_ts
     dead_letters: int
     startup_s: float
+    engine_cpu: float  # the engine's CPU time while live / live seconds (NaN off Linux)
 
 
 def _produce_live(
@@ -343,6 +355,7 @@ def measure_latency(
             daemon=True,
         )
         producer.start()
+        cpu0, t0 = engine.cpu_seconds(), time.monotonic()
         lat: list[float] = []
         stages: tuple[list[float], list[float], list[float]] = ([], [], [])
         alerts = 0
@@ -381,6 +394,10 @@ def measure_latency(
                 stages[1].append(alert["emit_ts"] - alert["ingest_ts"])
                 stages[2].append(read_ts - alert["emit_ts"])
         assert summary is not None
+        cpu1, t1 = engine.cpu_seconds(), time.monotonic()
+        engine_cpu = (
+            (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else math.nan
+        )
         producer.join(timeout=10)
         sent, seconds, _ = summary
         dead = int(client.xlen(keys.dlq)) if client.exists(keys.dlq) else 0
@@ -402,6 +419,7 @@ def measure_latency(
         sink_read=stages[2],
         dead_letters=dead,
         startup_s=startup_s,
+        engine_cpu=engine_cpu,
     )
 
 
@@ -448,6 +466,16 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             f"the producer reached only {lt.achieved_rate:,.0f} of {lt.offered_rate:,.0f} "
             "events/s (CPU-bound machine)"
         )
+    if tp.engine_cpu and min(tp.engine_cpu) < BUSY_CPU_SHARE:
+        warnings.append(
+            f"the engine had only {min(tp.engine_cpu):.0%} of a core in a throughput round: "
+            "other processes were using the machine; eps is understated"
+        )
+    if lt.engine_cpu > SATURATED_CPU_SHARE:
+        warnings.append(
+            f"the engine used {lt.engine_cpu:.0%} of a core at the offered rate: it is near "
+            "saturation and the latency figures include queueing; try a lower --rate"
+        )
     if tp.dead_letters or lt.dead_letters:
         warnings.append(f"{tp.dead_letters + lt.dead_letters} dead letters (expected none)")
 
@@ -457,6 +485,11 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "seconds_rounds": tp.seconds_rounds,
         "throughput_events": sizes.rounds * (sizes.events + 1),
         "throughput_alerts": tp.alerts,
+        "engine_cpu_rounds": tp.engine_cpu,
+        "eps_per_engine_cpu_s": _median(
+            [e / c for e, c in zip(tp.eps_rounds, tp.engine_cpu, strict=False) if c > 0]
+        ),
+        "engine_cpu_live": lt.engine_cpu,
         "offered_rate": lt.offered_rate,
         "achieved_rate": lt.achieved_rate,
         "events": lt.events,
@@ -488,8 +521,11 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ("eps by round", ", ".join(f"{v:,.0f}" for v in tp.eps_rounds)),
         ("eps (median of rounds)", f"{tp.eps:,.0f} events/s"),
         ("alerts in throughput rounds", f"{tp.alerts:,}"),
+        ("engine CPU by round (share of a core)", ", ".join(f"{c:.0%}" for c in tp.engine_cpu)),
+        ("events per engine CPU-second (median)", f"{f['eps_per_engine_cpu_s']:,.0f}"),
         ("offered / achieved rate", f"{lt.offered_rate:,.0f} / {lt.achieved_rate:,.0f} events/s"),
         ("live events / alerts", f"{lt.events:,} / {lt.alerts:,}"),
+        ("engine CPU while live (share of a core)", f"{lt.engine_cpu:.0%}"),
         ("latency samples", f"{samples:,}"),
         ("latency p50 / p99", f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms"),
         ("latency p99.9 / max", f"{f['p999_ms']:.2f} / {f['max_ms']:.2f} ms"),
@@ -507,6 +543,10 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ),
     ]
     return Result(figures=figures, rows=rows, warnings=warnings)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
 
 
 def _p50_p99(values: list[float]) -> dict[str, float]:

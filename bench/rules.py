@@ -83,12 +83,12 @@ def _generated(i: int) -> str:
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["page_view"]\ncooldown = "6h"\n'
             f"when = 'props.category == \"{cat}\" && has(props.duration_s) && "
-            f"props.duration_s > {60 + 7 * i}'\n{alert}"
+            f"props.duration_s > {240 + 5 * i}'\n{alert}"
         )
     if kind == 1:
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["page_view", "click"]\ncooldown = "12h"\n'
-            f"when = 'features.page_views__count__1h >= {4 + i % 5}.0 && score >= 0.{5 + i % 4}'\n"
+            f"when = 'features.page_views__count__1h >= {8 + i % 5}.0 && score >= 0.{8 + i % 2}'\n"
             f"{alert}"
         )
     if kind == 2:
@@ -97,18 +97,18 @@ def _generated(i: int) -> str:
         listed = ", ".join(f'"{w}"' for w in words)
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["chat_message", "mention", "ticket"]\n'
-            f'keywords = [{listed}]\ncooldown = "2h"\n{alert}'
+            f'keywords = [{listed}]\ncooldown = "1d"\n{alert}'
         )
     if kind == 3:
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["cart_add", "purchase"]\ncooldown = "1d"\n'
-            f"when = 'has(props.price) && props.price > {100 * (1 + i % 7)}.0 || "
-            f"features.cart_adds__count__24h >= {2 + i % 3}.0'\n{alert}"
+            f"when = 'has(props.price) && props.price > {5000 * (1 + i % 7)}.0 || "
+            f"features.cart_adds__count__24h >= {4 + i % 3}.0'\n{alert}"
         )
     if kind == 4:
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["email_open", "email_click"]\ncooldown = "1d"\n'
-            f"when = 'features.email_engagement__count__7d >= {3 + i % 6}.0'\n{alert}"
+            f"when = 'features.email_engagement__count__7d >= {10 + i % 6}.0'\n{alert}"
         )
     if kind == 6:
         return (
@@ -125,14 +125,16 @@ def _generated(i: int) -> str:
     if kind == 8:
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["*"]\ncooldown = "1d"\n'
-            f"when = 'features.activity__count__24h >= {40 + i}.0 && "
+            f"when = 'features.activity__count__24h >= {80 + i}.0 && "
             f"features.account_contacts__distinct__7d >= 3.0'\n{alert}"
         )
     return (
         f'[[rules]]\nid = "{rid}"\ntypes = ["form_submit", "crm_activity", "ticket"]\n'
-        f'cooldown = "1d"\n'
-        f"when = '(has(props.form) && props.form == \"demo_request\") || "
-        f'(has(props.severity) && props.severity in ["high", "critical"])\'\n{alert}'
+        f'cooldown = "7d"\n'
+        f"when = '(has(props.form) && props.form == \"demo_request\" && "
+        f"features.demo_requests__count__30d >= {2 + i % 3}.0) || "
+        f'(has(props.severity) && props.severity in ["high", "critical"] && '
+        f"features.support_tickets__count__7d >= {2 + i % 3}.0)'\n{alert}"
     )
 
 

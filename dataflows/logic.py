@@ -351,6 +351,8 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
     def _observer(self, values: list[Event]) -> ShardObserver:
         """This shard's metrics observer, labelled by the shard of its first event."""
         if self._obs is None:
+            if not values:
+                return ShardObserver()
             first = values[0]
             key = shard_key(first.account_id or first.entity_id, self._metrics.shards)
             self._obs = self._metrics.shard(key)

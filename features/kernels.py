@@ -4,6 +4,12 @@ No validation and no Python objects here: :mod:`intentflow.features.state`
 owns the arrays, checks inputs and calls :func:`update_table` once per batch
 and key kind. Every Numba setting lives in :data:`NUMBA_OPTIONS`.
 
+A window query of length W at clock q covers the buckets
+``(q - W + 1) // size .. q // size`` of its ring. Window counts are kept as
+running totals (``run``), updated when an event lands in the window and
+when the window slides past a bucket; sums, minima and maxima are read from
+the ring buckets, so float results do not depend on update order.
+
 Layout arrays (built by :mod:`intentflow.features.program`):
 
 * ``tiers[k]``: the bucket sizes (ms) in use;
@@ -14,8 +20,10 @@ Layout arrays (built by :mod:`intentflow.features.program`):
   (-1: not kept); decay slots of ``c`` are ``col_dec_ptr[c]:col_dec_ptr[c+1]``
   with half-lives ``dec_hl`` (ms);
 * ``dtabs[k] = (offset, size)``: distinct-value tables;
-* ``wq[j] = (ring, m, rem)`` with ``window_ms - 1 = m * size + rem``: window
-  queries evaluated for every event;
+* ``wq[j] = (ring, m, rem, run_off)`` with ``window_ms - 1 = m * size + rem``:
+  window queries evaluated for every event, sorted by ring (those of ring
+  ``r`` are ``ring_wq_ptr[r]:ring_wq_ptr[r+1]``); ``run_off`` is the column
+  of the query's running count (-1: its ring keeps no count);
 * ``outs[f] = (kind, a, b, out_column)`` and ``outx[f]``: output program.
 """
 
@@ -62,6 +70,11 @@ def _kernel(fn: _F) -> _F:
     return cast(_F, njit(**NUMBA_OPTIONS)(fn))
 
 
+def _helper(fn: _F) -> _F:
+    """Compile ``fn`` to be inlined into its callers (no per-call array overhead)."""
+    return cast(_F, njit(inline="always", **NUMBA_OPTIONS)(fn))
+
+
 #: Timestamp of "never" (an unused row, an empty slot).
 EMPTY_TS: Final = np.iinfo(np.int64).min
 
@@ -86,7 +99,7 @@ K_VELOCITY: Final = 9
 K_DISTINCT: Final = 10
 
 
-@_kernel
+@_helper
 def _clear(row: int, r: int, first: int, steps: int, rings: I64,
            cnt: U32, sm: F64, mn: F64, mx: F64) -> None:  # fmt: skip
     """Empty ``steps`` slots of ring ``r`` from slot ``first`` on (wrapping)."""
@@ -110,30 +123,56 @@ def _clear(row: int, r: int, first: int, steps: int, rings: I64,
                 slot = 0
 
 
-@_kernel
-def _advance(row: int, old: int, new: int, old_b: I64, new_b: I64, tiers: I64, rings: I64,
-             dec_hl: F64, cnt: U32, sm: F64, mn: F64, mx: F64, dec: F64) -> None:  # fmt: skip
-    """Move a row's clock from ``old`` to ``new``: empty entered buckets, decay sums.
+@_helper
+def _firsts(q_b: I64, q_u: I64, rings: I64, wq: I64, out: I64) -> None:
+    """First bucket of every window query at the clock whose tier buckets are ``q_b``.
 
-    ``new_b[k]`` is ``new // tiers[k]``; ``old_b`` is scratch space.
+    With W - 1 = m * size + rem and q = q_b * size + q_u, (q - W + 1) // size
+    is q_b - m, one less when q_u < rem.
     """
-    for k in range(tiers.shape[0]):
-        old_b[k] = old // tiers[k]
+    for j in range(wq.shape[0]):
+        k = rings[wq[j, 0], 0]
+        out[j] = q_b[k] - wq[j, 1] - (1 if q_u[k] < wq[j, 2] else 0)
+
+
+@_helper
+def _advance(row: int, old: int, new: int, old_f: I64, new_f: I64, old_b: I64, new_b: I64,
+             tiers: I64, rings: I64, wq: I64, dec_hl: F64, cnt: U32, sm: F64, mn: F64,
+             mx: F64, dec: F64, run: U32) -> None:  # fmt: skip
+    """Move a row's clock from ``old`` to ``new``.
+
+    Running counts drop the buckets their windows slide past (``old_f`` /
+    ``new_f`` are the first buckets before and after), then the buckets the
+    clock enters are emptied and decayed sums decay.
+    """
+    for j in range(wq.shape[0]):
+        ro = wq[j, 3]
+        if ro < 0 or new_f[j] <= old_f[j]:
+            continue
+        r = wq[j, 0]
+        if new_f[j] > old_b[rings[r, 0]]:
+            run[row, ro] = 0
+            continue
+        slots = rings[r, 1]
+        off = rings[r, 2]
+        gone = 0
+        for b in range(old_f[j], new_f[j]):
+            gone += cnt[row, off + b % slots]
+        run[row, ro] -= gone
     for r in range(rings.shape[0]):
         k = rings[r, 0]
-        head = old_b[k]
-        steps = new_b[k] - head
+        steps = new_b[k] - old_b[k]
         if steps > 0:
             slots = rings[r, 1]
             if steps > slots:
                 steps = slots
-            _clear(row, r, (head + 1) % slots, steps, rings, cnt, sm, mn, mx)
+            _clear(row, r, (old_b[k] + 1) % slots, steps, rings, cnt, sm, mn, mx)
     dt = float(new - old)
     for d in range(dec_hl.shape[0]):
         dec[row, d] *= 2.0 ** (-dt / dec_hl[d])
 
 
-@_kernel
+@_helper
 def _add_distinct(row: int, off: int, size: int, h: int, t: int, dh: I64, dts: I64) -> None:
     """Record value hash ``h`` seen at ``t``; when full, replace the oldest value."""
     oldest = -1
@@ -156,14 +195,15 @@ def _add_distinct(row: int, off: int, size: int, h: int, t: int, dh: I64, dts: I
         dts[row, oldest] = t
 
 
-@_kernel
-def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, c: int, v: float,
-           rings: I64, col_ring_ptr: I64, col_lts: I64, col_lval: I64, col_dec_ptr: I64,
-           dec_hl: F64, cnt: U32, sm: F64, mn: F64, mx: F64, lts: I64, lval: F64,
-           dec: F64) -> None:  # fmt: skip
+@_helper
+def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, firsts: I64, c: int, v: float,
+           rings: I64, ring_wq_ptr: I64, wq: I64, col_ring_ptr: I64, col_lts: I64,
+           col_lval: I64, col_dec_ptr: I64, dec_hl: F64, cnt: U32, sm: F64, mn: F64, mx: F64,
+           lts: I64, lval: F64, dec: F64, run: U32) -> None:  # fmt: skip
     """Add value ``v`` of signal column ``c`` at time ``t`` to a row whose clock is ``q``.
 
-    ``t_b[k]`` / ``q_b[k]`` are the bucket indices of ``t`` / ``q`` in tier ``k``.
+    ``t_b[k]`` / ``q_b[k]`` are the bucket indices of ``t`` / ``q`` in tier
+    ``k``; ``firsts[j]`` is the first bucket of window query ``j``.
     """
     for r in range(col_ring_ptr[c], col_ring_ptr[c + 1]):
         k = rings[r, 0]
@@ -173,6 +213,9 @@ def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, c: int, v: float,
             slot = b % slots
             if rings[r, 2] >= 0:
                 cnt[row, rings[r, 2] + slot] += 1
+                for j in range(ring_wq_ptr[r], ring_wq_ptr[r + 1]):
+                    if b >= firsts[j]:
+                        run[row, wq[j, 3]] += 1
             if rings[r, 3] >= 0:
                 sm[row, rings[r, 3] + slot] += v
             if rings[r, 4] >= 0 and v < mn[row, rings[r, 4] + slot]:
@@ -188,10 +231,10 @@ def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, c: int, v: float,
         dec[row, d] += v * 2.0 ** (-float(q - t) / dec_hl[d])
 
 
-@_kernel
-def _ring_sum(a: Any, row: int, off: int, start: int, length: int, slots: int) -> Any:
+@_helper
+def _ring_sum(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
     """Sum of ``length`` ring slots from ``start`` (wrapping) of ``a[row, off:off+slots]``."""
-    total = a[row, off] - a[row, off]  # zero of the array's dtype
+    total = 0.0
     end = start + length
     for k in range(off + start, off + min(end, slots)):
         total += a[row, k]
@@ -200,7 +243,7 @@ def _ring_sum(a: Any, row: int, off: int, start: int, length: int, slots: int) -
     return total
 
 
-@_kernel
+@_helper
 def _ring_min(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
     """Minimum over ``length`` ring slots from ``start`` (wrapping)."""
     lo = np.inf
@@ -212,7 +255,7 @@ def _ring_min(a: F64, row: int, off: int, start: int, length: int, slots: int) -
     return lo
 
 
-@_kernel
+@_helper
 def _ring_max(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
     """Maximum over ``length`` ring slots from ``start`` (wrapping)."""
     hi = -np.inf
@@ -224,26 +267,18 @@ def _ring_max(a: F64, row: int, off: int, start: int, length: int, slots: int) -
     return hi
 
 
-@_kernel
-def _windows(row: int, q_b: I64, q_u: I64, rings: I64, wq: I64, cnt: U32, sm: F64, mn: F64,
-             mx: F64, w_cnt: I64, w_sum: F64, w_min: F64, w_max: F64) -> None:  # fmt: skip
-    """Evaluate every window query of a row at the clock whose tier buckets are ``q_b``.
-
-    The window of length W at clock q covers buckets (q - W + 1) // size ..
-    q // size; with W - 1 = m * size + rem and q = q_b * size + q_u the first
-    bucket is q_b - m, one less when q_u < rem.
-    """
+@_helper
+def _windows(row: int, q_b: I64, firsts: I64, rings: I64, wq: I64, sm: F64, mn: F64, mx: F64,
+             run: U32, w_cnt: I64, w_sum: F64, w_min: F64, w_max: F64) -> None:  # fmt: skip
+    """Evaluate every window query of a row (counts from the running totals)."""
     for j in range(wq.shape[0]):
         r = wq[j, 0]
-        k = rings[r, 0]
+        w_cnt[j] = 0 if wq[j, 3] < 0 else run[row, wq[j, 3]]
+        if rings[r, 3] < 0 and rings[r, 4] < 0 and rings[r, 5] < 0:
+            continue
         slots = rings[r, 1]
-        length = wq[j, 1] + 1
-        if q_u[k] < wq[j, 2]:
-            length += 1
-        if length > slots:
-            length = slots
-        start = (q_b[k] - length + 1) % slots
-        w_cnt[j] = 0 if rings[r, 2] < 0 else _ring_sum(cnt, row, rings[r, 2], start, length, slots)
+        start = firsts[j] % slots
+        length = q_b[rings[r, 0]] - firsts[j] + 1
         w_sum[j] = 0.0 if rings[r, 3] < 0 else _ring_sum(sm, row, rings[r, 3], start, length, slots)
         w_min[j] = (
             np.inf if rings[r, 4] < 0 else _ring_min(mn, row, rings[r, 4], start, length, slots)
@@ -253,7 +288,7 @@ def _windows(row: int, q_b: I64, q_u: I64, rings: I64, wq: I64, cnt: U32, sm: F6
         )
 
 
-@_kernel
+@_helper
 def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_cap_ms: int,
           lts: I64, lval: F64, dec: F64, dts: I64, w_cnt: I64, w_sum: F64, w_min: F64,
           w_max: F64, out: F64) -> None:  # fmt: skip
@@ -305,28 +340,36 @@ def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_ca
 
 @_kernel
 def update_table(
+    # the batch
     ev_row: I64,
     ev_ts: I64,
-    c_ptr: I64,
-    c_col: I64,
-    c_val: F64,
-    d_ptr: I64,
+    ev_route: I64,
+    route_ptr: I64,
+    route_col: I64,
+    v_evt: I64,
+    v_col: I64,
+    v_val: F64,
+    d_evt: I64,
     d_tab: I64,
     d_hash: I64,
+    # settings
     lateness_ms: int,
     policy: int,
     recency_cap_ms: int,
+    # layout
     tiers: I64,
     rings: I64,
+    ring_wq_ptr: I64,
+    wq: I64,
     col_ring_ptr: I64,
     col_lts: I64,
     col_lval: I64,
     col_dec_ptr: I64,
     dec_hl: F64,
     dtabs: I64,
-    wq: I64,
     outs: I64,
     outx: F64,
+    # state
     clock: I64,
     cnt: U32,
     sm: F64,
@@ -337,17 +380,21 @@ def update_table(
     dec: F64,
     dh: I64,
     dts: I64,
+    run: U32,
+    # results
     out: F64,
     late: I8,
 ) -> None:
     """Apply a batch of encoded events to one table and write their feature rows.
 
     Event ``i`` belongs to row ``ev_row[i]`` (-1: no key, the row gets the
-    no-data values) at time ``ev_ts[i]`` and contributes ``c_val[j]`` to
-    signal column ``c_col[j]`` for ``j`` in ``c_ptr[i]:c_ptr[i+1]`` and hash
-    ``d_hash[j]`` to distinct table ``d_tab[j]`` for ``j`` in
-    ``d_ptr[i]:d_ptr[i+1]``. Events are applied in order; the row written for
-    event ``i`` includes it. ``late[i]`` receives ON_TIME, LATE_ACCEPTED,
+    no-data values) at time ``ev_ts[i]``. It contributes 1.0 to the signal
+    columns ``route_col[route_ptr[e]:route_ptr[e+1]]`` of its route
+    ``e = ev_route[i]``, ``v_val[j]`` to column ``v_col[j]`` for every ``j``
+    with ``v_evt[j] == i``, and hash ``d_hash[j]`` to distinct table
+    ``d_tab[j]`` for every ``j`` with ``d_evt[j] == i`` (``v_evt`` and
+    ``d_evt`` ascend). Events are applied in order; the row written for event
+    ``i`` includes it. ``late[i]`` receives ON_TIME, LATE_ACCEPTED,
     LATE_CLAMPED or LATE_DROPPED.
     """
     nq = wq.shape[0]
@@ -356,18 +403,29 @@ def update_table(
     w_sum = np.zeros(nq)
     w_min = np.zeros(nq)
     w_max = np.zeros(nq)
+    firsts = np.zeros(nq, dtype=np.int64)
+    old_f = np.zeros(nq, dtype=np.int64)
     q_b = np.zeros(nt, dtype=np.int64)
     q_u = np.zeros(nt, dtype=np.int64)
+    o_b = np.zeros(nt, dtype=np.int64)
+    o_u = np.zeros(nt, dtype=np.int64)
     t_b = np.zeros(nt, dtype=np.int64)
+    vp = 0
+    dp = 0
     for i in range(ev_row.shape[0]):
+        v_end = vp
+        while v_end < v_evt.shape[0] and v_evt[v_end] == i:
+            v_end += 1
+        d_end = dp
+        while d_end < d_evt.shape[0] and d_evt[d_end] == i:
+            d_end += 1
         row = ev_row[i]
         if row < 0:
             for f in range(outs.shape[0]):
-                x = 0.0
-                if outs[f, 0] == K_RECENCY:
-                    x = recency_cap_ms / 1000.0
-                out[i, outs[f, 3]] = x
+                out[i, outs[f, 3]] = recency_cap_ms / 1000.0 if outs[f, 0] == K_RECENCY else 0.0
             late[i] = ON_TIME
+            vp = v_end
+            dp = d_end
             continue
         t = ev_ts[i]
         q = clock[row]
@@ -375,8 +433,15 @@ def update_table(
         if q == EMPTY_TS or t > q:
             for k in range(nt):
                 q_b[k] = t // tiers[k]
+                q_u[k] = t - q_b[k] * tiers[k]
+            _firsts(q_b, q_u, rings, wq, firsts)
             if q != EMPTY_TS:
-                _advance(row, q, t, t_b, q_b, tiers, rings, dec_hl, cnt, sm, mn, mx, dec)
+                for k in range(nt):
+                    o_b[k] = q // tiers[k]
+                    o_u[k] = q - o_b[k] * tiers[k]
+                _firsts(o_b, o_u, rings, wq, old_f)
+                _advance(row, q, t, old_f, firsts, o_b, q_b, tiers, rings, wq, dec_hl,
+                         cnt, sm, mn, mx, dec, run)  # fmt: skip
             q = t
             clock[row] = t
         else:
@@ -390,19 +455,26 @@ def update_table(
                 status = LATE_ACCEPTED
             for k in range(nt):
                 q_b[k] = q // tiers[k]
-        for k in range(nt):
-            q_u[k] = q - q_b[k] * tiers[k]
+                q_u[k] = q - q_b[k] * tiers[k]
+            _firsts(q_b, q_u, rings, wq, firsts)
         late[i] = status
         if status != LATE_DROPPED:
-            if c_ptr[i + 1] > c_ptr[i]:
-                for k in range(nt):
-                    t_b[k] = q_b[k] if t == q else t // tiers[k]
-            for j in range(c_ptr[i], c_ptr[i + 1]):
-                _apply(row, t, q, t_b, q_b, c_col[j], c_val[j], rings, col_ring_ptr, col_lts,
-                       col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx, lts, lval, dec)  # fmt: skip
-            for j in range(d_ptr[i], d_ptr[i + 1]):
+            for k in range(nt):
+                t_b[k] = q_b[k] if t == q else t // tiers[k]
+            e = ev_route[i]
+            for j in range(route_ptr[e], route_ptr[e + 1]):
+                _apply(row, t, q, t_b, q_b, firsts, route_col[j], 1.0, rings, ring_wq_ptr, wq,
+                       col_ring_ptr, col_lts, col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx,
+                       lts, lval, dec, run)  # fmt: skip
+            for j in range(vp, v_end):
+                _apply(row, t, q, t_b, q_b, firsts, v_col[j], v_val[j], rings, ring_wq_ptr, wq,
+                       col_ring_ptr, col_lts, col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx,
+                       lts, lval, dec, run)  # fmt: skip
+            for j in range(dp, d_end):
                 k = d_tab[j]
                 _add_distinct(row, dtabs[k, 0], dtabs[k, 1], d_hash[j], t, dh, dts)
-        _windows(row, q_b, q_u, rings, wq, cnt, sm, mn, mx, w_cnt, w_sum, w_min, w_max)
+        vp = v_end
+        dp = d_end
+        _windows(row, q_b, firsts, rings, wq, sm, mn, mx, run, w_cnt, w_sum, w_min, w_max)
         _emit(i, row, q, dtabs, outs, outx, recency_cap_ms, lts, lval, dec, dts,
               w_cnt, w_sum, w_min, w_max, out)  # fmt: skip

@@ -111,6 +111,7 @@ class TableProgram:
     col_dec_ptr: npt.NDArray[np.int64]
     dec_hl: npt.NDArray[np.float64]
     dtabs: npt.NDArray[np.int64]
+    ring_wq_ptr: npt.NDArray[np.int64]
     wq: npt.NDArray[np.int64]
     outs: npt.NDArray[np.int64]
     outx: npt.NDArray[np.float64]
@@ -194,11 +195,19 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
     for i, t in tab_of.items():
         dtabs[t] = (dist_off, spec.features[i].max_distinct)
         dist_off += spec.features[i].max_distinct
-    query_id = {qk: j for j, qk in enumerate(queries)}
-    wq = np.array(
-        [(ring_id[(c, size)], (w - 1) // size, (w - 1) % size) for c, size, w in queries],
-        dtype=np.int64,
-    ).reshape(-1, 3)
+    qlist = sorted(queries, key=lambda qk: (ring_id[(qk[0], qk[1])], qk[2]))
+    query_id = {qk: j for j, qk in enumerate(qlist)}
+    wq = np.full((len(qlist), 4), -1, dtype=np.int64)
+    ring_wq_ptr = np.zeros(len(ring_keys) + 1, dtype=np.int64)
+    n_run = 0
+    for j, (c, size, w) in enumerate(qlist):
+        r = ring_id[(c, size)]
+        wq[j, :3] = (r, (w - 1) // size, (w - 1) % size)
+        if rings[r, 2] >= 0:
+            wq[j, 3] = n_run
+            n_run += 1
+        ring_wq_ptr[r + 1] += 1
+    ring_wq_ptr = np.cumsum(ring_wq_ptr)
     outs: list[tuple[int, int, int, int]] = []
     outx: list[float] = []
     for col, o in enumerate(spec.outputs):
@@ -237,6 +246,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
             "lval": len(lval_cols),
             "dec": len(dec_keys),
             "dist": dist_off,
+            "run": n_run,
         },
         tiers=np.array(tiers, dtype=np.int64),
         rings=rings,
@@ -246,6 +256,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
         col_dec_ptr=col_dec_ptr.astype(np.int64),
         dec_hl=np.array([float(h) for _, h in dec_keys], dtype=np.float64),
         dtabs=dtabs,
+        ring_wq_ptr=ring_wq_ptr.astype(np.int64),
         wq=wq,
         outs=np.array(outs, dtype=np.int64).reshape(-1, 4),
         outx=np.array(outx, dtype=np.float64),

@@ -9,10 +9,8 @@ and once for the account table. Semantics: docs/features.md.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -22,15 +20,9 @@ import numpy.typing as npt
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
-from intentflow.features.program import (
-    BOOL_KEYS,
-    Route,
-    TableProgram,
-    compile_program,
-    norm,
-    route_for,
-)
-from intentflow.features.spec import VALUE_LIMIT, FeatureSpec
+from intentflow.features.encode import BatchEncoder, Encoded
+from intentflow.features.program import TableProgram, compile_program
+from intentflow.features.spec import FeatureSpec
 
 __all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", "TableSnapshot"]
 
@@ -48,8 +40,8 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "dec": (np.float64, 0.0, "dec"),
     "dist_hash": (np.int64, 0, "dist"),
     "dist_ts": (np.int64, kern.EMPTY_TS, "dist"),
+    "run": (np.uint32, 0, "run"),
 }
-_ROUTE_LIMIT: Final = 4096
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
 
 
@@ -110,17 +102,6 @@ class _Table:
             name: np.full((capacity, program.widths[w]), fill, dtype=dtype)
             for name, (dtype, fill, w) in _ARRAYS.items()
         }
-        #: (type, filter prop values) -> route; derived data, bounded, never snapshotted.
-        self.routes: dict[object, Route] = {}
-
-    def route(self, key: object, etype: str, values: Mapping[str, object]) -> Route:
-        """Decide (and memoise) the route of events of ``etype`` with these filter values."""
-        p = self.program
-        found = route_for(p.by_type.get(etype, p.any_type), values)
-        if len(self.routes) >= _ROUTE_LIMIT:
-            self.routes.clear()
-        self.routes[key] = found
-        return found
 
     def row(self, key: str) -> int:
         """Row of ``key``, allocated on first sight."""
@@ -166,22 +147,27 @@ class _Table:
 
     def run(
         self,
-        enc: _Encoded,
+        enc: Encoded,
         ts: npt.NDArray[np.int64],
+        routes: npt.NDArray[np.int64],
+        route_table: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
         spec: FeatureSpec,
         out: npt.NDArray[np.float64],
     ) -> npt.NDArray[np.int8]:
-        """Apply an encoded batch; returns the lateness code of each event."""
+        """Apply an encoded batch (one kernel call); returns each event's lateness code."""
         p = self.program
         a = self.arrays
         late = np.zeros(ts.shape[0], dtype=np.int8)
         kern.update_table(
             np.array(enc.rows, dtype=np.int64),
             ts,
-            np.array(enc.c_ptr, dtype=np.int64),
-            np.array(enc.c_col, dtype=np.int64),
-            np.array(enc.c_val, dtype=np.float64),
-            np.array(enc.d_ptr, dtype=np.int64),
+            routes,
+            route_table[0],
+            route_table[1],
+            np.array(enc.v_evt, dtype=np.int64),
+            np.array(enc.v_col, dtype=np.int64),
+            np.array(enc.v_val, dtype=np.float64),
+            np.array(enc.d_evt, dtype=np.int64),
             np.array(enc.d_tab, dtype=np.int64),
             np.array(enc.d_hash, dtype=np.int64),
             spec.allowed_lateness_ms,
@@ -189,13 +175,14 @@ class _Table:
             spec.recency_cap_ms,
             p.tiers,
             p.rings,
+            p.ring_wq_ptr,
+            p.wq,
             p.col_ring_ptr,
             p.col_lts,
             p.col_lval,
             p.col_dec_ptr,
             p.dec_hl,
             p.dtabs,
-            p.wq,
             p.outs,
             p.outx,
             self.clock,
@@ -208,6 +195,7 @@ class _Table:
             a["dec"],
             a["dist_hash"],
             a["dist_ts"],
+            a["run"],
             out,
             late,
         )
@@ -252,121 +240,6 @@ class _Table:
         return table
 
 
-@dataclass
-class _Encoded:
-    """One table's view of a batch: rows and CSR lists of contributions."""
-
-    rows: list[int] = field(default_factory=list)
-    c_ptr: list[int] = field(default_factory=lambda: [0])
-    c_col: list[int] = field(default_factory=list)
-    c_val: list[float] = field(default_factory=list)
-    d_ptr: list[int] = field(default_factory=lambda: [0])
-    d_tab: list[int] = field(default_factory=list)
-    d_hash: list[int] = field(default_factory=list)
-
-
-def value_hash(x: object) -> int | None:
-    """Stable signed 64-bit hash of a distinct value (None: not countable).
-
-    Strings by their UTF-8 text, booleans apart, numbers by their float64
-    value (1 and 1.0 are the same value); non-finite numbers are ignored.
-    """
-    t = type(x)
-    if t is str:
-        data = b"s" + x.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
-    elif t is bool:
-        data = b"b1" if x else b"b0"
-    elif t is int or t is float:
-        try:
-            f = float(x)  # type: ignore[arg-type]
-        except OverflowError:
-            return None
-        if not math.isfinite(f):
-            return None
-        data = b"n" + struct.pack("<d", f + 0.0)
-    else:
-        return None
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
-
-
-class _HashCache(dict[object, int | None]):
-    """Bounded memo of :func:`value_hash` (derived data: never snapshotted)."""
-
-    limit = 1 << 16
-
-    def __missing__(self, key: object) -> int | None:
-        if len(self) >= self.limit:
-            self.clear()
-        x = key[1] if type(key) is tuple else key
-        h = self[key] = value_hash(x)
-        return h
-
-
-def _cache_key(x: object) -> object:
-    """Strings key themselves, other scalars go with their type (True is not 1), others None."""
-    t = type(x)
-    if t is str:
-        return x
-    if t is int or t is float or t is bool:
-        return (t, x)
-    return None
-
-
-def _encode_event(ev: Event, table: _Table, enc: _Encoded, hashes: _HashCache) -> None:
-    """Append the contributions of ``ev`` to ``enc`` (filters, values, distinct hashes)."""
-    p = table.program
-    etype = ev.type
-    props = ev.props
-    keys = p.key_props.get(etype, p.any_key_props)
-    if not keys:
-        key: Any = etype
-    elif len(keys) == 1:
-        x: Any = props.get(keys[0])
-        tx = type(x)
-        if tx is bool:
-            x = BOOL_KEYS[x]
-        elif tx is float:
-            if x != x:
-                x = None
-        elif tx is not str and tx is not int:
-            x = None
-        key = (etype, x)
-    else:
-        key = (etype, *[norm(props.get(k)) for k in keys])
-    route = table.routes.get(key)
-    if route is None:
-        route = table.route(key, etype, {k: norm(props.get(k)) for k in keys})
-    unit_cols, ones, valued, distinct = route
-    cols, vals = enc.c_col, enc.c_val
-    if unit_cols:
-        cols.extend(unit_cols)
-        vals.extend(ones)
-    for col, value_prop in valued:
-        raw: Any = props.get(value_prop)
-        t = type(raw)
-        if t is int:
-            v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
-        elif t is float and math.isfinite(raw):
-            v = min(max(raw, -VALUE_LIMIT), VALUE_LIMIT)
-        else:
-            continue
-        cols.append(col)
-        vals.append(v)
-    enc.c_ptr.append(len(cols))
-    for tab, source in distinct:
-        if source == "entity_id":
-            y: Any = ev.entity_id
-        elif source == "account_id":
-            y = ev.account_id
-        else:
-            y = props.get(source)
-        h = hashes[_cache_key(y)]
-        if h is not None:
-            enc.d_tab.append(tab)
-            enc.d_hash.append(h)
-    enc.d_ptr.append(len(enc.d_tab))
-
-
 class FeatureState:
     """All feature state of one shard: entities and, keyed by account_id, accounts."""
 
@@ -377,7 +250,7 @@ class FeatureState:
         self._capacity = initial_capacity
         self._entities = _Table(compile_program(spec, "entity"), initial_capacity)
         self._accounts = _Table(compile_program(spec, "account"), initial_capacity)
-        self._hashes = _HashCache()
+        self._encoder = BatchEncoder(self._entities.program, self._accounts.program)
         #: Events kept out of some state by the drop policy (accepted False).
         self.late_dropped = 0
         #: Out-of-order events applied (within allowed lateness, or clamped).
@@ -423,34 +296,19 @@ class FeatureState:
             return FeatureBatch(values, np.ones(0, dtype=np.bool_), self.spec.names)
         ent, acc = self._entities, self._accounts
         with_accounts = acc.program.n_outputs > 0
-        e_enc, a_enc = _Encoded(), _Encoded()
-        e_index, a_index = ent.index, acc.index
-        hashes = self._hashes
-        ts: list[int] = []
-        for ev in events:
-            ts.append(ev.ts_ms)
-            row = e_index.get(ev.entity_id)
-            e_enc.rows.append(ent.row(ev.entity_id) if row is None else row)
-            _encode_event(ev, ent, e_enc, hashes)
-            if with_accounts:
-                if ev.account_id:
-                    row = a_index.get(ev.account_id)
-                    a_enc.rows.append(acc.row(ev.account_id) if row is None else row)
-                    _encode_event(ev, acc, a_enc, hashes)
-                else:
-                    a_enc.rows.append(-1)
-                    a_enc.c_ptr.append(len(a_enc.c_col))
-                    a_enc.d_ptr.append(len(a_enc.d_tab))
+        enc = self._encoder
+        batch = enc.encode(events, ent, acc if with_accounts else None)
         try:
-            ts_arr = np.array(ts, dtype=np.int64)
+            ts = np.array(batch.ts, dtype=np.int64)
         except OverflowError as exc:
             raise ValueError("events: ts_ms outside the int64 range") from exc
-        e_late = ent.run(e_enc, ts_arr, self.spec, values)
+        routes = np.array(batch.routes, dtype=np.int64)
+        e_late = ent.run(batch.entity, ts, routes, enc.route_table(0), self.spec, values)
         e_drop = e_late == kern.LATE_DROPPED
         late = (e_late == kern.LATE_ACCEPTED) | (e_late == kern.LATE_CLAMPED)
         clamped = e_late == kern.LATE_CLAMPED
         if with_accounts:
-            a_late = acc.run(a_enc, ts_arr, self.spec, values)
+            a_late = acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
             a_drop = a_late == kern.LATE_DROPPED
             accepted = ~(e_drop | a_drop)
             late |= (a_late == kern.LATE_ACCEPTED) | (a_late == kern.LATE_CLAMPED)

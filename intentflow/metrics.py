@@ -346,9 +346,10 @@ class Metrics(EngineMetrics):
 
         # input and parsing
         self.events = counter(
-            "intentflow_events_total", "Valid events read, by event type and source kind.",
+            "intentflow_events_total",
+            "Valid events read, by event type and source kind.",
             ("type", "source"),
-        )  # fmt: skip
+        )
         self.invalid = counter(
             "intentflow_events_invalid_total",
             "Refused inputs (sent to the dead-letter stream), by reason code and source kind.",
@@ -394,9 +395,7 @@ class Metrics(EngineMetrics):
         self.entities = gauge(
             "intentflow_entities_active", "Entities (contacts) held in state.", ("shard",)
         )
-        self.accounts = gauge(
-            "intentflow_accounts_active", "Accounts held in state.", ("shard",)
-        )  # fmt: skip
+        self.accounts = gauge("intentflow_accounts_active", "Accounts held in state.", ("shard",))
         self.state_bytes = gauge(
             "intentflow_state_bytes",
             "State size: feature arrays (part=features) and the last snapshot (part=snapshot).",
@@ -443,9 +442,7 @@ class Metrics(EngineMetrics):
             (),
         )
         reg.register(self.label_delay)
-        self.drift = counter(
-            "intentflow_model_drift_detections_total", "Concept-drift detections."
-        )  # fmt: skip
+        self.drift = counter("intentflow_model_drift_detections_total", "Concept-drift detections.")
         self.exploration = gauge(
             "intentflow_policy_exploration_ratio", "Share of decisions that explore (0..1)."
         )

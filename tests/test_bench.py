@@ -31,6 +31,9 @@ E2E_KEYS = {
     "throughput_events",
     "throughput_alerts",
     "throughput_startup_s",
+    "engine_cpu_rounds",
+    "engine_cpu_live",
+    "eps_per_engine_cpu_s",
     "offered_rate",
     "achieved_rate",
     "events",
@@ -98,6 +101,11 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     assert doc["throughput_events"] == rounds * (per_round + 1)
     for eps, seconds in zip(doc["eps_rounds"], doc["seconds_rounds"], strict=True):
         assert math.isclose(eps * seconds, per_round + 1, rel_tol=1e-9)
+    if sys.platform == "linux":  # CPU shares come from /proc
+        assert len(doc["engine_cpu_rounds"]) == rounds
+        assert all(c > 0 for c in doc["engine_cpu_rounds"])
+        _positive(doc, "engine_cpu_live")
+        _positive(doc, "eps_per_engine_cpu_s")
     low, high = min(doc["eps_rounds"]), max(doc["eps_rounds"])
     assert low <= _positive(doc, "eps") <= high
 

@@ -78,16 +78,19 @@ def test_liveness_follows_progress() -> None:
     m = Metrics(process_collectors=False)
     with HealthServer(m, port=0, liveness_timeout_s=0.3) as server:
         code, doc = _json(f"{server.url}/healthz")
-        assert code == 200 and doc["status"] == "ok"
+        assert code == 200
+        assert doc["status"] == "ok"
         assert "start-up" in doc["checks"]["progress"]["detail"]
         time.sleep(0.45)
         code, doc = _json(f"{server.url}/healthz")
-        assert code == 503 and doc["status"] == "fail"
+        assert code == 503
+        assert doc["status"] == "fail"
         assert doc["checks"]["progress"]["ok"] is False
         assert doc["checks"]["progress"]["age_s"] > 0.3
         m.heartbeat()
         code, doc = _json(f"{server.url}/healthz")
-        assert code == 200 and "last progress" in doc["checks"]["progress"]["detail"]
+        assert code == 200
+        assert "last progress" in doc["checks"]["progress"]["detail"]
 
 
 def test_readiness_needs_engine_and_redis(redis_url: str) -> None:
@@ -100,7 +103,8 @@ def test_readiness_needs_engine_and_redis(redis_url: str) -> None:
         assert _json(f"{server.url}/readyz")[0] == 503  # Redis is fine, the engine not started
         m.heartbeat()
         code, doc = _json(f"{server.url}/readyz")
-        assert code == 200 and doc["status"] == "ok"
+        assert code == 200
+        assert doc["status"] == "ok"
         assert m.sample("intentflow_redis_connected", {"client": "health"}) == 1
 
 
@@ -112,7 +116,8 @@ def test_unreachable_redis_is_not_ready_and_no_secret_leaks() -> None:
         assert _wait(lambda: server._ping is not None)
         for path in ("/readyz", "/healthz", "/metrics"):
             _, _, body = _get(f"{server.url}{path}")
-            assert b"s3cr3t" not in body and b"operator" not in body
+            assert b"s3cr3t" not in body
+            assert b"operator" not in body
         code, doc = _json(f"{server.url}/readyz")
         assert code == 503
         assert doc["checks"]["redis"]["ok"] is False
@@ -129,7 +134,8 @@ def test_stale_ping_is_not_ready(redis_url: str) -> None:
     # Stopped: no more pings, so the last answer becomes stale.
     time.sleep(0.3)
     ok, checks = server.readiness()
-    assert not ok and "last PING" in checks["redis"]["detail"]
+    assert not ok
+    assert "last PING" in checks["redis"]["detail"]
 
 
 def test_serve_engine_metrics_reports_build_and_config() -> None:

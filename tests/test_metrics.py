@@ -86,7 +86,10 @@ def test_events_counted_by_type_and_source(flow_run: dict[str, Any]) -> None:
 
 def test_invalid_events_by_reason(flow_run: dict[str, Any]) -> None:
     m: Metrics = flow_run["metrics"]
-    got = {(lab["reason"], lab["source"]): v for lab, v in _samples(m, "intentflow_events_invalid_total")}
+    got = {
+        (lab["reason"], lab["source"]): v
+        for lab, v in _samples(m, "intentflow_events_invalid_total")
+    }
     assert sum(got.values()) == 4
     assert {src for _, src in got} == {"file"}
     assert got[("malformed_json", "file")] >= 1
@@ -127,12 +130,14 @@ def test_state_model_and_snapshot_gauges(flow_run: dict[str, Any]) -> None:
     docs = [orjson.loads(p) for p in flow_run["payloads"]]
     n_entities = len({d["entity_id"] for d in docs})
     entities = _samples(m, "intentflow_entities_active")
-    assert entities and all(0 < v <= n_entities for _, v in entities)
+    assert entities
+    assert all(0 < v <= n_entities for _, v in entities)
     assert {lab["shard"] for lab, _ in entities} <= {f"s{i}" for i in range(SHARDS)}
     snap = _samples(m, "intentflow_state_bytes")
     assert any(lab["part"] == "snapshot" and v > 0 for lab, v in snap)
     ages = _samples(m, "intentflow_snapshot_age_seconds")
-    assert ages and all(v >= 0 for _, v in ages)
+    assert ages
+    assert all(v >= 0 for _, v in ages)
     for _, v in _samples(m, "intentflow_model_auc"):
         assert math.isnan(v) or 0.0 <= v <= 1.0
     labelled = sum(v for _, v in _samples(m, "intentflow_model_labels_total"))
@@ -205,9 +210,12 @@ def test_label_values_stay_bounded(
     allowed_types = KNOWN_TYPES | {"other"}
     allowed_sources = {"redis", "file", "generator", "other"}
     for lab, v in _samples(m, "intentflow_events_total"):
-        assert lab["type"] in allowed_types and lab["source"] in allowed_sources and v > 0
+        assert lab["type"] in allowed_types
+        assert lab["source"] in allowed_sources
+        assert v > 0
     for lab, _ in _samples(m, "intentflow_events_invalid_total"):
-        assert lab["reason"] in REASONS | {"other"} and lab["source"] in allowed_sources
+        assert lab["reason"] in REASONS | {"other"}
+        assert lab["source"] in allowed_sources
     total = sum(v for _, v in _samples(m, "intentflow_events_total"))
     assert total == len(types)
     assert sum(v for _, v in _samples(m, "intentflow_events_invalid_total")) == len(reasons)
@@ -264,7 +272,8 @@ def test_promtool_check_metrics_is_clean(flow_run: dict[str, Any]) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
-    assert proc.stdout.strip() == b"" and proc.stderr.strip() == b""
+    assert proc.stdout.strip() == b""
+    assert proc.stderr.strip() == b""
 
 
 def test_metric_names_follow_conventions(flow_run: dict[str, Any]) -> None:
@@ -278,7 +287,8 @@ def test_metric_names_follow_conventions(flow_run: dict[str, Any]) -> None:
             assert not name.endswith("_total"), name
         if fam.type == "histogram" and "latency" in name:
             assert name.endswith("_seconds"), name
-        assert "millis" not in name and "_ms" not in name, name
+        assert "millis" not in name, name
+        assert "_ms" not in name, name
 
 
 # --- sink and source hooks, against a real Redis -----------------------------------------
@@ -336,7 +346,8 @@ def test_sink_failure_counts_retries_and_error() -> None:
     assert m.sample("intentflow_sink_errors_total") == 1
     assert m.sample("intentflow_sink_retries_total") == 2
     backoff = m.sample("intentflow_sink_backoff_seconds_total")
-    assert backoff is not None and 0.015 <= backoff <= 0.03  # d/2..d for d = 0.01, 0.02
+    assert backoff is not None
+    assert 0.015 <= backoff <= 0.03
     assert m.sample("intentflow_redis_connected", {"client": "sink"}) == 0
     assert m.sample("intentflow_event_to_alert_latency_seconds_count") == 0
 
@@ -381,9 +392,12 @@ def test_redis_source_reports_backlog_and_progress(
     before = m.last_progress
     batch = part.next_batch()
     assert len(batch) == 10
-    assert m.last_progress > before and m.started
+    assert m.last_progress > before
+    assert m.started
     # The first poll measures at once: 25 entries, 10 of them read.
-    assert m.sample("intentflow_source_backlog_entries", {"source": "redis", "partition": "1"}) == 15
+    assert (
+        m.sample("intentflow_source_backlog_entries", {"source": "redis", "partition": "1"}) == 15
+    )
     assert m.sample("intentflow_redis_connected", {"client": "source"}) == 1
     part.close()
 
@@ -391,7 +405,9 @@ def test_redis_source_reports_backlog_and_progress(
 def test_event_time_lag_is_wall_minus_latest_batch() -> None:
     m = Metrics(process_collectors=False)
     wall = time.time() * 1000.0
-    ev = [Event(f"e{i}", int(wall) - 60_000 + i, "c", "click", source="generator") for i in range(5)]
+    ev = [
+        Event(f"e{i}", int(wall) - 60_000 + i, "c", "click", source="generator") for i in range(5)
+    ]
     m.parsed(5, list(ev))
     (lab, lag), *_ = _samples(m, "intentflow_source_event_time_lag_seconds")
     now = time.time() * 1000.0

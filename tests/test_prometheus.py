@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from intentflow.metrics import Metrics
 
@@ -112,7 +113,9 @@ def test_rules_and_dashboard_use_exposed_metrics_only() -> None:
 
 def test_dashboard_is_importable_json() -> None:
     dash = _dashboard()
-    assert dash["title"] and dash["uid"] and dash["schemaVersion"] >= 30
+    assert dash["title"]
+    assert dash["uid"]
+    assert dash["schemaVersion"] >= 30
     assert dash.get("id") is None  # importable as a new dashboard
     variables = {v["name"] for v in dash["templating"]["list"]}
     assert {"datasource", "job", "instance"} <= variables
@@ -120,14 +123,17 @@ def test_dashboard_is_importable_json() -> None:
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0
+        assert g["x"] >= 0
+        assert g["x"] + g["w"] <= 24
+        assert g["h"] > 0
         if p["type"] == "row":
             continue
         assert p["description"], p["title"]
         assert p["targets"], p["title"]
         assert p["datasource"]["uid"] == "${datasource}"
         for t in p["targets"]:
-            assert "$job" in t["expr"] and "$instance" in t["expr"], (p["title"], t["expr"])
+            assert "$job" in t["expr"], (p["title"], t["expr"])
+            assert "$instance" in t["expr"], (p["title"], t["expr"])
     kinds = {p["type"] for p in dash["panels"]}
     assert {"timeseries", "heatmap", "stat", "bargauge"} <= kinds
     titles = " ".join(p["title"].lower() for p in dash["panels"])
@@ -176,6 +182,18 @@ def _status(url: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as err:
         return int(err.code)
+
+
+def _scraped_total(base: str, sample: str) -> float:
+    """Sum of the samples called ``sample`` on the engine's /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == sample
+    )
 
 
 def _until(what: str, fn: Callable[[], Any], deadline: float) -> Any:
@@ -267,12 +285,21 @@ def test_engine_serves_metrics_health_and_status(engine: _Engine) -> None:
     assert base is not None
     deadline = time.monotonic() + 30
     _until("readiness", lambda: _get_json(f"{base}/readyz")[0] == 200, deadline)
+    # The first engine batch compiles the feature kernels (cached on disk): wait for it.
+    _until(
+        "the first engine batch",
+        lambda: _scraped_total(base, "intentflow_events_processed_total") > 0,
+        time.monotonic() + 45,
+    )
     code, doc = _get_json(f"{base}/healthz")
-    assert code == 200 and doc["status"] == "ok"
+    assert code == 200
+    assert doc["status"] == "ok"
     code, doc = _get_json(f"{base}/readyz")
-    assert doc["checks"]["redis"]["ok"] is True and doc["checks"]["engine"]["ok"] is True
+    assert doc["checks"]["redis"]["ok"] is True
+    assert doc["checks"]["engine"]["ok"] is True
     log_docs = [orjson.loads(line) for line in engine.lines if line.startswith("{")]
-    assert log_docs and all({"ts", "level", "logger", "msg"} <= set(d) for d in log_docs)
+    assert log_docs
+    assert all({"ts", "level", "logger", "msg"} <= set(d) for d in log_docs)
 
     proc = subprocess.run(
         [
@@ -312,6 +339,7 @@ def test_prometheus_scrapes_the_engine(engine: _Engine, tmp_path: Path) -> None:
         f"    static_configs:\n      - targets: ['{target}']\n",
         encoding="utf-8",
     )
+    log = tmp_path / "prometheus.log"
     proc = subprocess.Popen(
         [
             "prometheus",
@@ -321,14 +349,15 @@ def test_prometheus_scrapes_the_engine(engine: _Engine, tmp_path: Path) -> None:
             "--log.level=warn",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log.open("wb"),
     )
     api = f"http://127.0.0.1:{port}"
 
     def query(expr: str) -> dict[str, Any]:
         url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         code, doc = _get_json(url)
-        assert code == 200 and doc["status"] == "success", (expr, doc)
+        assert code == 200, (expr, doc)
+        assert doc["status"] == "success", (expr, doc)
         data: dict[str, Any] = doc["data"]
         return data
 
@@ -337,8 +366,7 @@ def test_prometheus_scrapes_the_engine(engine: _Engine, tmp_path: Path) -> None:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                assert proc.stderr is not None
-                pytest.fail("prometheus exited:\n" + proc.stderr.read().decode()[-3000:])
+                pytest.fail("prometheus exited:\n" + log.read_text(errors="replace")[-3000:])
             return _status(f"{api}/-/ready") == 200
 
         _until("Prometheus ready", ready, deadline)
@@ -352,7 +380,8 @@ def test_prometheus_scrapes_the_engine(engine: _Engine, tmp_path: Path) -> None:
         up = query('up{job="intentflow"}')["result"]
         assert [float(r["value"][1]) for r in up] == [1.0]
         info = query("intentflow_build_info")["result"]
-        assert info and info[0]["metric"]["version"]
+        assert info
+        assert info[0]["metric"]["version"]
         _until(
             "two samples of the event counter",
             lambda: query('sum(rate(intentflow_events_total{job="intentflow"}[1m]))')["result"],
@@ -360,6 +389,7 @@ def test_prometheus_scrapes_the_engine(engine: _Engine, tmp_path: Path) -> None:
         )
 
         code, rules = _get_json(f"{api}/api/v1/rules")
+        assert code == 200
         loaded = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
         assert set(_alert_names()) <= loaded
         assert all(r["health"] != "err" for g in rules["data"]["groups"] for r in g["rules"])

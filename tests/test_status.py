@@ -143,12 +143,15 @@ def test_status_json_against_a_live_endpoint(
     timer = threading.Timer(interval / 2, lambda: m.parsed(120, _events(120)))
     timer.start()
     t0 = time.monotonic()
-    code = main(["status", "--metrics-url", f"{server.url}/metrics", "--interval", str(interval), "--json"])
+    code = main(
+        ["status", "--metrics-url", f"{server.url}/metrics", "--interval", str(interval), "--json"]
+    )
     elapsed = time.monotonic() - t0
     timer.join()
     assert code == 0
     doc = orjson.loads(capsys.readouterr().out)
-    assert doc["version"] == "0.0.1" and doc["config_hash"] == "feed"
+    assert doc["version"] == "0.0.1"
+    assert doc["config_hash"] == "feed"
     assert interval <= doc["interval_s"] <= elapsed
     assert 120 / elapsed <= doc["events_per_s"] <= 120 / interval
     emitted = alerts(out)
@@ -158,9 +161,7 @@ def test_status_json_against_a_live_endpoint(
         by_action[a["action"]["id"]] = by_action.get(a["action"]["id"], 0) + 1
     assert {k: v["total"] for k, v in doc["alerts_by_action"].items()} == by_action
     assert list(doc["alerts_by_action"]) == sorted(by_action, key=lambda k: -by_action[k])
-    aucs = [
-        m.sample("intentflow_model_auc", {"shard": s}) for s in ("s0", "s1")
-    ]
+    aucs = [m.sample("intentflow_model_auc", {"shard": s}) for s in ("s0", "s1")]
     finite = [a for a in aucs if a is not None and not math.isnan(a)]
     if finite:
         assert doc["model_auc"] == pytest.approx(sum(finite) / len(finite))

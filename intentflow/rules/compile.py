@@ -222,35 +222,141 @@ def _plan(refs: Iterable[References], columns: Mapping[str, int]) -> Plan:
     )
 
 
-@dataclass(frozen=True, eq=False)
 class CompiledRule:
-    """A rule ready to run: compiled programs, keyword ids, catalog action."""
+    """A rule ready to run: compiled programs, keyword ids, catalog action, index key.
 
-    defn: RuleDef
-    position: int
-    when: cel.Program | None
-    when_refs: References | None
-    reset_when: cel.Program | None
-    reset_refs: References | None
-    details: tuple[tuple[str, cel.Program], ...]
-    detail_plan: Plan
-    keyword_ids: frozenset[int]
-    channel: str
-    priority: float
-    reasons: tuple[tuple[str, str, int], ...]  # (feature, description, column)
+    The attributes read on every event are plain slots (``id``, ``scope_entity``,
+    ``cooldown_ms``, ...); the validated definition is ``defn``. ``eq_prop`` and
+    ``eq_values``: a top-level conjunct ``props.NAME == "text"`` (or ``in [...]``)
+    of the condition; the rule is only tried on events whose prop has one of
+    those values (any other event makes the condition false or an error).
+    """
 
-    @property
-    def id(self) -> str:
-        return self.defn.id
+    __slots__ = (
+        "adjust",
+        "alert",
+        "channel",
+        "cooldown_ms",
+        "count",
+        "defn",
+        "detail_plan",
+        "details",
+        "eq_prop",
+        "eq_values",
+        "id",
+        "keyword_fields",
+        "keyword_ids",
+        "position",
+        "priority",
+        "reasons",
+        "reset_refs",
+        "reset_when",
+        "scope_entity",
+        "trigger_id",
+        "when",
+        "when_refs",
+        "whole_words",
+    )
 
-    @property
-    def trigger_id(self) -> str:
-        return self.defn.trigger_id
+    def __init__(
+        self,
+        defn: RuleDef,
+        position: int,
+        *,
+        when: cel.Program | None = None,
+        when_refs: References | None = None,
+        reset_when: cel.Program | None = None,
+        reset_refs: References | None = None,
+        details: tuple[tuple[str, cel.Program], ...] = (),
+        detail_plan: Plan | None = None,
+        channel: str = "",
+        priority: float = 0.0,
+        reasons: tuple[tuple[str, str, int], ...] = (),
+        eq: tuple[str, frozenset[str]] | None = None,
+    ) -> None:
+        self.defn = defn
+        self.position = position
+        self.id = defn.id
+        self.trigger_id = defn.trigger_id
+        self.scope_entity = defn.scope == "entity"
+        self.cooldown_ms = defn.cooldown_ms
+        self.count = defn.count
+        self.adjust = defn.adjust
+        self.alert = defn.alert
+        self.when = when
+        self.when_refs = when_refs
+        self.reset_when = reset_when
+        self.reset_refs = reset_refs
+        self.details = details
+        self.detail_plan = detail_plan if detail_plan is not None else Plan()
+        self.keyword_ids: frozenset[int] = frozenset()
+        self.keyword_fields = defn.keyword_fields
+        self.whole_words = defn.whole_words
+        self.channel = channel
+        self.priority = priority
+        self.reasons = reasons
+        self.eq_prop: str | None = eq[0] if eq else None
+        self.eq_values: frozenset[str] = eq[1] if eq else frozenset()
+
+    def __repr__(self) -> str:
+        return f"CompiledRule({self.id!r}, position={self.position})"
+
+
+@dataclass(frozen=True)
+class TypeIndex:
+    """The event rules of one event type: all of them, and split by index key.
+
+    ``plain`` rules have no ``props.NAME == "text"`` conjunct; ``by_prop``
+    maps a prop name to {value: rules whose conjunct accepts it}.
+    """
+
+    rules: tuple[CompiledRule, ...] = ()
+    plain: tuple[CompiledRule, ...] = ()
+    by_prop: tuple[tuple[str, Mapping[str, tuple[CompiledRule, ...]]], ...] = ()
+
+    @classmethod
+    def of(cls, rules: Sequence[CompiledRule]) -> TypeIndex:
+        plain = tuple(r for r in rules if r.eq_prop is None)
+        tables: dict[str, dict[str, list[CompiledRule]]] = {}
+        for r in rules:
+            if r.eq_prop is not None:
+                table = tables.setdefault(r.eq_prop, {})
+                for value in sorted(r.eq_values):
+                    table.setdefault(value, []).append(r)
+        by_prop = tuple(
+            (prop, {v: tuple(rs) for v, rs in table.items()}) for prop, table in tables.items()
+        )
+        return cls(tuple(rules), plain, by_prop)
+
+    def candidates(self, props: Mapping[str, Any]) -> Sequence[CompiledRule]:
+        """The rules worth trying on an event with these props, in file order."""
+        if not self.by_prop:
+            return self.plain
+        extra: list[CompiledRule] = []
+        for prop, table in self.by_prop:
+            value = props.get(prop)
+            if isinstance(value, str):
+                found = table.get(value)
+                if found:
+                    extra.extend(found)
+        if not extra:
+            return self.plain
+        if not self.plain and len(self.by_prop) == 1:
+            return extra
+        return sorted((*self.plain, *extra), key=_position)
+
+
+def _position(rule: CompiledRule) -> int:
+    return rule.position
 
 
 @dataclass(eq=False)
 class RuleSet:
-    """One compiled version of the rules, shared read-only by every shard of a process."""
+    """One compiled version of the rules, shared read-only by every shard of a process.
+
+    ``plan_cache`` maps the programs an event needs (by rule position) to its
+    context plan; it is a bounded memo, not state.
+    """
 
     doc: RulesDoc
     rules: tuple[CompiledRule, ...]
@@ -258,14 +364,14 @@ class RuleSet:
     source: str = ""
     text: str = ""
     matcher: KeywordMatcher | None = None
-    by_type: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
-    any_type: tuple[CompiledRule, ...] = ()
+    index: dict[str, TypeIndex] = field(default_factory=dict)
+    any_index: TypeIndex = field(default_factory=TypeIndex)
     resets: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
-    plans: dict[str, Plan] = field(default_factory=dict)
-    any_plan: Plan = field(default_factory=Plan)
     absence: tuple[CompiledRule, ...] = ()
     by_id: dict[str, CompiledRule] = field(default_factory=dict)
     track_owners: bool = False
+    columns: Mapping[str, int] = field(default_factory=dict)
+    plan_cache: dict[tuple[int, ...], Plan] = field(default_factory=dict)
 
     @property
     def content_hash(self) -> str:
@@ -287,11 +393,30 @@ class RuleSet:
 
     def for_type(self, event_type: str) -> tuple[CompiledRule, ...]:
         """The event rules that can fire on an event of this type."""
-        return self.by_type.get(event_type, self.any_type)
+        return self.index.get(event_type, self.any_index).rules
 
     def plan_for(self, event_type: str) -> Plan:
-        """The CEL context plan of an event of this type."""
-        return self.plans.get(event_type, self.any_plan)
+        """The context plan of every program that can run on an event of this type."""
+        rules = self.for_type(event_type)
+        refs = [r.when_refs for r in rules if r.when_refs is not None]
+        refs += [r.reset_refs for r in self.resets.get(event_type, ()) if r.reset_refs is not None]
+        return _plan(refs, self.columns)
+
+    def plan_of(self, key: tuple[int, ...]) -> Plan:
+        """The plan for the programs in ``key``: ``2 × position`` (condition) or ``+ 1`` (reset)."""
+        plan = self.plan_cache.get(key)
+        if plan is None:
+            refs: list[References] = []
+            for k in key:
+                rule = self.rules[k >> 1]
+                r = rule.reset_refs if k & 1 else rule.when_refs
+                if r is not None:
+                    refs.append(r)
+            plan = _plan(refs, self.columns)
+            if len(self.plan_cache) >= 4096:
+                self.plan_cache.clear()
+            self.plan_cache[key] = plan
+        return plan
 
     def with_number(self, number: int) -> RuleSet:
         """The same rules under another version number."""
@@ -356,6 +481,91 @@ def _program(
     return program, References(refs.roots, variables)
 
 
+def _conjuncts(expr: str) -> list[str] | None:
+    """The top-level ``&&`` terms of an expression, or ``None`` if it is not a conjunction."""
+    terms: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    n = len(expr)
+    while i < n:
+        m = _TOKEN.match(expr, i)
+        if m is not None:
+            i = m.end()
+            continue
+        ch = expr[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and expr.startswith("||", i):
+            return None
+        elif depth == 0 and ch == "?":
+            return None
+        elif depth == 0 and expr.startswith("&&", i):
+            terms.append(expr[start:i])
+            start = i + 2
+            i += 2
+            continue
+        i += 1
+    terms.append(expr[start:])
+    return [_unwrap(t) for t in terms]
+
+
+def _unwrap(term: str) -> str:
+    """A term without white space and redundant outer parentheses."""
+    term = term.strip()
+    while term.startswith("(") and term.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(term):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and i < len(term) - 1:
+                return term
+        term = term[1:-1].strip()
+    return term
+
+
+_PLAIN_STR: Final = r'"[^"\\\n]*"'
+_EQ_LEFT: Final = re.compile(r"^props\s*\.\s*([A-Za-z_]\w*)\s*==\s*(" + _PLAIN_STR + r")$")
+_EQ_RIGHT: Final = re.compile(r"^(" + _PLAIN_STR + r")\s*==\s*props\s*\.\s*([A-Za-z_]\w*)$")
+_EQ_IN: Final = re.compile(
+    r"^props\s*\.\s*([A-Za-z_]\w*)\s+in\s*\[\s*("
+    + _PLAIN_STR
+    + r"(?:\s*,\s*"
+    + _PLAIN_STR
+    + r")*)\s*,?\s*\]$"
+)
+_PLAIN_STR_RE: Final = re.compile(_PLAIN_STR)
+
+
+def index_key(expr: str) -> tuple[str, frozenset[str]] | None:
+    """A ``props.NAME == "text"`` (or ``in [...]``) conjunct that the condition requires.
+
+    >>> index_key('has(props.x) && props.category == "product" && score > 0.5')
+    ('category', frozenset({'product'}))
+    >>> sorted(index_key('(props.form in ["demo", "trial"]) && true')[1])
+    ['demo', 'trial']
+    >>> print(index_key('props.category == "a" || score > 0.9'))
+    None
+    """
+    terms = _conjuncts(expr)
+    if terms is None:
+        return None
+    for term in terms:
+        m = _EQ_LEFT.match(term)
+        if m:
+            return m.group(1), frozenset({m.group(2)[1:-1]})
+        m = _EQ_RIGHT.match(term)
+        if m:
+            return m.group(2), frozenset({m.group(1)[1:-1]})
+        m = _EQ_IN.match(term)
+        if m:
+            values = frozenset(v[1:-1] for v in _PLAIN_STR_RE.findall(m.group(2)))
+            return m.group(1), values
+    return None
+
+
 def compile_rules(
     doc: RulesDoc,
     spec: FeatureSpec,
@@ -373,6 +583,13 @@ def compile_rules(
     columns = {name: i for i, name in enumerate(spec.names)}
     descriptions = dict(zip(spec.names, spec.descriptions, strict=True))
     actions = {a.id: a for a in catalog.actions}
+    all_keywords = [kw for rule in doc.rules if rule.enabled for kw in rule.keywords]
+    matcher = None
+    if all_keywords:
+        try:
+            matcher = KeywordMatcher(all_keywords)
+        except ValueError as err:
+            raise RulesError(f"{source}: {err}") from err
     compiled: list[CompiledRule] = []
     for pos, rule in enumerate(doc.rules):
         path = f"{source}: rules[{pos}] (id {rule.id!r})"
@@ -411,77 +628,51 @@ def compile_rules(
             reasons = tuple(
                 (name, descriptions[name], columns[name]) for name in sorted(feats or ())
             )
-        compiled.append(
-            CompiledRule(
-                defn=rule,
-                position=pos,
-                when=when,
-                when_refs=when_refs,
-                reset_when=reset,
-                reset_refs=reset_refs,
-                details=tuple(details),
-                detail_plan=_plan(detail_refs, columns),
-                keyword_ids=frozenset(),
-                channel=channel,
-                priority=priority,
-                reasons=reasons,
-            )
+        if not rule.enabled:
+            continue
+        eq = index_key(rule.when) if rule.when is not None and rule.absence is None else None
+        c = CompiledRule(
+            rule,
+            len(compiled),
+            when=when,
+            when_refs=when_refs,
+            reset_when=reset,
+            reset_refs=reset_refs,
+            details=tuple(details),
+            detail_plan=_plan(detail_refs, columns),
+            channel=channel,
+            priority=priority,
+            reasons=reasons,
+            eq=eq,
         )
-    enabled = [c for c in compiled if c.defn.enabled]
-    all_keywords = [kw for c in enabled for kw in c.defn.keywords]
-    matcher = None
-    if all_keywords:
-        try:
-            matcher = KeywordMatcher(all_keywords)
-        except ValueError as err:
-            raise RulesError(f"{source}: {err}") from err
-        enabled = [
-            c
-            if not c.defn.keywords
-            else _with_keywords(c, frozenset(matcher.index(k) for k in c.defn.keywords))
-            for c in enabled
-        ]
-    event_rules = [c for c in enabled if c.defn.absence is None]
-    named_types = sorted({t for c in event_rules for t in c.defn.types})
-    any_type = tuple(c for c in event_rules if not c.defn.types)
-    by_type = {
-        t: tuple(c for c in event_rules if not c.defn.types or t in c.defn.types)
-        for t in named_types
-    }
+        if matcher is not None and rule.keywords:
+            c.keyword_ids = frozenset(matcher.index(k) for k in rule.keywords)
+        compiled.append(c)
+    event_rules = [c for c in compiled if c.defn.absence is None]
     resets: dict[str, tuple[CompiledRule, ...]] = {}
     for c in event_rules:
-        if c.defn.count is not None:
-            for t in c.defn.count.reset_types:
+        if c.count is not None:
+            for t in c.count.reset_types:
                 resets[t] = (*resets.get(t, ()), c)
-
-    def plan_of(rules: Iterable[CompiledRule], resetters: Iterable[CompiledRule]) -> Plan:
-        refs = [c.when_refs for c in rules if c.when_refs is not None]
-        refs += [c.reset_refs for c in resetters if c.reset_refs is not None]
-        return _plan(refs, columns)
-
-    plans = {t: plan_of(by_type.get(t, any_type), resets.get(t, ())) for t in {*by_type, *resets}}
-    for t in resets:
-        by_type.setdefault(t, any_type)
-    track_owners = any(c.defn.alert is not None and c.defn.alert.target == "owner" for c in enabled)
+    named_types = sorted({t for c in event_rules for t in c.defn.types} | set(resets))
+    any_type = [c for c in event_rules if not c.defn.types]
+    index = {
+        t: TypeIndex.of([c for c in event_rules if not c.defn.types or t in c.defn.types])
+        for t in named_types
+    }
+    track_owners = any(c.alert is not None and c.alert.target == "owner" for c in compiled)
     return RuleSet(
         doc=doc,
-        rules=tuple(enabled),
+        rules=tuple(compiled),
         number=number,
         source=source,
         text=text,
         matcher=matcher,
-        by_type=by_type,
-        any_type=any_type,
+        index=index,
+        any_index=TypeIndex.of(any_type),
         resets=resets,
-        plans=plans,
-        any_plan=plan_of(any_type, ()),
-        absence=tuple(c for c in enabled if c.defn.absence is not None),
-        by_id={c.id: c for c in enabled},
+        absence=tuple(c for c in compiled if c.defn.absence is not None),
+        by_id={c.id: c for c in compiled},
         track_owners=track_owners,
+        columns=columns,
     )
-
-
-def _with_keywords(rule: CompiledRule, ids: frozenset[int]) -> CompiledRule:
-    clone = copy.copy(rule)
-    object.__setattr__(clone, "keyword_ids", ids)
-    return clone

@@ -233,41 +233,39 @@ class RuleEngine:
     ) -> Adjustment | None:
         """Run the rules on one scored (non-outcome) event; append rule alerts to ``out``.
 
-        Returns how rules adjust the model-driven decision, or ``None``.
+        Returns how rules adjust the model-driven decision, or ``None``. Cheap
+        tests come first (type, index key, cooldown, keywords); the CEL context
+        is then built once, with only what the remaining programs read.
         """
         st = self.state
+        props = ev.props
         account_key = ev.account_id or ev.entity_id
         if rs.track_owners:
-            owner = ev.props.get("owner")
+            owner = props.get("owner")
             if isinstance(owner, str) and owner and st.owners.get(account_key) != owner:
                 self._remember_owner(account_key, owner)
-        rules = rs.by_type.get(ev.type, rs.any_type)
+        idx = rs.index.get(ev.type, rs.any_index)
         resetters = rs.resets.get(ev.type)
-        if not rules and not resetters:
+        if not idx.rules and not resetters:
             return None
         ts = ev.ts_ms
-        ctx: cel.Context | None = None
-        hits: dict[str, tuple[set[int], set[int]]] | None = None
-        adjustment: Adjustment | None = None
+        cooldowns = st.cooldowns
+        # Pass 1: what needs evaluating. Entries: (rule, key, matched, program or None, is_reset).
+        todo: list[tuple[CompiledRule, str, tuple[str, ...], cel.Program | None, bool]] = []
+        programs: list[int] = []
         if resetters:
             for rule in resetters:
-                key = ev.entity_id if rule.defn.scope == "entity" else account_key
-                ck = (rule.id, key)
-                if ck not in st.counters:
-                    continue
-                if rule.reset_when is not None:
-                    if ctx is None:
-                        ctx = rs.plan_for(ev.type).context(ev, score, row, rs.doc.lookups)
-                    if not self._run(rule.reset_when, ctx, rs, rule):
-                        continue
-                del st.counters[ck]
-                self._count("rule_count_resets")
-        for rule in rules:
-            d = rule.defn
-            key = ev.entity_id if d.scope == "entity" else account_key
-            if d.cooldown_ms and d.count is None:
-                last = st.cooldowns.get((rule.id, key))
-                if last is not None and ts < last + d.cooldown_ms:
+                key = ev.entity_id if rule.scope_entity else account_key
+                if (rule.id, key) in st.counters:
+                    todo.append((rule, key, (), rule.reset_when, True))
+                    if rule.reset_when is not None:
+                        programs.append(2 * rule.position + 1)
+        hits: dict[str, tuple[set[int], set[int]]] | None = None
+        for rule in idx.candidates(props):
+            key = ev.entity_id if rule.scope_entity else account_key
+            if rule.cooldown_ms and rule.count is None:
+                last = cooldowns.get((rule.id, key))
+                if last is not None and ts < last + rule.cooldown_ms:
                     continue
             matched: tuple[str, ...] = ()
             if rule.keyword_ids:
@@ -276,31 +274,47 @@ class RuleEngine:
                 matched = self._keywords(rs, rule, ev, hits)
                 if not matched:
                     continue
+            todo.append((rule, key, matched, rule.when, False))
             if rule.when is not None:
-                if ctx is None:
-                    ctx = rs.plan_for(ev.type).context(ev, score, row, rs.doc.lookups)
-                if not self._run(rule.when, ctx, rs, rule):
+                programs.append(2 * rule.position)
+        if not todo:
+            return None
+        # Pass 2: evaluate in order.
+        ctx = (
+            rs.plan_of(tuple(programs)).context(ev, score, row, rs.doc.lookups)
+            if programs
+            else None
+        )
+        adjustment: Adjustment | None = None
+        for rule, key, matched, program, is_reset in todo:
+            if program is not None:
+                assert ctx is not None
+                if not self._run(program, ctx, rs, rule):
                     continue
-            if d.count is not None and not self._counted(rule, key, ts):
+            if is_reset:
+                del st.counters[(rule.id, key)]
+                self._count("rule_count_resets")
                 continue
-            if d.cooldown_ms:
+            if rule.count is not None and not self._counted(rule, key, ts):
+                continue
+            if rule.cooldown_ms:
                 ck = (rule.id, key)
-                last = st.cooldowns.pop(ck, None)
-                if last is not None and ts < last + d.cooldown_ms:
-                    st.cooldowns[ck] = last  # a count reached during the cooldown
+                last = cooldowns.pop(ck, None)
+                if last is not None and ts < last + rule.cooldown_ms:
+                    cooldowns[ck] = last  # a count reached during the cooldown
                     continue
-                st.cooldowns[ck] = ts
-                if len(st.cooldowns) > self.max_keys:
-                    del st.cooldowns[next(iter(st.cooldowns))]
-            if d.adjust is not None:
+                cooldowns[ck] = ts
+                if len(cooldowns) > self.max_keys:
+                    del cooldowns[next(iter(cooldowns))]
+            if rule.adjust is not None:
                 if adjustment is None:
                     adjustment = Adjustment()
-                if d.adjust.suppress:
+                if rule.adjust.suppress:
                     adjustment.suppress = True
                     effect: dict[str, Any] = {"effect": "suppress"}
                 else:
-                    adjustment.factor *= d.adjust.boost
-                    effect = {"effect": "boost", "factor": d.adjust.boost}
+                    adjustment.factor *= rule.adjust.boost
+                    effect = {"effect": "boost", "factor": rule.adjust.boost}
                 adjustment.applied.append(
                     {"rule_id": rule.id, "rules_version": rs.version, **effect}
                 )
@@ -325,20 +339,20 @@ class RuleEngine:
         matcher = rs.matcher
         assert matcher is not None
         found: set[int] = set()
-        for name in rule.defn.keyword_fields:
+        for name in rule.keyword_fields:
             h = hits.get(name)
             if h is None:
                 text = ev.props.get(name)
                 h = matcher.find(text) if isinstance(text, str) and text else _NO_HITS
                 hits[name] = h
-            pool = h[1] if rule.defn.whole_words else h[0]
+            pool = h[1] if rule.whole_words else h[0]
             if pool:
                 found |= pool & rule.keyword_ids
         return tuple(sorted(matcher.keywords[i] for i in found))
 
     def _counted(self, rule: CompiledRule, key: str, ts: int) -> bool:
         """Count a matching event; True when it completes ``at_least`` within the window."""
-        spec = rule.defn.count
+        spec = rule.count
         assert spec is not None
         counters = self.state.counters
         ck = (rule.id, key)

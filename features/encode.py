@@ -1,0 +1,268 @@
+"""Encode a batch of events for the kernels: one Python pass, no per-event kernel calls.
+
+For each event the filters decide a route per table (which signal columns
+take 1.0, which take a numeric prop, which distinct tables take a value).
+Routes depend only on the event type and the props the filters read, so
+they are memoised under ``(type, normalised prop values)`` and numbered; an
+event then costs a dict lookup and a few list appends (plus a prop read for
+valued or distinct features). The kernels expand the route ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from intentflow.events import Event
+from intentflow.features.program import BOOL_KEYS, TableProgram, norm, route_for
+from intentflow.features.spec import VALUE_LIMIT
+
+__all__ = ["Batch", "BatchEncoder", "Encoded", "KeyIndex", "value_hash"]
+
+_ROUTE_LIMIT: Final = 4096
+_HASH_LIMIT: Final = 1 << 16
+
+
+@dataclass
+class Encoded:
+    """One table's view of a batch.
+
+    Event ``i`` is on row ``rows[i]`` (-1: no key); it contributes ``v_val[j]``
+    to column ``v_col[j]`` for every ``j`` with ``v_evt[j] == i`` and hash
+    ``d_hash[j]`` to distinct table ``d_tab[j]`` for every ``j`` with
+    ``d_evt[j] == i``. Contributions of 1.0 come from the event's route.
+    """
+
+    rows: list[int] = field(default_factory=list)
+    v_evt: list[int] = field(default_factory=list)
+    v_col: list[int] = field(default_factory=list)
+    v_val: list[float] = field(default_factory=list)
+    d_evt: list[int] = field(default_factory=list)
+    d_tab: list[int] = field(default_factory=list)
+    d_hash: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """A batch encoded for both tables: timestamps, route ids, per-table parts."""
+
+    ts: list[int]
+    routes: list[int]
+    entity: Encoded
+    account: Encoded
+
+
+class KeyIndex(Protocol):
+    """Key -> row of one table (``row`` allocates unseen keys)."""
+
+    index: dict[str, int]
+
+    def row(self, key: str) -> int: ...
+
+
+def value_hash(x: object) -> int | None:
+    """Stable signed 64-bit hash of a distinct value (None: not countable).
+
+    Strings by their UTF-8 text, booleans apart, numbers by their float64
+    value (1 and 1.0 are the same value); non-finite numbers are ignored.
+
+    >>> value_hash("a") == value_hash("a") != value_hash("b")
+    True
+    >>> value_hash(1) == value_hash(1.0) != value_hash(True), value_hash(float("nan"))
+    (True, None)
+    """
+    t = type(x)
+    if t is str:
+        data = b"s" + x.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
+    elif t is bool:
+        data = b"b1" if x else b"b0"
+    elif t is int or t is float:
+        try:
+            f = float(x)  # type: ignore[arg-type]
+        except OverflowError:
+            return None
+        if not math.isfinite(f):
+            return None
+        data = b"n" + struct.pack("<d", f + 0.0)
+    else:
+        return None
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+class _HashCache(dict[object, int | None]):
+    """Bounded memo of :func:`value_hash`, keyed by :func:`_hash_key`."""
+
+    def __missing__(self, key: object) -> int | None:
+        if len(self) >= _HASH_LIMIT:
+            self.clear()
+        h = self[key] = value_hash(key[1] if type(key) is tuple else key)
+        return h
+
+
+def _hash_key(x: object) -> object:
+    """Strings key themselves, other scalars go with their type (True is not 1), others None."""
+    t = type(x)
+    if t is str:
+        return x
+    if t is int or t is float or t is bool:
+        return (t, x)
+    return None
+
+
+def _add_values(
+    i: int, props: Mapping[str, Any], valued: tuple[tuple[int, str], ...], enc: Encoded
+) -> None:
+    """Append numeric prop values: finite numbers, clamped to ±VALUE_LIMIT; others skip."""
+    for col, prop in valued:
+        raw: Any = props.get(prop)
+        t = type(raw)
+        if t is int:
+            v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
+        elif t is float and math.isfinite(raw):
+            v = min(max(raw, -VALUE_LIMIT), VALUE_LIMIT)
+        else:
+            continue
+        enc.v_evt.append(i)
+        enc.v_col.append(col)
+        enc.v_val.append(v)
+
+
+_Extra = tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...]]
+
+
+class BatchEncoder:
+    """Turns events into a :class:`Batch` for the entity and account tables.
+
+    Routes get small integer ids; the kernels read each route's 1.0
+    contributions from :meth:`route_table`. Holds only derived, bounded memos
+    (routes and value hashes): it is rebuilt, never snapshotted.
+    """
+
+    def __init__(self, entity: TableProgram, account: TableProgram) -> None:
+        self._programs = (entity, account)
+        types = {*entity.by_type, *account.by_type}
+        self._key_props = {t: self._props(t) for t in types}
+        self._any_key_props = self._props(None)
+        self._hashes = _HashCache()
+        self._reset_routes()
+
+    def _reset_routes(self) -> None:
+        self._route_ids: dict[object, int] = {}
+        # per table: CSR of 1.0 columns per route id, and per route id the
+        # (valued, distinct) targets or None when both are empty
+        self._unit_ptr: tuple[list[int], list[int]] = ([0], [0])
+        self._unit_col: tuple[list[int], list[int]] = ([], [])
+        self._extras: tuple[list[_Extra | None], list[_Extra | None]] = ([], [])
+        self._tables: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None] = [
+            None,
+            None,
+        ]
+
+    def _props(self, etype: str | None) -> tuple[str, ...]:
+        props: set[str] = set()
+        for p in self._programs:
+            props.update(p.key_props.get(etype, p.any_key_props) if etype else p.any_key_props)
+        return tuple(sorted(props))
+
+    def _new_route(self, key: object, etype: str, props: Mapping[str, Any]) -> int:
+        keys = self._key_props.get(etype, self._any_key_props)
+        values = {k: norm(props.get(k)) for k in keys}
+        rid = len(self._route_ids)
+        for t, p in enumerate(self._programs):
+            units, _, valued, distinct = route_for(p.by_type.get(etype, p.any_type), values)
+            self._unit_col[t].extend(units)
+            self._unit_ptr[t].append(len(self._unit_col[t]))
+            self._extras[t].append((valued, distinct) if valued or distinct else None)
+            self._tables[t] = None
+        self._route_ids[key] = rid
+        return rid
+
+    def route_table(self, table: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``(route_ptr, route_col)`` of table 0 (entity) or 1 (account)."""
+        cached = self._tables[table]
+        if cached is None:
+            cached = (
+                np.array(self._unit_ptr[table], dtype=np.int64),
+                np.array(self._unit_col[table], dtype=np.int64),
+            )
+            self._tables[table] = cached
+        return cached
+
+    def _extra(self, i: int, ev: Event, extra: _Extra, enc: Encoded) -> None:
+        valued, distinct = extra
+        if valued:
+            _add_values(i, ev.props, valued, enc)
+        hashes = self._hashes
+        for tab, source in distinct:
+            if source == "entity_id":
+                x: Any = ev.entity_id
+            elif source == "account_id":
+                x = ev.account_id
+            else:
+                x = ev.props.get(source)
+            h = hashes[_hash_key(x)]
+            if h is not None:
+                enc.d_evt.append(i)
+                enc.d_tab.append(tab)
+                enc.d_hash.append(h)
+
+    def encode(self, events: Sequence[Event], entity: KeyIndex, account: KeyIndex | None) -> Batch:
+        """Encode ``events``; rows come from ``entity`` and ``account`` (None: no accounts)."""
+        if len(self._route_ids) >= _ROUTE_LIMIT:
+            self._reset_routes()
+        batch = Batch([], [], Encoded(), Encoded())
+        ts_append, rid_append = batch.ts.append, batch.routes.append
+        e_rows, a_rows = batch.entity.rows, batch.account.rows
+        e_get, a_get = entity.index.get, (account.index.get if account else None)
+        e_extras, a_extras = self._extras
+        key_props, any_props = self._key_props, self._any_key_props
+        route_ids = self._route_ids
+        for i, ev in enumerate(events):
+            etype = ev.type
+            props = ev.props
+            keys = key_props.get(etype, any_props)
+            if not keys:
+                key: Any = etype
+            elif len(keys) == 1:
+                x: Any = props.get(keys[0])
+                tx = type(x)
+                if tx is bool:
+                    x = BOOL_KEYS[x]
+                elif tx is float:
+                    if x != x:
+                        x = None
+                elif tx is not str and tx is not int:
+                    x = None
+                key = (etype, x)
+            else:
+                key = (etype, *[norm(props.get(k)) for k in keys])
+            rid = route_ids.get(key)
+            if rid is None:
+                rid = self._new_route(key, etype, props)
+            ts_append(ev.ts_ms)
+            rid_append(rid)
+            k = ev.entity_id
+            row = e_get(k)
+            e_rows.append(entity.row(k) if row is None else row)
+            extra = e_extras[rid]
+            if extra is not None:
+                self._extra(i, ev, extra, batch.entity)
+            if a_get is None:
+                continue
+            k = ev.account_id  # type: ignore[assignment]
+            if not k:
+                a_rows.append(-1)
+                continue
+            row = a_get(k)
+            a_rows.append(account.row(k) if row is None else row)  # type: ignore[union-attr]
+            extra = a_extras[rid]
+            if extra is not None:
+                self._extra(i, ev, extra, batch.account)
+        return batch
