@@ -51,8 +51,6 @@ __all__ = ["HELP", "Latency", "Sizes", "Throughput", "add_arguments", "run"]
 
 HELP: Final = "whole pipeline through Redis: max events/s and event-to-alert latency"
 
-#: Events per second of *event time*: the density of the synthetic journeys.
-EVENT_TIME_RATE: Final = 200.0
 #: Default offered rate of the latency phase as a share of the measured eps ...
 RATE_SHARE: Final = 0.5
 #: ... within these bounds (events/s).
@@ -75,10 +73,13 @@ class Sizes:
     rounds: int  # throughput rounds
     warmup: int  # warm-up events before each phase
     duration_s: float  # seconds of live production in the latency phase
+    event_time_rate: float  # events per second of event time (density of the journeys)
 
 
-FULL: Final = Sizes(events=100_000, rounds=3, warmup=20_000, duration_s=60.0)
-QUICK: Final = Sizes(events=10_000, rounds=1, warmup=12_000, duration_s=4.0)
+# The warm-up spans more event time than the demo's one-minute label horizon,
+# so that the models have learned from matured labels and alert.
+FULL: Final = Sizes(events=100_000, rounds=3, warmup=20_000, duration_s=60.0, event_time_rate=200.0)
+QUICK: Final = Sizes(events=10_000, rounds=1, warmup=12_000, duration_s=4.0, event_time_rate=200.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,20 +113,23 @@ def _sizes(args: argparse.Namespace, quick: bool) -> Sizes:
         rounds=args.rounds or base.rounds,
         warmup=args.warmup or base.warmup,
         duration_s=args.duration or base.duration_s,
+        event_time_rate=base.event_time_rate,
     )
     if sizes.events < 1 or sizes.rounds < 1 or sizes.warmup < 1 or sizes.duration_s <= 0:
         raise BenchError("--events, --rounds, --warmup and --duration must be positive")
     return sizes
 
 
-def _generator(entities: int, seed: int, events_before_now: int) -> BuyerJourneyGenerator:
+def _generator(
+    sizes: Sizes, entities: int, seed: int, events_before_now: int
+) -> BuyerJourneyGenerator:
     """Journeys whose event time reaches the present after ``events_before_now`` events."""
-    span_ms = int(events_before_now / EVENT_TIME_RATE * 1000.0)
+    span_ms = int(events_before_now / sizes.event_time_rate * 1000.0)
     cfg = GeneratorConfig(
         seed=seed,
         entities=entities,
         start_ms=int(time.time() * 1000) - span_ms,
-        events_per_second=EVENT_TIME_RATE,
+        events_per_second=sizes.event_time_rate,
     )
     return BuyerJourneyGenerator(cfg)
 
@@ -192,7 +196,7 @@ def measure_throughput(
     """Rounds of N pre-staged events through a warm engine; see the module docstring."""
     keys = Keys.unique("e2e-tp")
     n, rounds = sizes.events, sizes.rounds
-    gen = _generator(entities, seed, sizes.warmup + rounds * n)
+    gen = _generator(sizes, entities, seed, sizes.warmup + rounds * n)
     count = sizes.warmup + 1 + rounds * (n + 1)
     engine = Engine(
         ctx.url,
@@ -320,7 +324,7 @@ def measure_latency(
 ) -> Latency:
     """Live production at ``rate`` against a warm engine; see the module docstring."""
     keys = Keys.unique("e2e-lat")
-    gen = _generator(entities, seed, sizes.warmup)
+    gen = _generator(sizes, entities, seed, sizes.warmup)
     engine = Engine(
         ctx.url,
         keys,
@@ -510,7 +514,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             "rate_from": "--rate" if args.rate else f"{RATE_SHARE:.0%} of eps",
             "entities": args.entities,
             "seed": args.seed,
-            "event_time_rate": EVENT_TIME_RATE,
+            "event_time_rate": sizes.event_time_rate,
             "partitions": 1,
             "snapshot_interval_s": args.snapshot_interval,
         },

@@ -214,7 +214,7 @@ def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, firsts: I64, c: int, v:
             if rings[r, 2] >= 0:
                 cnt[row, rings[r, 2] + slot] += 1
                 for j in range(ring_wq_ptr[r], ring_wq_ptr[r + 1]):
-                    if b >= firsts[j]:
+                    if b > firsts[j]:
                         run[row, wq[j, 3]] += 1
             if rings[r, 3] >= 0:
                 sm[row, rings[r, 3] + slot] += v
@@ -461,15 +461,18 @@ def update_table(
         if status != LATE_DROPPED:
             for k in range(nt):
                 t_b[k] = q_b[k] if t == q else t // tiers[k]
-            e = ev_route[i]
-            for j in range(route_ptr[e], route_ptr[e + 1]):
-                _apply(row, t, q, t_b, q_b, firsts, route_col[j], 1.0, rings, ring_wq_ptr, wq,
-                       col_ring_ptr, col_lts, col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx,
-                       lts, lval, dec, run)  # fmt: skip
-            for j in range(vp, v_end):
-                _apply(row, t, q, t_b, q_b, firsts, v_col[j], v_val[j], rings, ring_wq_ptr, wq,
-                       col_ring_ptr, col_lts, col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx,
-                       lts, lval, dec, run)  # fmt: skip
+            u0 = route_ptr[ev_route[i]]
+            units = route_ptr[ev_route[i] + 1] - u0
+            for j in range(units + v_end - vp):
+                if j < units:
+                    c = route_col[u0 + j]
+                    v = 1.0
+                else:
+                    c = v_col[vp + j - units]
+                    v = v_val[vp + j - units]
+                _apply(row, t, q, t_b, q_b, firsts, c, v, rings, ring_wq_ptr, wq, col_ring_ptr,
+                       col_lts, col_lval, col_dec_ptr, dec_hl, cnt, sm, mn, mx, lts, lval, dec,
+                       run)  # fmt: skip
             for j in range(dp, d_end):
                 k = d_tab[j]
                 _add_distinct(row, dtabs[k, 0], dtabs[k, 1], d_hash[j], t, dh, dts)

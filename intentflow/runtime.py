@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import sqlite3
 import stat
+from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -189,7 +192,71 @@ def prepare_recovery(config: Config, *, init: bool, partitions: int = 1) -> Reco
                 path,
                 mode,
             )
+        check_recovery_partitions(parts)
     return RecoveryConfig(path, backup_interval=timedelta(seconds=rec.backup_interval_s))
+
+
+_RECOVERY_TABLES = frozenset({"parts", "exs", "fronts", "commits", "snaps"})
+
+
+def check_recovery_partitions(parts: list[Path]) -> None:
+    """Refuse damaged or incomplete recovery partitions before the flow starts.
+
+    Checks that every file is an intact SQLite database (``PRAGMA quick_check``)
+    with Bytewax's tables, that no partition is missing, and that every stored
+    snapshot unpickles at its outer layer (what Bytewax loads on resume).
+    Raises :class:`RecoveryError` naming the file; never repairs anything.
+    """
+    fix = (
+        "restore the directory from a backup, or move it away and start anew with "
+        "--init-recovery (this starts from an empty state)"
+    )
+    counts: set[int] = set()
+    indexes: set[int] = set()
+    for part in parts:
+        try:
+            with closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as con:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+                if not tables >= _RECOVERY_TABLES:
+                    missing = ", ".join(sorted(_RECOVERY_TABLES - tables))
+                    raise RecoveryError(
+                        f"recovery partition {part} is damaged (missing table(s) {missing}); {fix}"
+                    )
+                check = con.execute("PRAGMA quick_check").fetchone()
+                if check is None or check[0] != "ok":
+                    what = check[0] if check else "no answer"
+                    raise RecoveryError(f"recovery partition {part} is damaged ({what}); {fix}")
+                for index, count in con.execute("SELECT part_index, part_count FROM parts"):
+                    indexes.add(int(index))
+                    counts.add(int(count))
+                rows = con.execute("SELECT step_id, state_key, ser_change FROM snaps")
+                for step, key, blob in rows:
+                    _check_snapshot(part, step, key, blob, fix)
+        except sqlite3.DatabaseError as err:
+            raise RecoveryError(f"recovery partition {part} is damaged ({err}); {fix}") from err
+    want = max(counts, default=0)
+    if not counts:
+        raise RecoveryError(
+            f"recovery directory {parts[0].parent} is damaged (no partition record); {fix}"
+        )
+    if len(counts) > 1 or indexes != set(range(want)):
+        absent = sorted(set(range(want)) - indexes)
+        raise RecoveryError(
+            f"recovery directory {parts[0].parent} is incomplete (partition(s) {absent} of "
+            f"{want} missing, or partitions of different directories mixed); {fix}"
+        )
+
+
+def _check_snapshot(part: Path, step: str, key: str, blob: bytes | None, fix: str) -> None:
+    if blob is None:
+        return  # the state was discarded
+    try:
+        pickle.loads(blob)
+    except Exception as err:
+        raise RecoveryError(
+            f"recovery partition {part} holds an unreadable snapshot of {step}/{key} "
+            f"({type(err).__name__}: {err}); {fix}"
+        ) from err
 
 
 def epoch_interval(config: Config) -> timedelta:

@@ -3,7 +3,8 @@
 A :class:`ModelSet` is what a shard scores with. It serves the *champion*;
 an optional *challenger* learns the same labels in shadow and is promoted
 when it beats the champion on the progressive metric by a margin. The
-champion's progressive log loss feeds a drift detector (River ``ADWIN``);
+champion's progressive loss (the Brier score of each labelled row) feeds a
+drift detector (River ``ADWIN``);
 a drift is counted and logged, and, by configuration, starts a fresh
 champion (``on_drift = "reset"``) or a challenger (``"challenger"``).
 
@@ -217,8 +218,9 @@ class ModelSet:
         drifted = False
         detector = self._detector
         if detector is not None and done.scores is not None and self.champion.ready:
-            q = np.clip(done.scores, _LOSS_EPS, 1.0 - _LOSS_EPS)
-            losses = np.where(done.labels, -np.log(q), -np.log(1.0 - q))
+            # The Brier loss of each row: bounded in [0, 1], as ADWIN's bound assumes
+            # (the log loss of rare positives is heavy-tailed and raises false alarms).
+            losses = (done.scores - done.labels) ** 2
             for loss in losses.tolist():
                 before = float(detector.estimation)
                 detector.update(loss)
@@ -248,7 +250,7 @@ class ModelSet:
         version = self.champion.version
         self._record("drift", model=version, action=action, labels=self.champion.n_learned)
         log.warning(
-            "drift in the progressive log loss of model %s (%d labels learned); action: %s",
+            "drift: the progressive loss of model %s rose (%d labels learned); action: %s",
             version,
             self.champion.n_learned,
             action,

@@ -96,14 +96,14 @@ class ModelConfig:
     kinds. ``learn = false`` freezes the model (it still validates).
 
     The remaining keys configure :class:`~intentflow.online_models.champion.ModelSet`:
-    drift detection on the progressive log loss (``drift``, ``drift_delta``,
+    drift detection on the progressive loss (``drift``, ``drift_delta``,
     ``on_drift``) and a shadow ``challenger`` promoted when it beats the
     champion on ``promote_metric`` by ``promote_margin`` over
     ``promote_min_labels`` shared labels.
     """
 
     kind: str = "logreg"
-    lr: float = 0.05
+    lr: float = 0.005
     l2: float = 0.0
     seed: int = 42
     threshold: float = 0.7
@@ -115,7 +115,7 @@ class ModelConfig:
     learn_fraction: float = 1.0
     learn: bool = True
     drift: str = "adwin"
-    drift_delta: float = 0.002
+    drift_delta: float = 1e-5
     on_drift: str = "log"
     challenger: str = ""
     promote_metric: str = "log_loss"

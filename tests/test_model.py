@@ -59,7 +59,7 @@ def test_config_defaults_and_from_dict() -> None:
     assert (cfg.kind, cfg.lr, cfg.threshold, cfg.seed) == ("arf", 0.1, 0.8, 7)
     assert ModelConfig.from_dict({}) == ModelConfig()
     assert ModelConfig().kind == "logreg"
-    assert ModelConfig().lr == 0.05
+    assert ModelConfig().lr == 0.005
 
 
 @pytest.mark.parametrize(

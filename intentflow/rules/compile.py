@@ -1,12 +1,18 @@
 """Compile a validated rules document once per rules version.
 
 Conditions are CEL (``common-expression-language``): each expression is
-compiled once, its references checked (variables, feature names, event
-fields, lookups, regular-expression literals), and the rules are indexed by
-event type. Evaluating CEL costs little; converting Python values into CEL
-costs a few microseconds per value, so for every event type a :class:`Plan`
-lists exactly the props, event fields and features that the rules of that
-type read, and the engine builds one CEL context per event with only those.
+compiled once and its references checked (variables, feature names, event
+fields, lookups, regular-expression literals). Then, for speed:
+
+- rules are indexed by event type (their explicit ``types``);
+- top-level conjuncts of simple forms (``props.x == "a"``, ``props.d > 120``,
+  ``features.f >= 3.0``, ``score > 0.8``, ``has(props.x)``) become native
+  *guards* with CEL's outcome (:func:`compile_guards`); one guard per rule
+  indexes it (a hash of string values, or thresholds sorted for bisection),
+  and a condition made only of guards never runs CEL at all;
+- evaluating CEL costs little, but converting Python values into CEL costs
+  microseconds per value, so the engine builds one CEL context per event
+  holding only what the remaining programs read (a :class:`Plan`).
 
 >>> from intentflow.features.spec import FeatureSpec
 >>> from intentflow.online_models.catalog import ActionCatalog
@@ -15,26 +21,27 @@ type read, and the engine builds one CEL context per event with only those.
 ... [[rules]]
 ... id = "dwell"
 ... types = ["page_view"]
-... when = 'props.category == "product" && features.product_views__count__24h >= 2.0'
+... when = 'props.category == "product" && props.page.startsWith("/product/")'
 ... [rules.alert]
 ... action = "call_now"
 ... ''')
 >>> rs = compile_rules(doc, FeatureSpec.default(), ActionCatalog.default(), number=3)
 >>> rs.version[:2], [r.id for r in rs.for_type("page_view")], rs.for_type("chat_message")
 ('3-', ['dwell'], ())
->>> plan = rs.plan_for("page_view")
->>> plan.props, [name for name, _ in plan.features]
-(('category',), ['product_views__count__24h'])
+>>> rs.rules[0].index_guard.value, rs.plan_for("page_view").props
+(frozenset({'product'}), ('category', 'page'))
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import difflib
+import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import cel
 import numpy as np
@@ -51,10 +58,16 @@ __all__ = [
     "EVENT_FIELDS",
     "EVENT_VARIABLES",
     "CompiledRule",
+    "Guard",
+    "GuardSpec",
     "Plan",
+    "RangeGroup",
     "References",
     "RuleSet",
+    "TypeIndex",
+    "compile_guards",
     "compile_rules",
+    "index_key",
     "references",
 ]
 
@@ -72,6 +85,8 @@ EVENT_FIELDS: Final[Mapping[str, str]] = {
     "source": "source",
 }
 _ROOTS: Final = ("event", "props", "features", "lookups", "alert")
+#: A native test of one conjunct: ``guard(props, feature_row, score) -> bool``.
+Guard = Callable[[Mapping[str, Any], "NDArray[np.float64] | None", float], bool]
 
 _TOKEN: Final = re.compile(
     r"""(?P<str>[rRbB]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))"""
@@ -226,10 +241,11 @@ class CompiledRule:
     """A rule ready to run: compiled programs, keyword ids, catalog action, index key.
 
     The attributes read on every event are plain slots (``id``, ``scope_entity``,
-    ``cooldown_ms``, ...); the validated definition is ``defn``. ``eq_prop`` and
-    ``eq_values``: a top-level conjunct ``props.NAME == "text"`` (or ``in [...]``)
-    of the condition; the rule is only tried on events whose prop has one of
-    those values (any other event makes the condition false or an error).
+    ``cooldown_ms``, ...); the validated definition is ``defn``. Native tests of
+    top-level conjuncts (:func:`compile_guards`): one of them, ``index_guard``,
+    places the rule in its :class:`TypeIndex` (an event that fails it never sees
+    the rule); ``guards`` are the others. ``when`` is ``None`` when the guards
+    are the whole condition.
     """
 
     __slots__ = (
@@ -241,8 +257,8 @@ class CompiledRule:
         "defn",
         "detail_plan",
         "details",
-        "eq_prop",
-        "eq_values",
+        "guards",
+        "index_guard",
         "id",
         "keyword_fields",
         "keyword_ids",
@@ -272,7 +288,7 @@ class CompiledRule:
         channel: str = "",
         priority: float = 0.0,
         reasons: tuple[tuple[str, str, int], ...] = (),
-        eq: tuple[str, frozenset[str]] | None = None,
+        guards: tuple[GuardSpec, ...] = (),
     ) -> None:
         self.defn = defn
         self.position = position
@@ -295,54 +311,118 @@ class CompiledRule:
         self.channel = channel
         self.priority = priority
         self.reasons = reasons
-        self.eq_prop: str | None = eq[0] if eq else None
-        self.eq_values: frozenset[str] = eq[1] if eq else frozenset()
+        # The index guard selects the rule through its TypeIndex; the others run per event.
+        self.index_guard = _index_guard(guards)
+        self.guards: tuple[Guard, ...] = tuple(g.test for g in guards if g is not self.index_guard)
 
     def __repr__(self) -> str:
         return f"CompiledRule({self.id!r}, position={self.position})"
 
 
 @dataclass(frozen=True)
-class TypeIndex:
-    """The event rules of one event type: all of them, and split by index key.
+class RangeGroup:
+    """Rules whose index guard compares one value with a threshold, sorted by threshold."""
 
-    ``plain`` rules have no ``props.NAME == "text"`` conjunct; ``by_prop``
-    maps a prop name to {value: rules whose conjunct accepts it}.
+    kind: str  # "prop", "feature" or "score"
+    name: str
+    col: int
+    op: str
+    thresholds: tuple[float, ...]
+    rules: tuple[CompiledRule, ...]
+
+    def passing(
+        self, props: Mapping[str, Any], row: NDArray[np.float64] | None, score: float
+    ) -> Sequence[CompiledRule]:
+        """The rules whose comparison holds for this event (one bisection)."""
+        if self.kind == "feature":
+            if row is None:
+                return ()
+            value = float(row[self.col])
+        elif self.kind == "score":
+            value = float(score)
+        else:
+            raw = props.get(self.name)
+            if not (type(raw) is int or type(raw) is float):
+                return ()
+            value = float(raw)
+        if value != value:  # NaN compares false
+            return ()
+        op = self.op
+        if op == ">=":
+            return self.rules[: bisect.bisect_right(self.thresholds, value)]
+        if op == ">":
+            return self.rules[: bisect.bisect_left(self.thresholds, value)]
+        if op == "<=":
+            return self.rules[bisect.bisect_left(self.thresholds, value) :]
+        return self.rules[bisect.bisect_right(self.thresholds, value) :]
+
+
+@dataclass(frozen=True)
+class TypeIndex:
+    """The event rules of one event type, indexed by their index guards.
+
+    ``plain`` rules have no index guard; ``by_prop`` maps a prop name to
+    {value: rules whose ``props.NAME == "text"`` guard accepts it}; each
+    :class:`RangeGroup` holds rules whose index guard is a comparison.
     """
 
     rules: tuple[CompiledRule, ...] = ()
     plain: tuple[CompiledRule, ...] = ()
     by_prop: tuple[tuple[str, Mapping[str, tuple[CompiledRule, ...]]], ...] = ()
+    ranges: tuple[RangeGroup, ...] = ()
 
     @classmethod
     def of(cls, rules: Sequence[CompiledRule]) -> TypeIndex:
-        plain = tuple(r for r in rules if r.eq_prop is None)
+        plain: list[CompiledRule] = []
         tables: dict[str, dict[str, list[CompiledRule]]] = {}
+        groups: dict[tuple[str, str, int, str], list[tuple[float, int, CompiledRule]]] = {}
         for r in rules:
-            if r.eq_prop is not None:
-                table = tables.setdefault(r.eq_prop, {})
-                for value in sorted(r.eq_values):
+            g = r.index_guard
+            if g is None:
+                plain.append(r)
+            elif g.kind == "eq":
+                table = tables.setdefault(g.name, {})
+                assert isinstance(g.value, frozenset)
+                for value in sorted(g.value):
                     table.setdefault(value, []).append(r)
+            else:
+                assert isinstance(g.value, float)
+                groups.setdefault((g.kind, g.name, g.col, g.op), []).append(
+                    (g.value, r.position, r)
+                )
         by_prop = tuple(
             (prop, {v: tuple(rs) for v, rs in table.items()}) for prop, table in tables.items()
         )
-        return cls(tuple(rules), plain, by_prop)
+        ranges = []
+        for (kind, name, col, op), items in groups.items():
+            items.sort(key=lambda item: (item[0], item[1]))
+            ranges.append(
+                RangeGroup(
+                    kind, name, col, op, tuple(i[0] for i in items), tuple(i[2] for i in items)
+                )
+            )
+        return cls(tuple(rules), tuple(plain), by_prop, tuple(ranges))
 
-    def candidates(self, props: Mapping[str, Any]) -> Sequence[CompiledRule]:
-        """The rules worth trying on an event with these props, in file order."""
-        if not self.by_prop:
+    def candidates(
+        self,
+        props: Mapping[str, Any],
+        row: NDArray[np.float64] | None = None,
+        score: float = 0.0,
+    ) -> Sequence[CompiledRule]:
+        """The rules worth trying on this event, in file order."""
+        if not self.by_prop and not self.ranges:
             return self.plain
         extra: list[CompiledRule] = []
         for prop, table in self.by_prop:
             value = props.get(prop)
-            if isinstance(value, str):
+            if type(value) is str:
                 found = table.get(value)
                 if found:
                     extra.extend(found)
+        for group in self.ranges:
+            extra.extend(group.passing(props, row, score))
         if not extra:
             return self.plain
-        if not self.plain and len(self.by_prop) == 1:
-            return extra
         return sorted((*self.plain, *extra), key=_position)
 
 
@@ -566,6 +646,128 @@ def index_key(expr: str) -> tuple[str, frozenset[str]] | None:
     return None
 
 
+_NUMBER: Final = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_ORDER: Final = r"(>=|<=|>|<)"
+_CMP: Final = r"(>=|<=|==|>|<)"
+_G_PROP_ORDER: Final = re.compile(
+    r"^props\s*\.\s*([A-Za-z_]\w*)\s*" + _ORDER + r"\s*(" + _NUMBER + r")$"
+)
+_G_FEATURE: Final = re.compile(
+    r"^features\s*\.\s*([A-Za-z_]\w*)\s*" + _CMP + r"\s*(" + _NUMBER + r")$"
+)
+_G_SCORE: Final = re.compile(r"^score\s*" + _CMP + r"\s*(" + _NUMBER + r")$")
+_G_HAS: Final = re.compile(r"^has\s*\(\s*props\s*\.\s*([A-Za-z_]\w*)\s*\)$")
+_OPS: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+}
+
+
+class GuardSpec(NamedTuple):
+    """A guard and what it tests (for indexing): ``kind`` is ``eq``, ``has``, ``prop``,
+    ``feature`` or ``score``; ``value`` the accepted strings (``eq``) or the number."""
+
+    kind: str
+    name: str
+    col: int
+    op: str
+    value: float | frozenset[str]
+    test: Guard
+
+
+def _index_guard(guards: Sequence[GuardSpec]) -> GuardSpec | None:
+    """The guard that indexes a rule: a string equality, else an ordering comparison."""
+    for g in guards:
+        if g.kind == "eq":
+            return g
+    for g in guards:
+        if g.kind in ("prop", "feature", "score") and g.op != "==":
+            return g
+    return None
+
+
+def _guard(term: str, columns: Mapping[str, int]) -> GuardSpec | None:
+    """The native test of one conjunct, exact for "is it true?", or ``None``."""
+    m = _EQ_LEFT.match(term) or _EQ_RIGHT.match(term) or _EQ_IN.match(term)
+    if m is not None:
+        key = index_key(term)
+        assert key is not None
+        prop, values = key
+
+        def eq_guard(props: Mapping[str, Any], row: Any, score: float) -> bool:
+            v = props.get(prop)
+            return type(v) is str and v in values
+
+        return GuardSpec("eq", prop, -1, "==", values, eq_guard)
+    m = _G_HAS.match(term)
+    if m is not None:
+        name = m.group(1)
+        return GuardSpec("has", name, -1, "", 0.0, lambda props, row, score: name in props)
+    m = _G_PROP_ORDER.match(term)
+    if m is not None:
+        name, op, number = m.group(1), _OPS[m.group(2)], float(m.group(3))
+
+        def prop_guard(props: Mapping[str, Any], row: Any, score: float) -> bool:
+            v = props.get(name)
+            return (type(v) is int or type(v) is float) and bool(op(v, number))
+
+        return GuardSpec("prop", name, -1, m.group(2), number, prop_guard)
+    m = _G_FEATURE.match(term)
+    if m is not None and m.group(1) in columns:
+        col, op, number = columns[m.group(1)], _OPS[m.group(2)], float(m.group(3))
+
+        def feature_guard(props: Mapping[str, Any], row: Any, score: float) -> bool:
+            return row is not None and bool(op(float(row[col]), number))
+
+        return GuardSpec("feature", m.group(1), col, m.group(2), number, feature_guard)
+    m = _G_SCORE.match(term)
+    if m is not None:
+        op, number = _OPS[m.group(1)], float(m.group(2))
+
+        def score_guard(props: Mapping[str, Any], row: Any, score: float) -> bool:
+            return bool(op(float(score), number))
+
+        return GuardSpec("score", "", -1, m.group(1), number, score_guard)
+    return None
+
+
+def compile_guards(
+    expr: str, columns: Mapping[str, int]
+) -> tuple[tuple[GuardSpec, ...], bool]:
+    """Native tests of a condition's top-level conjuncts, and whether they are all of it.
+
+    A condition ``A && B && ...`` can only be true when every conjunct is.
+    Conjuncts of the forms ``props.NAME == "text"``, ``props.NAME in ["a", "b"]``,
+    ``has(props.NAME)``, ``props.NAME < NUMBER`` (``<=``, ``>``, ``>=``),
+    ``features.NAME <op> NUMBER`` and ``score <op> NUMBER`` (``<op>`` also
+    ``==``) are tested in Python first, with CEL's outcome: a prop that is
+    absent or of another type makes the CEL term false or an error, and the
+    guard false. When every conjunct has a guard, CEL is not run at all.
+
+    >>> guards, complete = compile_guards('has(props.d) && props.d > 120', {})
+    >>> tests = [g.test for g in guards]
+    >>> complete, [t({"d": 150}, None, 0.0) for t in tests], tests[1]({"d": "150"}, None, 0.0)
+    (True, [True, True], False)
+    >>> compile_guards('props.page.startsWith("/p") && score >= 0.5', {})[1]
+    False
+    """
+    terms = _conjuncts(expr)
+    if terms is None:
+        return (), False
+    guards: list[GuardSpec] = []
+    complete = True
+    for term in terms:
+        g = _guard(term, columns)
+        if g is None:
+            complete = False
+        else:
+            guards.append(g)
+    return tuple(guards), complete
+
+
 def compile_rules(
     doc: RulesDoc,
     spec: FeatureSpec,
@@ -630,7 +832,11 @@ def compile_rules(
             )
         if not rule.enabled:
             continue
-        eq = index_key(rule.when) if rule.when is not None and rule.absence is None else None
+        guards: tuple[GuardSpec, ...] = ()
+        if rule.when is not None and rule.absence is None:
+            guards, complete = compile_guards(rule.when, columns)
+            if complete:  # every conjunct runs natively: no CEL on the hot path
+                when = when_refs = None
         c = CompiledRule(
             rule,
             len(compiled),
@@ -643,7 +849,7 @@ def compile_rules(
             channel=channel,
             priority=priority,
             reasons=reasons,
-            eq=eq,
+            guards=guards,
         )
         if matcher is not None and rule.keywords:
             c.keyword_ids = frozenset(matcher.index(k) for k in rule.keywords)

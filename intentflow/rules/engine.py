@@ -261,8 +261,11 @@ class RuleEngine:
                     if rule.reset_when is not None:
                         programs.append(2 * rule.position + 1)
         hits: dict[str, tuple[set[int], set[int]]] | None = None
-        for rule in idx.candidates(props):
-            key = ev.entity_id if rule.scope_entity else account_key
+        entity_id = ev.entity_id
+        for rule in idx.candidates(props, row, score):
+            if rule.guards and not all(g(props, row, score) for g in rule.guards):
+                continue
+            key = entity_id if rule.scope_entity else account_key
             if rule.cooldown_ms and rule.count is None:
                 last = cooldowns.get((rule.id, key))
                 if last is not None and ts < last + rule.cooldown_ms:
@@ -356,15 +359,18 @@ class RuleEngine:
         assert spec is not None
         counters = self.state.counters
         ck = (rule.id, key)
-        seq = counters.pop(ck, None)
+        seq = counters.get(ck)
         if seq is None:
             seq = [ts, ts]
+            if len(counters) >= self.max_keys:
+                del counters[next(iter(counters))]  # the oldest count started
+            counters[ck] = seq
         else:
             last = seq[0]
-            seq[0] = max(last, ts)
+            if ts > last:
+                seq[0] = ts
             if spec.gap_ms and ts - last < spec.gap_ms:
-                counters[ck] = seq  # the same visit
-                return False
+                return False  # the same visit
             seq.append(ts)
             cutoff = ts - spec.within_ms
             first = 1
@@ -374,11 +380,9 @@ class RuleEngine:
             if keep > 1:
                 del seq[1:keep]
         if len(seq) - 1 >= spec.at_least:
+            del counters[ck]
             self._count("rule_counts_reached")
             return True
-        counters[ck] = seq
-        if len(counters) > self.max_keys:
-            del counters[next(iter(counters))]
         return False
 
     def _target(self, rule: CompiledRule, owner: str | None) -> dict[str, Any]:

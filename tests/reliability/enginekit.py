@@ -1,0 +1,261 @@
+"""The engine as a real process, started fast, and its state read back from recovery.
+
+:class:`Engine` runs ``intentflow run …`` (the CLI's own ``main``) in a child
+process forked from a ``multiprocessing`` fork server that has imported the
+engine and loaded its compiled kernels once. Each start therefore costs a
+fork instead of a fresh interpreter, which lets the fault-injection tests
+crash and restart the engine many times within their time budget. The child
+is a separate process with its own pid: ``SIGKILL`` is a real ``kill -9``.
+
+:func:`shard_states` reads the newest shard snapshots of a recovery
+directory (the same rows a resume would load), so tests can compare the
+engine's feature and model state with an uninterrupted in-memory run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.context
+import os
+import pickle
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from intentflow.commands.model import _newest_snapshots
+from intentflow.errors import RecoveryError
+
+DEMO_TOML = str(resources.files("intentflow").joinpath("defaults/demo.toml"))
+
+#: Modules the fork server imports once; every engine child inherits them.
+PRELOAD = [
+    "intentflow.cli",
+    "intentflow.commands.run",
+    "intentflow.runtime",
+    "intentflow.health",
+    "intentflow.dataflows.flow",
+    "enginewarm",
+]
+
+
+def fork_context() -> multiprocessing.context.ForkServerContext:
+    """The fork-server context with :data:`PRELOAD` (call before the first start)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def _engine_main(argv: list[str], log_path: str) -> None:
+    """Child entry point: output to ``log_path``, then the CLI's ``main``."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from intentflow.cli import main
+
+    code = 1
+    try:
+        code = main(argv)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def engine_args(
+    url: str,
+    *,
+    recovery: Path | None = None,
+    init: bool = False,
+    partitions: int = 2,
+    snapshot_s: float = 0.2,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """``run`` arguments: Redis input, the demo settings, a free metrics port."""
+    argv = [
+        "run",
+        "--redis-url",
+        url,
+        "--source",
+        "redis",
+        "--config",
+        DEMO_TOML,
+        "--partitions",
+        str(partitions),
+        "--metrics-port",
+        "0",
+    ]
+    if recovery is not None:
+        argv += ["--recovery-dir", str(recovery), "--snapshot-interval", str(snapshot_s)]
+        if init:
+            argv.append("--init-recovery")
+    return argv + list(extra)
+
+
+class Engine:
+    """One engine process; ``log`` collects its stdout and stderr."""
+
+    def __init__(
+        self, ctx: multiprocessing.context.ForkServerContext, argv: list[str], log: Path
+    ) -> None:
+        self.argv = argv
+        self.log = log
+        self._proc = ctx.Process(target=_engine_main, args=(argv, str(log)), daemon=True)
+
+    def start(self) -> Engine:
+        self._proc.start()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def kill9(self) -> None:
+        """``kill -9``: no shutdown work at all."""
+        if self._proc.is_alive():
+            os.kill(self.pid, signal.SIGKILL)
+        self._proc.join(10)
+
+    def interrupt(self, timeout_s: float = 20.0) -> int | None:
+        """SIGINT, then SIGKILL if it has not exited within ``timeout_s``."""
+        if self._proc.is_alive():
+            os.kill(self.pid, signal.SIGINT)
+            self._proc.join(timeout_s)
+            if self._proc.is_alive():
+                self.kill9()
+        return self._proc.exitcode
+
+    def wait(self, timeout_s: float) -> int | None:
+        self._proc.join(timeout_s)
+        return self._proc.exitcode
+
+    def rss_kb(self) -> int:
+        """Resident set size from ``/proc/PID/status`` (0 when it has exited)."""
+        return rss_kb(self.pid)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def health_url(self, timeout_s: float = 30.0) -> str:
+        """The base URL of the engine's health endpoint, from its log."""
+        found: list[str] = []
+
+        def logged() -> bool:
+            m = re.search(r"metrics and health on (http://127\.0\.0\.1:\d+)", self.text())
+            if m:
+                found.append(m.group(1))
+            return bool(m)
+
+        wait_for(logged, timeout_s, "the health endpoint", self)
+        return found[0]
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    """``VmRSS`` of a process in KiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def wait_for(
+    cond: Callable[[], bool], timeout_s: float, what: str, engine: Engine | None = None
+) -> None:
+    """Poll ``cond`` every 50 ms; fail with the engine's log if it exits or time runs out."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if engine is not None and not engine.alive():
+            pytest.fail(
+                f"engine exited with {engine.exitcode} while waiting for {what}:\n"
+                + engine.text()[-3000:]
+            )
+        if time.monotonic() > deadline:
+            tail = engine.text()[-3000:] if engine is not None else ""
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{tail}")
+        time.sleep(0.05)
+
+
+# --- state in a recovery directory ------------------------------------------------------
+
+
+def shard_states(recovery_dir: Path) -> dict[str, dict[str, Any]]:
+    """``shard key -> unpickled state`` of the newest engine snapshots ({} if none yet)."""
+    try:
+        newest = _newest_snapshots(recovery_dir)
+    except RecoveryError:
+        return {}
+    out = {}
+    for key, (_epoch, blob) in newest.items():
+        snap = pickle.loads(blob)
+        out[key] = pickle.loads(snap.state)
+    return out
+
+
+def counters(states: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per shard: the engine's event counters."""
+    return {k: dict(s["counters"]) for k, s in states.items()}
+
+
+def _table(table: Any) -> dict[str, tuple[int, tuple[bytes, ...]]]:
+    rows = {}
+    for i, key in enumerate(table.keys):
+        rows[key] = (
+            int(table.clock[i]),
+            tuple(np.ascontiguousarray(arr[i]).tobytes() for _name, arr in table.arrays),
+        )
+    return rows
+
+
+def comparable(states: dict[str, dict[str, Any]], probe: np.ndarray) -> dict[str, Any]:
+    """What must be equal after a resume: features, model, de-duplication, clocks.
+
+    Feature rows are compared byte for byte per key; the model by its version
+    (which counts labels learned) and its scores on ``probe`` rows.
+    """
+    from intentflow.features.spec import FeatureSpec
+
+    names = FeatureSpec.default().names
+    out: dict[str, Any] = {}
+    for key, st in sorted(states.items()):
+        feats = st["features"]
+        model = st["model"]
+        out[key] = {
+            "entities": _table(feats.entities),
+            "accounts": _table(feats.accounts),
+            "feature_counters": feats.counters,
+            "model_version": model.version,
+            "model_scores": model.score_batch(probe[:, : len(names)], names).tolist(),
+            "seen": dict(st["seen"]),
+            "watermark": st["watermark"],
+            "counters": dict(st["counters"]),
+            "pending_labels": st["labels"].n_pending,
+        }
+    return out
+
+
+def recovery_bytes(recovery_dir: Path) -> int:
+    """Bytes on disk of a recovery directory (sqlite files and their journals)."""
+    return sum(p.stat().st_size for p in recovery_dir.iterdir() if p.is_file())
