@@ -42,6 +42,7 @@ __all__ = [
     "latency_figures",
     "machine_info",
     "process_cpu_seconds",
+    "redis_cpu_seconds",
     "sentinel_payload",
     "wait_until",
     "write_json",
@@ -331,6 +332,15 @@ def process_cpu_seconds(pid: int) -> float | None:
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float | None:
+    """User + system CPU seconds of the Redis server (``INFO cpu``), else ``None``."""
+    try:
+        info: Any = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    except (redis.RedisError, KeyError, TypeError, ValueError):
+        return None
 
 
 # --- figures --------------------------------------------------------------------------------

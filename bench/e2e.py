@@ -39,6 +39,7 @@ from bench.common import (
     Keys,
     Result,
     latency_figures,
+    redis_cpu_seconds,
     sentinel_payload,
     wait_until,
 )
@@ -57,8 +58,8 @@ RATE_SHARE: Final = 0.5
 RATE_BOUNDS: Final = (100.0, 20_000.0)
 #: Warn when the engine got less of a core than this in a throughput round ...
 BUSY_CPU_SHARE: Final = 0.8
-#: ... or used more than this while live (near saturation).
-SATURATED_CPU_SHARE: Final = 0.85
+#: Warn when the engine needed longer than this after the producer stopped (a backlog).
+BACKLOG_WARN_S: Final = 1.0
 #: Below this many samples p99.9 is not meaningful.
 MIN_SAMPLES: Final = 1000
 _SEND_BATCH: Final = 1000
@@ -188,6 +189,7 @@ class Throughput:
     startup_s: float  # engine start + warm-up (not timed)
     exit_code: int
     engine_cpu: list[float]  # the engine's CPU time per round / round seconds (Linux)
+    redis_cpu: list[float]  # the same for the Redis server (INFO cpu)
 
 
 def measure_throughput(
@@ -213,6 +215,7 @@ def measure_throughput(
         eps_rounds: list[float] = []
         seconds: list[float] = []
         cpu: list[float] = []
+        rcpu: list[float] = []
         alerts_before = int(client.xlen(keys.alerts))
         staging = f"{keys.staging_prefix}0"
         for r in range(rounds):
@@ -222,7 +225,7 @@ def measure_throughput(
             stager.send([sentinel_payload(tag, last_ts)])
             client.rename(staging, f"{keys.events_prefix}0")
             t0 = time.monotonic()
-            cpu0 = engine.cpu_seconds()
+            cpu0, rcpu0 = engine.cpu_seconds(), redis_cpu_seconds(client)
             t1 = wait_until(
                 _exists(client, keys.score_key(f"bench-{tag}")),
                 timeout_s=max(120.0, n / 500.0),
@@ -230,9 +233,11 @@ def measure_throughput(
                 poll_s=0.002,
                 alive=engine.check_alive,
             )
-            cpu1 = engine.cpu_seconds()
+            cpu1, rcpu1 = engine.cpu_seconds(), redis_cpu_seconds(client)
             if cpu0 is not None and cpu1 is not None:
                 cpu.append((cpu1 - cpu0) / (t1 - t0))
+            if rcpu0 is not None and rcpu1 is not None:
+                rcpu.append((rcpu1 - rcpu0) / (t1 - t0))
             seconds.append(t1 - t0)
             eps_rounds.append((n + 1) / (t1 - t0))
             ctx.console.print(
@@ -256,6 +261,7 @@ def measure_throughput(
         startup_s=startup_s,
         exit_code=code,
         engine_cpu=cpu,
+        redis_cpu=rcpu,
     )
 
 
@@ -276,7 +282,9 @@ class Latency:
     sink_read: list[float]  # read time - emit_ts
     dead_letters: int
     startup_s: float
+    backlog_s: float  # from the producer's end until the engine had scored its last event
     engine_cpu: float  # the engine's CPU time while live / live seconds (NaN off Linux)
+    redis_cpu: float  # the same for the Redis server
 
 
 def _produce_live(
@@ -359,11 +367,12 @@ def measure_latency(
             daemon=True,
         )
         producer.start()
-        cpu0, t0 = engine.cpu_seconds(), time.monotonic()
+        cpu0, rcpu0, t0 = engine.cpu_seconds(), redis_cpu_seconds(client), time.monotonic()
         lat: list[float] = []
         stages: tuple[list[float], list[float], list[float]] = ([], [], [])
         alerts = 0
         summary: tuple[int, float, int] | None = None
+        produced_until = backlog_s = math.nan
         end_key = keys.score_key("bench-live-end")
         deadline = time.monotonic() + sizes.duration_s + _READY_TIMEOUT_S
         finished = False
@@ -372,14 +381,17 @@ def measure_latency(
             if summary is None:
                 if not results.empty():
                     summary = results.get()
+                    produced_until = time.monotonic()
                 elif not producer.is_alive():
                     try:  # it may have put its result just before exiting
                         summary = results.get(timeout=2.0)
+                        produced_until = time.monotonic()
                     except queue.Empty:
                         code = producer.exitcode
                         raise BenchError(f"the producer process exited with code {code}") from None
             if summary is not None and client.exists(end_key):
                 finished = True  # one more read below collects the last alerts
+                backlog_s = time.monotonic() - produced_until
             if time.monotonic() > deadline:
                 raise BenchError("timed out waiting for the engine to process the live events")
             resp: Any = reader.xread(
@@ -398,10 +410,8 @@ def measure_latency(
                 stages[1].append(alert["emit_ts"] - alert["ingest_ts"])
                 stages[2].append(read_ts - alert["emit_ts"])
         assert summary is not None
-        cpu1, t1 = engine.cpu_seconds(), time.monotonic()
-        engine_cpu = (
-            (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else math.nan
-        )
+        cpu1, rcpu1, t1 = engine.cpu_seconds(), redis_cpu_seconds(client), time.monotonic()
+        engine_cpu, redis_cpu = _share(cpu0, cpu1, t1 - t0), _share(rcpu0, rcpu1, t1 - t0)
         producer.join(timeout=10)
         sent, seconds, _ = summary
         dead = int(client.xlen(keys.dlq)) if client.exists(keys.dlq) else 0
@@ -423,7 +433,9 @@ def measure_latency(
         sink_read=stages[2],
         dead_letters=dead,
         startup_s=startup_s,
+        backlog_s=backlog_s,
         engine_cpu=engine_cpu,
+        redis_cpu=redis_cpu,
     )
 
 
@@ -470,15 +482,19 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             f"the producer reached only {lt.achieved_rate:,.0f} of {lt.offered_rate:,.0f} "
             "events/s (CPU-bound machine)"
         )
-    if tp.engine_cpu and min(tp.engine_cpu) < BUSY_CPU_SHARE:
+    cpu_pairs = list(zip(tp.engine_cpu, tp.redis_cpu, strict=False))
+    busy = [e + r for e, r in cpu_pairs]
+    if busy and min(busy) < BUSY_CPU_SHARE:
         warnings.append(
-            f"the engine had only {min(tp.engine_cpu):.0%} of a core in a throughput round: "
-            "other processes were using the machine; eps is understated"
+            f"the engine and Redis together had only {min(busy):.0%} of a core in a "
+            "throughput round (they work in turn): other processes were using the machine; "
+            "eps is understated"
         )
-    if lt.engine_cpu > SATURATED_CPU_SHARE:
+    if lt.backlog_s > BACKLOG_WARN_S:
         warnings.append(
-            f"the engine used {lt.engine_cpu:.0%} of a core at the offered rate: it is near "
-            "saturation and the latency figures include queueing; try a lower --rate"
+            f"the engine fell behind the offered rate (it needed {lt.backlog_s:.1f} s after the "
+            "producer stopped): the latency figures are mostly queueing; use a lower --rate "
+            "(or a machine where the engine gets a whole core)"
         )
     if tp.dead_letters or lt.dead_letters:
         warnings.append(f"{tp.dead_letters + lt.dead_letters} dead letters (expected none)")
@@ -494,6 +510,9 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             [e / c for e, c in zip(tp.eps_rounds, tp.engine_cpu, strict=False) if c > 0]
         ),
         "engine_cpu_live": lt.engine_cpu,
+        "redis_cpu_rounds": tp.redis_cpu,
+        "redis_cpu_live": lt.redis_cpu,
+        "backlog_s": lt.backlog_s,
         "offered_rate": lt.offered_rate,
         "achieved_rate": lt.achieved_rate,
         "events": lt.events,
@@ -525,11 +544,15 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ("eps by round", ", ".join(f"{v:,.0f}" for v in tp.eps_rounds)),
         ("eps (median of rounds)", f"{tp.eps:,.0f} events/s"),
         ("alerts in throughput rounds", f"{tp.alerts:,}"),
-        ("engine CPU by round (share of a core)", ", ".join(f"{c:.0%}" for c in tp.engine_cpu)),
+        (
+            "CPU by round: engine / Redis (share of a core)",
+            ", ".join(f"{e:.0%}/{r:.0%}" for e, r in cpu_pairs),
+        ),
         ("events per engine CPU-second (median)", f"{f['eps_per_engine_cpu_s']:,.0f}"),
         ("offered / achieved rate", f"{lt.offered_rate:,.0f} / {lt.achieved_rate:,.0f} events/s"),
         ("live events / alerts", f"{lt.events:,} / {lt.alerts:,}"),
-        ("engine CPU while live (share of a core)", f"{lt.engine_cpu:.0%}"),
+        ("CPU while live: engine / Redis", f"{lt.engine_cpu:.0%} / {lt.redis_cpu:.0%}"),
+        ("backlog when the producer stopped", f"{lt.backlog_s:.2f} s"),
         ("latency samples", f"{samples:,}"),
         ("latency p50 / p99", f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms"),
         ("latency p99.9 / max", f"{f['p999_ms']:.2f} / {f['max_ms']:.2f} ms"),
@@ -547,6 +570,13 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ),
     ]
     return Result(figures=figures, rows=rows, warnings=warnings)
+
+
+def _share(before: float | None, after: float | None, seconds: float) -> float:
+    """CPU seconds used between two readings per wall second (NaN when unknown)."""
+    if before is None or after is None or seconds <= 0:
+        return math.nan
+    return (after - before) / seconds
 
 
 def _median(values: list[float]) -> float:

@@ -86,7 +86,7 @@ def _generated(i: int) -> str:
     if kind in (0, 5):
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["page_view"]\ncooldown = "6h"\n'
-            f"when = 'props.category == \"{cat}\" && has(props.duration_s) && "
+            f'when = \'props.category == "{cat}" && has(props.duration_s) && '
             f"props.duration_s > {240 + 5 * i}'\n{alert}"
         )
     if kind == 1:
@@ -117,7 +117,7 @@ def _generated(i: int) -> str:
     if kind == 6:
         return (
             f'[[rules]]\nid = "{rid}"\ntypes = ["page_view"]\n'
-            f"when = 'props.category == \"pricing\" && features.pricing_views__count__7d >= "
+            f'when = \'props.category == "pricing" && features.pricing_views__count__7d >= '
             f"{2 + i % 4}.0'\n[rules.adjust]\nboost = 1.{1 + i % 5}\n"
         )
     if kind == 7:
@@ -135,7 +135,7 @@ def _generated(i: int) -> str:
     return (
         f'[[rules]]\nid = "{rid}"\ntypes = ["form_submit", "crm_activity", "ticket"]\n'
         f'cooldown = "7d"\n'
-        f"when = '(has(props.form) && props.form == \"demo_request\" && "
+        f'when = \'(has(props.form) && props.form == "demo_request" && '
         f"features.demo_requests__count__30d >= {2 + i % 3}.0) || "
         f'(has(props.severity) && props.severity in ["high", "critical"] && '
         f"features.support_tickets__count__7d >= {2 + i % 3}.0)'\n{alert}"
@@ -198,7 +198,9 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
     for n in RULE_COUNTS:
         paths[n] = ctx.workdir / f"rules-{n}.toml"
         paths[n].write_text(make_rules(n), encoding="utf-8")
-    ctx.console.print(f"warm-up (kernel compilation), then {rounds} round(s) of {n_events:,} events")
+    ctx.console.print(
+        f"warm-up (kernel compilation), then {rounds} round(s) of {n_events:,} events"
+    )
     _run_once(cfg, items[: min(len(items), 5000)], paths[RULE_COUNTS[-1]], args.batch)
     eps: dict[int, list[float]] = {n: [] for n in RULE_COUNTS}
     cpu_eps: dict[int, list[float]] = {n: [] for n in RULE_COUNTS}
@@ -210,8 +212,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             eps[n].append(wall)
             cpu_eps[n].append(cpu)
             ctx.console.print(
-                f"  round {r + 1}: {n:>3} rules {wall:>10,.0f} events/s "
-                f"({cpu:,.0f} per CPU second)"
+                f"  round {r + 1}: {n:>3} rules {wall:>10,.0f} events/s ({cpu:,.0f} per CPU second)"
             )
     med = {n: statistics.median(v) for n, v in eps.items()}
     cpu_med = {n: statistics.median(v) for n, v in cpu_eps.items()}
@@ -231,8 +232,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         rows.append(
             (
                 f"{n} rules",
-                f"{med[n]:,.0f} events/s, {cpu_med[n]:,.0f} per CPU s "
-                f"({alerts[n]:,} rule alerts)",
+                f"{med[n]:,.0f} events/s, {cpu_med[n]:,.0f} per CPU s ({alerts[n]:,} rule alerts)",
             )
         )
     warnings: list[str] = []

@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from intentflow.errors import SnapshotMismatchError
+from intentflow.errors import RecoveryError, SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features.spec import FeatureSpec
 from intentflow.features.state import FeatureState
@@ -89,6 +89,12 @@ class ShardSnapshot:
     spec_hash: str
     model_kind: str
     state: bytes
+    #: CRC-32 of ``state`` (-1: not recorded); detects damage, not tampering.
+    crc32: int = -1
+
+    def damaged(self) -> bool:
+        """Whether ``state`` no longer matches the checksum taken when it was written."""
+        return self.crc32 != -1 and zlib.crc32(self.state) != self.crc32
 
 
 class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
@@ -122,7 +128,7 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         self._ruleset: RuleSet | None = None  # the rules of the current batch
         if rules is not None:
             self.rule_engine = rules.engine(self.rule_engine.state, ALERT_SCHEMA_VERSION)
-        self._latest: dict[str, tuple[float, int]] = {}
+        self._latest: dict[str, tuple[float, int, str]] = {}  # score, event time, model
         self._logged: list[ScoreLogBatch] = []  # score-log batches of the current batch
         self._names = parts.spec.names
         self._descriptions = parts.spec.descriptions
@@ -146,6 +152,11 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
             raise SnapshotMismatchError(
                 f"the recovery directory holds a {snap.model_kind!r} model, the configuration "
                 f"asks for {self._parts.model.kind!r}; export/import the model or start anew"
+            )
+        if snap.damaged():
+            raise RecoveryError(
+                "a shard snapshot in the recovery directory is damaged (checksum mismatch); "
+                "restore the directory from a backup or start a new one"
             )
         state = pickle.loads(snap.state)
         self.features = FeatureState.restore(self._parts.spec, state["features"])
@@ -174,11 +185,13 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
             "matured": self._matured,
             "rules": self.rule_engine.state,
         }
+        blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         snap = ShardSnapshot(
             SNAPSHOT_SCHEMA_VERSION,
             self._parts.spec.spec_hash,
             self._parts.model.kind,
-            pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL),
+            blob,
+            zlib.crc32(blob),
         )
         if self._obs is not None:
             self._obs.snapshotted(len(snap.state))
@@ -244,6 +257,7 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         if self._parts.score_log:
             self._logged.append(ScoreLogBatch.of(events, a, b, scores, self.model.version))
         ready = self.model.ready
+        version = self.model.version  # the model that scored this segment
         now_ms = time.time() * 1000.0
         labels, policy = self.labels, self.policy
         is_conversion = self._parts.labels.is_conversion
@@ -259,7 +273,7 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
                 policy.feedback(ev)
                 continue
             score = float(scores[j - a])
-            self._latest[ev.entity_id] = (score, ev.ts_ms)
+            self._latest[ev.entity_id] = (score, ev.ts_ms, version)
             labels.observe(ev.entity_id, ev.ts_ms, feats[j], score)
             adjust = None
             if rules is not None:
@@ -328,8 +342,7 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
                 self.watermark = ev.ts_ms
         self._process_segment(events, feats, seg, len(events), out)
 
-        version = self.model.version
-        for entity_id, (score, ts_ms) in self._latest.items():
+        for entity_id, (score, ts_ms, version) in self._latest.items():
             out.append(ScoreOut(entity_id, score, ts_ms, version))
         if self.watermark >= self._next_housekeeping_ms:
             self._housekeeping()

@@ -105,8 +105,17 @@ class _Pacer:
 # --- Redis Streams -----------------------------------------------------------
 
 
+def _stream_id(entry_id: str | bytes) -> tuple[int, int]:
+    """A stream entry id as a comparable ``(ms, seq)`` pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
-    def __init__(self, src: RedisStreamSource, stream: str, last_id: str) -> None:
+    def __init__(
+        self, src: RedisStreamSource, stream: str, last_id: str, *, resumed: bool = False
+    ) -> None:
         self._src = src
         self._stream = stream
         self._key = stream.encode()
@@ -116,28 +125,34 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._stop = _Stop(src.duration_s, src.count)
         self._backoff = 0.0
         self._label = f"redis:{stream}"
-        metrics = src.metrics or EngineMetrics()
-        self._probe = metrics.backlog_probe(stream, stream.removeprefix(src.prefix))
+        self._metrics = src.metrics or EngineMetrics()
+        self._partition = stream.removeprefix(src.prefix)
+        self._probe = self._metrics.backlog_probe(stream, self._partition)
+        # Gap detection (docs/reliability.md): a position to compare exists once the
+        # reader resumed or read something; each incident is reported once.
+        self._positioned = resumed
+        self._reported = (0, 0)  # newest deleted id already reported as a gap
+        self._vanished = False  # the stream was found missing and reported
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
         try:
             if self._client is None:
                 self._client = connect(self._src.url)
-            resp: Any = self._client.xread(
-                {self._key: self._last_id}, count=self._stop.budget(self._src.batch_size)
-            )
+            resp: Any = self._read(self._client, self._stop.budget(self._src.batch_size))
         except (redis.ConnectionError, redis.TimeoutError) as err:
-            self._backoff = min(2.0, max(0.05, self._backoff * 2)) * (0.5 + random.random())
+            # Jittered exponential backoff: uniform in [d/2, d], d doubling up to 2 s.
+            self._backoff = min(2.0, max(0.05, self._backoff * 2))
+            delay = self._backoff * (0.5 + random.random() / 2)
             log.warning(
                 "input stream %s on %s unreachable (%s); retrying in %.2fs",
                 self._stream,
                 redact_url(self._src.url),
                 type(err).__name__,
-                self._backoff,
+                delay,
             )
             self._client = None
-            self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff)
+            self._awake = datetime.now(UTC) + timedelta(seconds=delay)
             if self._probe is not None:
                 self._probe.failed()
             return []
@@ -161,8 +176,85 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 produced_ts = None
             items.append(RawItem(label, entry_id.decode(), fields.get(b"event"), now, produced_ts))
         self._last_id = entries[-1][0].decode()
+        self._positioned = True
         self._stop.took(len(items))
         return items
+
+    def _read(self, client: redis.Redis, count: int) -> Any:
+        """``XINFO STREAM`` and ``XREAD`` in one transaction, so a gap is seen before a read."""
+        pipe = client.pipeline(transaction=True)
+        pipe.xinfo_stream(self._key)
+        pipe.xread({self._key: self._last_id}, count=count)
+        info, resp = pipe.execute(raise_on_error=False)
+        if isinstance(resp, Exception):
+            raise resp
+        if self._positioned and self._check_gap(info):
+            return None  # the position was reset: read again from there
+        return resp
+
+    def _check_gap(self, info: Any) -> bool:
+        """Detect, count and log lost input; True when the position was reset."""
+        pos = _stream_id(self._last_id)
+        if isinstance(info, redis.ResponseError):  # no such key
+            if not self._vanished and pos > (0, 0):
+                self._vanished = True
+                self._gap(
+                    "reset",
+                    "no longer exists (deleted, or Redis restarted without persistence); "
+                    "entries it held after the position were never read",
+                )
+            return False
+        if isinstance(info, Exception):
+            raise info
+        last_gen = info.get("last-generated-id")
+        if self._vanished or (last_gen is not None and _stream_id(last_gen) < pos):
+            if not self._vanished:
+                self._gap(
+                    "reset",
+                    f"was recreated behind the reader (last id {last_gen!r}); "
+                    "reading it again from its first entry",
+                )
+            self._vanished = False
+            self._last_id = "0-0"
+            self._reported = (0, 0)
+            return True
+        # Trimming moved the stream's head past the reader (its own entry is gone too),
+        # or, on Redis 7+, XDEL removed an entry after it (max-deleted-entry-id).
+        first = info.get("first-entry")
+        ms, seq = _stream_id(first[0]) if first else (0, 0)
+        newest = (ms, seq - 1)
+        if pos == (0, 0):  # nothing read yet: lost only if entries were ever removed
+            added = info.get("entries-added")  # Redis 7+; unknown before
+            if added is None or int(added) <= int(info.get("length", 0)):
+                newest = (0, 0)
+        max_deleted = info.get("max-deleted-entry-id")
+        if max_deleted is not None:
+            newest = max(newest, _stream_id(max_deleted))
+        if newest > pos and newest > self._reported:
+            self._reported = newest
+            added = info.get("entries-added")  # Redis 7+
+            if added is not None and int(added) <= int(info.get("length", 0)):
+                # Nothing was ever removed from this stream, yet it starts after the
+                # reader: it is a new stream (e.g. Redis restarted without persistence).
+                self._gap("reset", "was recreated; entries before the reader's next read are gone")
+            else:
+                self._gap(
+                    "trimmed",
+                    "lost entries after the reader's position before they were read (trimmed "
+                    "by MAXLEN/MINID or deleted while the engine was behind or down)",
+                )
+        return False
+
+    def _gap(self, kind: str, what: str) -> None:
+        log.error(
+            "input gap (%s): stream %s on %s %s; position %s",
+            kind,
+            self._stream,
+            redact_url(self._src.url),
+            what,
+            self._last_id,
+        )
+        self._metrics.input_gap(self._partition, kind)
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -200,7 +292,9 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: str | None
     ) -> _RedisStreamPartition:
-        return _RedisStreamPartition(self, for_part, resume_state or self.start_id)
+        return _RedisStreamPartition(
+            self, for_part, resume_state or self.start_id, resumed=resume_state is not None
+        )
 
 
 # --- JSONL files ---------------------------------------------------------------

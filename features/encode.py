@@ -27,7 +27,7 @@ from intentflow.features.spec import VALUE_LIMIT
 __all__ = ["Batch", "BatchEncoder", "Encoded", "KeyIndex", "value_hash"]
 
 _ROUTE_LIMIT: Final = 4096
-_HASH_LIMIT: Final = 1 << 16
+_HASH_LIMIT: Final = 1 << 13
 
 
 @dataclass

@@ -214,7 +214,7 @@ def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, firsts: I64, c: int, v:
             if rings[r, 2] >= 0:
                 cnt[row, rings[r, 2] + slot] += 1
                 for j in range(ring_wq_ptr[r], ring_wq_ptr[r + 1]):
-                    if b > firsts[j]:
+                    if b >= firsts[j]:
                         run[row, wq[j, 3]] += 1
             if rings[r, 3] >= 0:
                 sm[row, rings[r, 3] + slot] += v

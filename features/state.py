@@ -249,7 +249,9 @@ class FeatureState:
         self.spec = spec
         self._capacity = initial_capacity
         self._entities = _Table(compile_program(spec, "entity"), initial_capacity)
-        self._accounts = _Table(compile_program(spec, "account"), initial_capacity)
+        self._accounts = _Table(
+            compile_program(spec, "account"), _account_capacity(initial_capacity)
+        )
         self._encoder = BatchEncoder(self._entities.program, self._accounts.program)
         #: Events kept out of some state by the drop policy (accepted False).
         self.late_dropped = 0
@@ -277,6 +279,11 @@ class FeatureState:
     def nbytes(self) -> int:
         """Bytes of the state arrays (allocated capacity of both tables)."""
         return self._entities.nbytes + self._accounts.nbytes
+
+    @property
+    def account_capacity(self) -> int:
+        """Account rows allocated."""
+        return self._accounts.capacity
 
     @property
     def bytes_per_entity(self) -> int:
@@ -361,11 +368,18 @@ class FeatureState:
         state = cls(spec, initial_capacity=1)
         state._capacity = initial_capacity
         state._entities = _Table.restore(state._entities.program, snap.entities, initial_capacity)
-        state._accounts = _Table.restore(state._accounts.program, snap.accounts, initial_capacity)
+        state._accounts = _Table.restore(
+            state._accounts.program, snap.accounts, _account_capacity(initial_capacity)
+        )
         for name, value in snap.counters:
             if name in _COUNTERS:
                 setattr(state, name, value)
         return state
+
+
+def _account_capacity(entity_capacity: int) -> int:
+    """Accounts start at 1/16 of the entity capacity (they are fewer) and grow by doubling."""
+    return max(1, entity_capacity // 16)
 
 
 def _restore(spec: FeatureSpec, snap: FeatureSnapshot, capacity: int) -> FeatureState:

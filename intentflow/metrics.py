@@ -242,6 +242,9 @@ class EngineMetrics:
     def redis_reachable(self, ok: bool) -> None:
         """Result of the health check's Redis PING."""
 
+    def input_gap(self, partition: str, kind: str) -> None:
+        """An input stream lost entries before they were read (``trimmed`` or ``reset``)."""
+
 
 # --- bulk histogram ----------------------------------------------------------------------
 
@@ -361,6 +364,11 @@ class Metrics(EngineMetrics):
             ("stage",),
             buckets=BATCH_BUCKETS,
             registry=reg,
+        )
+        self.input_gaps = counter(
+            "intentflow_source_gaps_total",
+            "Input stream gaps: entries trimmed past the reader, or a stream reset, by partition.",
+            ("partition", "kind"),
         )
         self.backlog = gauge(
             "intentflow_source_backlog_entries",
@@ -546,6 +554,9 @@ class Metrics(EngineMetrics):
 
     def redis_reachable(self, ok: bool) -> None:
         self._redis_ok = ok
+
+    def input_gap(self, partition: str, kind: str) -> None:
+        self.input_gaps.labels(partition, kind).inc()
 
     # -- reading -----------------------------------------------------------------------------
     def exposition(self) -> bytes:

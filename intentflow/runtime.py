@@ -251,12 +251,18 @@ def _check_snapshot(part: Path, step: str, key: str, blob: bytes | None, fix: st
     if blob is None:
         return  # the state was discarded
     try:
-        pickle.loads(blob)
+        snap = pickle.loads(blob)
     except Exception as err:
         raise RecoveryError(
             f"recovery partition {part} holds an unreadable snapshot of {step}/{key} "
             f"({type(err).__name__}: {err}); {fix}"
         ) from err
+    damaged = getattr(snap, "damaged", None)
+    if callable(damaged) and damaged():
+        raise RecoveryError(
+            f"recovery partition {part} holds a damaged snapshot of {step}/{key} "
+            f"(checksum mismatch); {fix}"
+        )
 
 
 def epoch_interval(config: Config) -> timedelta:

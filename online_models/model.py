@@ -466,7 +466,9 @@ class IntentModel:
     def _logits(self, X: FloatArray, names: tuple[str, ...]) -> FloatArray:
         mean, var, w = self._linear_parts(names)
         intercept = float(self._estimator["LogisticRegression"].intercept)
-        result: FloatArray = _standardize(X, mean, var) @ w + intercept
+        # A row-wise sum, not ``@``: BLAS gives a row a different rounding depending on
+        # how many rows share the call, which would make scores depend on batching.
+        result: FloatArray = (_standardize(X, mean, var) * w).sum(axis=1) + intercept
         return result
 
     def score_batch(self, X: FloatArray, names: Sequence[str]) -> FloatArray:

@@ -34,6 +34,9 @@ E2E_KEYS = {
     "engine_cpu_rounds",
     "engine_cpu_live",
     "eps_per_engine_cpu_s",
+    "redis_cpu_rounds",
+    "redis_cpu_live",
+    "backlog_s",
     "offered_rate",
     "achieved_rate",
     "events",
@@ -101,7 +104,10 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     assert doc["throughput_events"] == rounds * (per_round + 1)
     for eps, seconds in zip(doc["eps_rounds"], doc["seconds_rounds"], strict=True):
         assert math.isclose(eps * seconds, per_round + 1, rel_tol=1e-9)
-    if sys.platform == "linux":  # CPU shares come from /proc
+    assert len(doc["redis_cpu_rounds"]) == rounds
+    assert all(c > 0 for c in doc["redis_cpu_rounds"])
+    _positive(doc, "redis_cpu_live")
+    if sys.platform == "linux":  # the engine's CPU time comes from /proc
         assert len(doc["engine_cpu_rounds"]) == rounds
         assert all(c > 0 for c in doc["engine_cpu_rounds"])
         _positive(doc, "engine_cpu_live")
@@ -123,6 +129,8 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
         assert math.isfinite(mid), stage
         assert math.isfinite(tail), stage
         assert mid <= tail, stage
+    assert math.isfinite(doc["backlog_s"])
+    assert doc["backlog_s"] >= 0
     assert doc["dead_letters"] == 0
     if doc["latency_samples"] < 1000:
         assert any("p99.9" in w for w in doc["warnings"])

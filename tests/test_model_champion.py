@@ -19,10 +19,8 @@ NAMES = ("a", "b")
 def stream(n: int, seed: int, *, flip: bool = False, xor: bool = False) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 2))
-    if xor:
-        y = (X[:, 0] > 0) ^ (X[:, 1] > 0)
-    else:
-        y = X[:, 0] + 0.3 * rng.normal(size=n) > 0
+    noisy = X[:, 0] + 0.3 * rng.normal(size=n) > 0
+    y = (X[:, 0] > 0) ^ (X[:, 1] > 0) if xor else noisy
     if flip:
         y = ~y
     return X, y

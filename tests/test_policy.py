@@ -133,7 +133,9 @@ def test_highest_priority_wins_and_ties_go_to_the_first_listed() -> None:
     assert d is not None
     assert (d.action_id, d.channel, d.probability) == ("high", "email", 1.0)
     assert d.priority == pytest.approx(0.8 * 300.0)
-    assert d.why.startswith("score 0.80 ≥ 0.50; highest priority among eligible: high (value 300)")
+    assert d.why.startswith(
+        "score 0.80 ≥ 0.50; highest priority among eligible: high (value 300, acceptance 1.00)"
+    )
 
 
 def test_min_score_of_an_action() -> None:

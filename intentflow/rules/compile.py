@@ -258,8 +258,8 @@ class CompiledRule:
         "detail_plan",
         "details",
         "guards",
-        "index_guard",
         "id",
+        "index_guard",
         "keyword_fields",
         "keyword_ids",
         "position",
@@ -362,7 +362,8 @@ class TypeIndex:
     """The event rules of one event type, indexed by their index guards.
 
     ``plain`` rules have no index guard; ``by_prop`` maps a prop name to
-    {value: rules whose ``props.NAME == "text"`` guard accepts it}; each
+    {value: rules whose ``props.NAME == "text"`` guard accepts it} (merged
+    with ``plain`` beforehand when there is a single such prop); each
     :class:`RangeGroup` holds rules whose index guard is a comparison.
     """
 
@@ -390,8 +391,18 @@ class TypeIndex:
                 groups.setdefault((g.kind, g.name, g.col, g.op), []).append(
                     (g.value, r.position, r)
                 )
+        # With one prop table, its entries are merged with the plain rules beforehand.
         by_prop = tuple(
-            (prop, {v: tuple(rs) for v, rs in table.items()}) for prop, table in tables.items()
+            (
+                prop,
+                {
+                    v: tuple(sorted((*plain, *rs), key=_position))
+                    if len(tables) == 1
+                    else tuple(rs)
+                    for v, rs in table.items()
+                },
+            )
+            for prop, table in tables.items()
         )
         ranges = []
         for (kind, name, col, op), items in groups.items():
@@ -410,20 +421,26 @@ class TypeIndex:
         score: float = 0.0,
     ) -> Sequence[CompiledRule]:
         """The rules worth trying on this event, in file order."""
-        if not self.by_prop and not self.ranges:
-            return self.plain
+        base: Sequence[CompiledRule] = self.plain
         extra: list[CompiledRule] = []
-        for prop, table in self.by_prop:
+        by_prop = self.by_prop
+        if len(by_prop) == 1:  # entries already hold the plain rules
+            prop, table = by_prop[0]
             value = props.get(prop)
             if type(value) is str:
-                found = table.get(value)
-                if found:
-                    extra.extend(found)
+                base = table.get(value, base)
+        else:
+            for prop, table in by_prop:
+                value = props.get(prop)
+                if type(value) is str:
+                    found = table.get(value)
+                    if found:
+                        extra.extend(found)
         for group in self.ranges:
             extra.extend(group.passing(props, row, score))
         if not extra:
-            return self.plain
-        return sorted((*self.plain, *extra), key=_position)
+            return base
+        return sorted((*base, *extra), key=_position)
 
 
 def _position(rule: CompiledRule) -> int:
@@ -578,9 +595,7 @@ def _conjuncts(expr: str) -> list[str] | None:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif depth == 0 and expr.startswith("||", i):
-            return None
-        elif depth == 0 and ch == "?":
+        elif depth == 0 and (ch == "?" or expr.startswith("||", i)):
             return None
         elif depth == 0 and expr.startswith("&&", i):
             terms.append(expr[start:i])
@@ -734,9 +749,7 @@ def _guard(term: str, columns: Mapping[str, int]) -> GuardSpec | None:
     return None
 
 
-def compile_guards(
-    expr: str, columns: Mapping[str, int]
-) -> tuple[tuple[GuardSpec, ...], bool]:
+def compile_guards(expr: str, columns: Mapping[str, int]) -> tuple[tuple[GuardSpec, ...], bool]:
     """Native tests of a condition's top-level conjuncts, and whether they are all of it.
 
     A condition ``A && B && ...`` can only be true when every conjunct is.

@@ -351,7 +351,7 @@ class RuleEngine:
             pool = h[1] if rule.whole_words else h[0]
             if pool:
                 found |= pool & rule.keyword_ids
-        return tuple(sorted(matcher.keywords[i] for i in found))
+        return tuple(matcher.keywords[i] for i in sorted(found))
 
     def _counted(self, rule: CompiledRule, key: str, ts: int) -> bool:
         """Count a matching event; True when it completes ``at_least`` within the window."""
@@ -426,7 +426,8 @@ class RuleEngine:
     ) -> dict[str, Any]:
         d = rule.defn
         spec = d.alert
-        assert spec is not None and spec.action is not None
+        assert spec is not None
+        assert spec.action is not None
         owner = ev.props.get("owner")
         if not isinstance(owner, str) or not owner:
             owner = self.state.owners.get(account_key)
@@ -550,7 +551,9 @@ class RuleEngine:
 
     def _rebuild_heap(self) -> None:
         st = self.state
-        st.heap = [(p.deadline_ms, aid, rid) for aid, per in st.pending.items() for rid, p in per.items()]
+        st.heap = [
+            (p.deadline_ms, aid, rid) for aid, per in st.pending.items() for rid, p in per.items()
+        ]
         heapq.heapify(st.heap)
 
     def _fire_due(
@@ -599,7 +602,8 @@ class RuleEngine:
     ) -> dict[str, Any]:
         spec = rule.defn.alert
         absence = rule.defn.absence
-        assert spec is not None and absence is not None
+        assert spec is not None
+        assert absence is not None
         action_id = spec.action or p.action_id
         channel = rule.channel if spec.action is not None else p.channel
         priority = (

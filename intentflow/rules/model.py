@@ -384,13 +384,13 @@ def _alert(value: object, path: str, *, absence: bool) -> AlertSpec:
     if "fallback" in value:
         fallback = _target(value["fallback"], f"{path}.fallback", allow_owner=False)
         if target != "owner":
-            raise RulesError(f"{path}.fallback: only used with target = \"owner\"")
+            raise RulesError(f'{path}.fallback: only used with target = "owner"')
     deadline = _duration(value.get("deadline", "24h"), f"{path}.deadline", SECOND, 365 * DAY)
     details_raw = value.get("details", {})
     if not isinstance(details_raw, Mapping):
         raise RulesError(f"{path}.details: expected a table of name = 'CEL expression'")
     details: list[tuple[str, str]] = []
-    for name, expr in details_raw.items():
+    for name in details_raw:
         if not _NAME_RE.match(name):
             raise RulesError(f"{path}.details.{name}: names are identifiers (letters, digits, _)")
         text = _expression(details_raw, name, f"{path}.details")
@@ -419,10 +419,14 @@ def _count(value: object, path: str, types: tuple[str, ...]) -> CountSpec:
         raise RulesError(f"{path}: expected a table ([rules.count])")
     _check_keys(value, _COUNT_KEYS, path)
     at_least = value.get("at_least")
-    if isinstance(at_least, bool) or not isinstance(at_least, int) or not 2 <= at_least <= MAX_COUNT:
+    if (
+        isinstance(at_least, bool)
+        or not isinstance(at_least, int)
+        or not 2 <= at_least <= MAX_COUNT
+    ):
         raise RulesError(f"{path}.at_least: an integer 2..{MAX_COUNT}, got {at_least!r}")
     if "within" not in value:
-        raise RulesError(f"{path}.within: missing (e.g. within = \"14d\")")
+        raise RulesError(f'{path}.within: missing (e.g. within = "14d")')
     within = _duration(value["within"], f"{path}.within", SECOND, 365 * DAY)
     gap = _duration(value.get("gap", "0s"), f"{path}.gap", 0, 365 * DAY)
     if gap >= within:
@@ -449,7 +453,7 @@ def _absence(value: object, path: str) -> AbsenceSpec:
         raise RulesError(f"{path}: expected a table ([rules.absence])")
     _check_keys(value, _ABSENCE_KEYS, path)
     if "after" not in value:
-        raise RulesError(f"{path}.after: missing (e.g. after = \"4h\")")
+        raise RulesError(f'{path}.after: missing (e.g. after = "4h")')
     after = _duration(value["after"], f"{path}.after", SECOND, 90 * DAY)
     watch = _strings(value.get("watch", ["*"]), f"{path}.watch", what="trigger ids")
     for i, trig in enumerate(watch):
@@ -521,7 +525,9 @@ def _rule(table: Mapping[str, Any], path: str) -> RuleDef:
     count = _count(table["count"], f"{path}.count", types) if "count" in table else None
     if count is not None and has_adjust:
         raise RulesError(f"{path}.count: a counting rule can only alert")
-    alert = _alert(table["alert"], f"{path}.alert", absence=absence is not None) if has_alert else None
+    alert = (
+        _alert(table["alert"], f"{path}.alert", absence=absence is not None) if has_alert else None
+    )
     adjust = _adjust(table["adjust"], f"{path}.adjust") if has_adjust else None
     if adjust is not None and "cooldown" in table:
         raise RulesError(f"{path}.cooldown: adjustments apply to every matching event")

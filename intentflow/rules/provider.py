@@ -275,9 +275,7 @@ class RulesProvider:
                 )
                 number, recorded_remotely = int(res[0]), True
             except redis.RedisError as err:
-                log.warning(
-                    "rules: cannot record the change in Redis (%s); numbering locally", err
-                )
+                log.warning("rules: cannot record the change in Redis (%s); numbering locally", err)
         new = new.with_number(number)
         record = {
             "event": "applied",

@@ -12,7 +12,6 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-
 from enginekit import fork_context
 
 from intentflow.redisutil import EmbeddedRedis

@@ -259,3 +259,45 @@ def comparable(states: dict[str, dict[str, Any]], probe: np.ndarray) -> dict[str
 def recovery_bytes(recovery_dir: Path) -> int:
     """Bytes on disk of a recovery directory (sqlite files and their journals)."""
     return sum(p.stat().st_size for p in recovery_dir.iterdir() if p.is_file())
+
+
+def holds_sqlite_write_lock(db: Path) -> bool:
+    """Whether another process holds the WAL write lock of the SQLite file ``db``.
+
+    SQLite's unix VFS takes a POSIX lock on byte 120 of ``db-shm`` for the
+    whole of a write transaction; ``F_GETLK`` reports it without taking it.
+    """
+    import fcntl
+    import struct
+
+    shm = Path(f"{db}-shm")
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fmt = "hhqqi4x"  # struct flock on Linux x86-64 / aarch64
+        query = struct.pack(fmt, fcntl.F_WRLCK, os.SEEK_SET, 120, 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        return struct.unpack(fmt, answer)[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+def kill_during_write(engine: Engine, db: Path, timeout_s: float = 30.0) -> bool:
+    """``kill -9`` the engine while it is inside a write transaction of ``db``.
+
+    The engine is frozen with SIGSTOP before each look, so a lock seen held
+    is still held when SIGKILL lands. Returns ``False`` if no write was
+    caught within ``timeout_s`` (the engine is then killed anyway).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and engine.alive():
+        os.kill(engine.pid, signal.SIGSTOP)
+        if holds_sqlite_write_lock(db):
+            engine.kill9()
+            return True
+        os.kill(engine.pid, signal.SIGCONT)
+        time.sleep(0.002)
+    engine.kill9()
+    return False

@@ -1,0 +1,217 @@
+"""``kill -9`` at random points, crashes during start-up and snapshots, crash loops.
+
+The engine runs as a real process against a real redis-server, reading two
+input streams, with a recovery directory. After every crash it is restarted
+on the same directory; at the end, the alert stream (each ``alert_id`` once,
+same action and score), the latest score hashes and the final feature and
+model state (read from the recovery directory) must equal an uninterrupted
+in-memory run over the same input. The engine is deterministic and
+batch-invariant, so any difference is a lost, skipped or doubled event.
+
+The single ``kill -9`` mid-stream against the engine started from the
+command line is in ``tests/test_e2e_redis.py``; this module adds random
+kill points, state equality, start-up and snapshot crashes and crash loops.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.context
+import random
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+from enginekit import (
+    Engine,
+    comparable,
+    counters,
+    engine_args,
+    kill_during_write,
+    recovery_bytes,
+    shard_states,
+    wait_for,
+)
+from flowkit import decisions, demo_config, gen_payloads, items_of, run_memory, scores
+
+from intentflow.commands.produce import Producer
+
+N_EVENTS = 5000
+PROBE = np.random.default_rng(0).normal(size=(64, 64))
+
+
+@dataclass(frozen=True)
+class Reference:
+    payloads: list[bytes]
+    decisions: list[tuple[str, str, float]]
+    scores: dict[str, tuple[str, str]]  # entity -> (score, model version)
+    counters: dict[str, dict[str, int]]
+    state: dict[str, Any]
+    recovery_bytes: int
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The uninterrupted run: in memory, one batch stream, snapshotted at its end."""
+    payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
+    rec = tmp_path_factory.mktemp("reference")
+    out = run_memory(demo_config(), items_of(payloads), recovery_dir=rec)
+    last = {s.entity_id: (repr(float(s.score)), s.model) for s in scores(out)}
+    states = shard_states(rec)
+    return Reference(
+        payloads,
+        decisions(out),
+        last,
+        counters(states),
+        comparable(states, PROBE),
+        recovery_bytes(rec),
+    )
+
+
+def alert_stream(client: redis.Redis) -> list[tuple[str, str, float]]:
+    docs = [orjson.loads(f[b"alert"]) for _id, f in client.xrange("intentflow:alerts")]
+    return [(d["alert_id"], d["action"]["id"], d["score"]) for d in docs]
+
+
+def finish(
+    forkserver: multiprocessing.context.ForkServerContext,
+    url: str,
+    rec: Path,
+    log: Path,
+    ref: Reference,
+    client: redis.Redis,
+) -> None:
+    """Run the engine on ``rec`` until its snapshots cover the whole input, then kill it."""
+    engine = Engine(forkserver, engine_args(url, recovery=rec), log).start()
+    try:
+        wait_for(lambda: counters(shard_states(rec)) == ref.counters, 90, "all input", engine)
+        wait_for(
+            lambda: client.xlen("intentflow:alerts") >= len(ref.decisions), 30, "alerts", engine
+        )
+    finally:
+        engine.kill9()
+
+
+def check_equal(client: redis.Redis, rec: Path, ref: Reference) -> None:
+    """No alert lost or doubled, same scores and state as the uninterrupted run."""
+    stream = alert_stream(client)
+    ids = [a[0] for a in stream]
+    assert len(ids) == len(set(ids)), "an alert_id is in the stream twice"
+    assert sorted(stream) == ref.decisions
+    pipe = client.pipeline(transaction=False)
+    entities = sorted(ref.scores)
+    for entity in entities:
+        pipe.hmget(f"intentflow:score:{entity}", "score", "model")
+    got = {e: (s.decode(), m.decode()) for e, (s, m) in zip(entities, pipe.execute(), strict=True)}
+    assert got == ref.scores
+    assert comparable(shard_states(rec), PROBE) == ref.state
+
+
+def produce(client: redis.Redis, ref: Reference) -> None:
+    Producer(client, "intentflow:events:", 2).send(ref.payloads)
+
+
+@pytest.mark.parametrize("seed", [3, 17, 101])
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
+    seed: int,
+    forkserver: multiprocessing.context.ForkServerContext,
+    redis_url: str,
+    redis_client: redis.Redis,
+    reference: Reference,
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(seed)
+    produce(redis_client, reference)
+    rec, log = tmp_path / "recovery", tmp_path / "engine.log"
+    total = len(reference.decisions)
+    # Three kills, each once the alert stream holds a random share of all alerts,
+    # plus a random delay: the engine dies mid-batch, mid-write or mid-snapshot.
+    marks = sorted(rng.uniform(0.05, 0.75) for _ in range(3))
+    seen_at_kill = []
+    for i, share in enumerate(marks):
+        engine = Engine(forkserver, engine_args(redis_url, recovery=rec, init=i == 0), log)
+        engine.start()
+        try:
+            wait_for(
+                lambda share=share: redis_client.xlen("intentflow:alerts") >= share * total,
+                60,
+                f"{share:.0%} of the alerts",
+                engine,
+            )
+            time.sleep(rng.uniform(0.0, 0.05))
+        finally:
+            engine.kill9()
+        seen_at_kill.append(redis_client.xlen("intentflow:alerts"))
+    assert any(0 < n < total for n in seen_at_kill), f"no kill mid-stream: {seen_at_kill}"
+    finish(forkserver, redis_url, rec, log, reference, redis_client)
+    check_equal(redis_client, rec, reference)
+
+
+def test_crash_after_init_before_the_first_snapshot_resumes_from_the_start(
+    forkserver: multiprocessing.context.ForkServerContext,
+    redis_url: str,
+    redis_client: redis.Redis,
+    reference: Reference,
+    tmp_path: Path,
+) -> None:
+    produce(redis_client, reference)
+    rec, log = tmp_path / "recovery", tmp_path / "engine.log"
+    engine = Engine(
+        forkserver, engine_args(redis_url, recovery=rec, init=True, snapshot_s=30.0), log
+    )
+    engine.start()
+    try:
+        wait_for(lambda: any(rec.glob("part-*.sqlite3")), 30, "the recovery directory", engine)
+    finally:
+        engine.kill9()
+    assert shard_states(rec) == {}, "killed after its first snapshot: nothing to test"
+    # Restarted without --init-recovery: the directory exists, holds no snapshot, so
+    # the engine starts from the beginning of the input (nothing was committed yet).
+    finish(forkserver, redis_url, rec, log, reference, redis_client)
+    check_equal(redis_client, rec, reference)
+
+
+def test_crash_loop_during_start_up_and_snapshots_stays_exact_and_bounded(
+    forkserver: multiprocessing.context.ForkServerContext,
+    redis_url: str,
+    redis_client: redis.Redis,
+    reference: Reference,
+    tmp_path: Path,
+) -> None:
+    """Ten crashes: during start-up (resume), and inside snapshot write transactions."""
+    rng = random.Random(2024)
+    produce(redis_client, reference)
+    rec, log = tmp_path / "recovery", tmp_path / "engine.log"
+    db = rec / "part-0.sqlite3"
+    in_snapshot = 0
+    for i in range(10):
+        args = engine_args(redis_url, recovery=rec, init=i == 0, snapshot_s=0.05)
+        engine = Engine(forkserver, args, log).start()
+        if i % 2 == 0:
+            # Start-up: within the first half second (loading state, first epochs).
+            time.sleep(rng.uniform(0.05, 0.5))
+            engine.kill9()
+        else:
+            time.sleep(rng.uniform(0.0, 0.3))
+            in_snapshot += kill_during_write(engine, db, timeout_s=20.0)
+        assert engine.exitcode == -9 or engine.exitcode is None or engine.exitcode != 0, (
+            "the engine must not have finished on its own"
+        )
+    assert in_snapshot >= 3, f"only {in_snapshot} of 5 kills landed inside a snapshot write"
+    finish(forkserver, redis_url, rec, log, reference, redis_client)
+    check_equal(redis_client, rec, reference)
+    # Bounded: old snapshots are collected; ten executions add a few rows, not states.
+    with closing(sqlite3.connect(db)) as con:
+        per_key = con.execute(
+            "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM snaps GROUP BY step_id, state_key)"
+        ).fetchone()[0]
+        executions = con.execute("SELECT COUNT(*) FROM exs").fetchone()[0]
+    assert executions == 11
+    assert per_key <= 3, f"{per_key} snapshots kept per state key"
+    assert recovery_bytes(rec) <= 4 * reference.recovery_bytes + (1 << 20)
