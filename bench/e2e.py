@@ -277,6 +277,7 @@ class Latency:
     events: int
     alerts: int
     latencies: list[float]
+    at_s: list[float]  # when each sample's event was produced, seconds into the live phase
     queue: list[float]  # ingest_ts - produced_ts
     engine: list[float]  # emit_ts - ingest_ts
     sink_read: list[float]  # read time - emit_ts
@@ -369,6 +370,7 @@ def measure_latency(
         producer.start()
         cpu0, rcpu0, t0 = engine.cpu_seconds(), redis_cpu_seconds(client), time.monotonic()
         lat: list[float] = []
+        at_s: list[float] = []
         stages: tuple[list[float], list[float], list[float]] = ([], [], [])
         alerts = 0
         summary: tuple[int, float, int] | None = None
@@ -406,6 +408,7 @@ def measure_latency(
                 if not isinstance(produced, int | float) or produced < live_from:
                     continue  # not caused by a live event: no latency sample
                 lat.append(read_ts - produced)
+                at_s.append((produced - live_from) / 1000.0)
                 stages[0].append(alert["ingest_ts"] - produced)
                 stages[1].append(alert["emit_ts"] - alert["ingest_ts"])
                 stages[2].append(read_ts - alert["emit_ts"])
@@ -428,6 +431,7 @@ def measure_latency(
         events=sent,
         alerts=alerts,
         latencies=lat,
+        at_s=at_s,
         queue=stages[0],
         engine=stages[1],
         sink_read=stages[2],
@@ -513,6 +517,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "redis_cpu_rounds": tp.redis_cpu,
         "redis_cpu_live": lt.redis_cpu,
         "backlog_s": lt.backlog_s,
+        "latency_by_second": timeline(lt.at_s, lt.latencies),
         "offered_rate": lt.offered_rate,
         "achieved_rate": lt.achieved_rate,
         "events": lt.events,
@@ -554,6 +559,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ("CPU while live: engine / Redis", f"{lt.engine_cpu:.0%} / {lt.redis_cpu:.0%}"),
         ("backlog when the producer stopped", f"{lt.backlog_s:.2f} s"),
         ("latency samples", f"{samples:,}"),
+        ("busiest second: alerts, p50", _busiest(figures["latency_by_second"])),
         ("latency p50 / p99", f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms"),
         ("latency p99.9 / max", f"{f['p999_ms']:.2f} / {f['max_ms']:.2f} ms"),
         (
@@ -570,6 +576,30 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ),
     ]
     return Result(figures=figures, rows=rows, warnings=warnings)
+
+
+def timeline(at_s: list[float], latencies: list[float]) -> list[dict[str, float]]:
+    """Samples per second of the live phase (by production time), with p50 and max.
+
+    >>> for row in timeline([0.1, 0.5, 2.0], [3.0, 5.0, 4.0]):
+    ...     print(row)
+    {'s': 0, 'alerts': 2, 'p50_ms': 3.0, 'max_ms': 5.0}
+    {'s': 2, 'alerts': 1, 'p50_ms': 4.0, 'max_ms': 4.0}
+    """
+    by_s: dict[int, list[float]] = {}
+    for t, v in zip(at_s, latencies, strict=True):
+        by_s.setdefault(int(t), []).append(v)
+    return [
+        {"s": k, "alerts": len(v), "p50_ms": percentile(v, 50), "max_ms": max(v)}
+        for k, v in sorted(by_s.items())
+    ]
+
+
+def _busiest(rows: list[dict[str, float]]) -> str:
+    if not rows:
+        return "-"
+    top = max(rows, key=lambda r: r["alerts"])
+    return f"s {top['s']:.0f}: {top['alerts']:.0f} alerts, {top['p50_ms']:.1f} ms"
 
 
 def _share(before: float | None, after: float | None, seconds: float) -> float:

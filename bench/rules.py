@@ -56,6 +56,32 @@ _WORDS_ZH: Final = (
 )  # fmt: skip
 _CATEGORIES: Final = ("pricing", "product", "blog", "docs", "case_study", "careers", "home")
 _ACTIONS: Final = ("call_now", "book_demo", "send_case_study", "nurture_email", "offer_discount")
+#: "Hot" rules: a feature threshold and the event types they watch.
+_HOT: Final = (
+    ("page_views__count__1h", '["page_view"]'),
+    ("pricing_views__count__7d", '["page_view"]'),
+    ("chat_messages__count__24h", '["chat_message"]'),
+    ("email_clicks__count__7d", '["email_click", "email_open"]'),
+    ("cart_adds__count__24h", '["cart_add"]'),
+    ("form_submits__count__7d", '["form_submit"]'),
+    ("product_views__count__24h", '["page_view", "click"]'),
+    ("support_tickets__count__7d", '["ticket"]'),
+    ("account_activity__count__7d", '["crm_activity", "email_open"]'),
+    ("activity__count__24h", '["click"]'),
+)
+#: Event types counted by counting rules.
+_COUNTED: Final = (
+    "page_view",
+    "email_open",
+    "click",
+    "chat_message",
+    "form_submit",
+    "page_view",
+    "email_click",
+    "crm_activity",
+    "ticket",
+    "mention",
+)
 
 
 @dataclass(frozen=True)
@@ -90,9 +116,10 @@ def _generated(i: int) -> str:
             f"props.duration_s > {240 + 5 * i}'\n{alert}"
         )
     if kind == 1:
+        feature, types = _HOT[(i // 10) % len(_HOT)]
         return (
-            f'[[rules]]\nid = "{rid}"\ntypes = ["page_view", "click"]\ncooldown = "12h"\n'
-            f"when = 'features.page_views__count__1h >= {8 + i % 5}.0 && score >= 0.{8 + i % 2}'\n"
+            f'[[rules]]\nid = "{rid}"\ntypes = {types}\ncooldown = "12h"\n'
+            f"when = 'features.{feature} >= {8 + i % 5}.0 && score >= 0.{8 + i % 2}'\n"
             f"{alert}"
         )
     if kind == 2:
@@ -121,10 +148,11 @@ def _generated(i: int) -> str:
             f"{2 + i % 4}.0'\n[rules.adjust]\nboost = 1.{1 + i % 5}\n"
         )
     if kind == 7:
+        counted = _COUNTED[(i // 10) % len(_COUNTED)]
         return (
-            f'[[rules]]\nid = "{rid}"\ntypes = ["page_view"]\nscope = "account"\n'
+            f'[[rules]]\nid = "{rid}"\ntypes = ["{counted}"]\nscope = "account"\n'
             f'cooldown = "1d"\n[rules.count]\nat_least = {3 + i % 4}\nwithin = "1d"\n'
-            f'gap = "10m"\nreset_types = ["form_submit"]\n{alert}'
+            f'gap = "10m"\nreset_types = ["purchase"]\n{alert}'
         )
     if kind == 8:
         return (

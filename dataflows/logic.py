@@ -252,10 +252,13 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         if a >= b:
             return
         scores = self.model.score_batch(feats[a:b], self._names)
+        only = self._parts.model.scored_types
         if self.side:
-            self.side.process_segment(events, feats, a, b, self._names)
+            self.side.process_segment(events, feats, a, b, self._names, only)
         if self._parts.score_log:
-            self._logged.append(ScoreLogBatch.of(events, a, b, scores, self.model.version))
+            self._logged.append(
+                ScoreLogBatch.of(events, a, b, scores, self.model.version, self._parts.model)
+            )
         ready = self.model.ready
         version = self.model.version  # the model that scored this segment
         now_ms = time.time() * 1000.0
@@ -272,6 +275,8 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
             if ev.type == "outcome":
                 policy.feedback(ev)
                 continue
+            if only is not None and ev.type not in only:
+                continue  # not a scored type (model.score_types)
             score = float(scores[j - a])
             self._latest[ev.entity_id] = (score, ev.ts_ms, version)
             labels.observe(ev.entity_id, ev.ts_ms, feats[j], score)

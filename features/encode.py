@@ -2,10 +2,11 @@
 
 For each event the filters decide a route per table (which signal columns
 take 1.0, which take a numeric prop, which distinct tables take a value).
-Routes depend only on the event type and the props the filters read, so
-they are memoised under ``(type, normalised prop values)`` and numbered; an
-event then costs a dict lookup and a few list appends (plus a prop read for
-valued or distinct features). The kernels expand the route ids.
+Routes depend only on the event type and the classes of the props the
+filters read (:func:`~intentflow.features.filters.classify`), so they are
+memoised under ``(type, classes)`` and numbered; an event then costs a dict
+lookup and a few list appends (plus a prop read for valued or distinct
+features). The kernels expand the route ids.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ import numpy as np
 import numpy.typing as npt
 
 from intentflow.events import Event
-from intentflow.features.program import BOOL_KEYS, TableProgram, norm, route_for
+from intentflow.features.filters import (
+    BOOL_KEYS,
+    Group,
+    KeyPart,
+    classify,
+    key_parts,
+    norm,
+    route_for,
+)
+from intentflow.features.program import TableProgram
 from intentflow.features.spec import VALUE_LIMIT
 
 __all__ = ["Batch", "BatchEncoder", "Encoded", "KeyIndex", "value_hash"]
@@ -148,10 +158,16 @@ class BatchEncoder:
     def __init__(self, entity: TableProgram, account: TableProgram) -> None:
         self._programs = (entity, account)
         types = {*entity.by_type, *account.by_type}
-        self._key_props = {t: self._props(t) for t in types}
-        self._any_key_props = self._props(None)
+        self._parts = {t: self._key_parts(t) for t in types}
+        self._any_parts = self._key_parts(None)
         self._hashes = _HashCache()
         self._reset_routes()
+
+    def _key_parts(self, etype: str | None) -> tuple[KeyPart, ...]:
+        groups: list[Group] = []
+        for p in self._programs:
+            groups.extend(p.by_type.get(etype, p.any_type) if etype else p.any_type)
+        return key_parts(groups)
 
     def _reset_routes(self) -> None:
         self._route_ids: dict[object, int] = {}
@@ -165,15 +181,9 @@ class BatchEncoder:
             None,
         ]
 
-    def _props(self, etype: str | None) -> tuple[str, ...]:
-        props: set[str] = set()
-        for p in self._programs:
-            props.update(p.key_props.get(etype, p.any_key_props) if etype else p.any_key_props)
-        return tuple(sorted(props))
-
     def _new_route(self, key: object, etype: str, props: Mapping[str, Any]) -> int:
-        keys = self._key_props.get(etype, self._any_key_props)
-        values = {k: norm(props.get(k)) for k in keys}
+        parts = self._parts.get(etype, self._any_parts)
+        values = {part.prop: norm(props.get(part.prop)) for part in parts}
         rid = len(self._route_ids)
         for t, p in enumerate(self._programs):
             units, _, valued, distinct = route_for(p.by_type.get(etype, p.any_type), values)
@@ -222,27 +232,24 @@ class BatchEncoder:
         e_rows, a_rows = batch.entity.rows, batch.account.rows
         e_get, a_get = entity.index.get, (account.index.get if account else None)
         e_extras, a_extras = self._extras
-        key_props, any_props = self._key_props, self._any_key_props
+        all_parts, any_parts = self._parts, self._any_parts
         route_ids = self._route_ids
         for i, ev in enumerate(events):
             etype = ev.type
             props = ev.props
-            keys = key_props.get(etype, any_props)
-            if not keys:
+            parts = all_parts.get(etype, any_parts)
+            if not parts:
                 key: Any = etype
-            elif len(keys) == 1:
-                x: Any = props.get(keys[0])
+            elif len(parts) == 1 and not parts[0].compare:  # the common case, inlined
+                x: Any = props.get(parts[0].prop)
                 tx = type(x)
                 if tx is bool:
                     x = BOOL_KEYS[x]
-                elif tx is float:
-                    if x != x:
-                        x = None
-                elif tx is not str and tx is not int:
+                elif tx is not str and tx is not int and tx is not float:
                     x = None
-                key = (etype, x)
+                key = (etype, x if x in parts[0].equal else None)
             else:
-                key = (etype, *[norm(props.get(k)) for k in keys])
+                key = (etype, *[classify(norm(props.get(p.prop)), p) for p in parts])
             rid = route_ids.get(key)
             if rid is None:
                 rid = self._new_route(key, etype, props)

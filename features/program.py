@@ -2,8 +2,7 @@
 
 Done once at start-up: per key kind ("entity", "account") one
 :class:`TableProgram` with the ring/decay/distinct layout, the output program
-and precompiled filters (event type -> matchers), so that encoding an event
-is a dict lookup and a few prop comparisons.
+and the filter groups of each event type.
 """
 
 from __future__ import annotations
@@ -11,21 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from intentflow.features import kernels as kern
+from intentflow.features.filters import Conds, Group, Route, compile_conditions
 from intentflow.features.spec import HOUR, FeatureSpec, ring_slots
 
-__all__ = ["BOOL_KEYS", "Group", "Route", "TableProgram", "compile_program", "norm", "route_for"]
-
-#: Booleans are looked up under these keys so that true never equals 1
-#: (a JSON prop value is never a tuple).
-BOOL_KEYS: Final = {True: ("bool", True), False: ("bool", False)}
-
-Conds = tuple[tuple[str, frozenset[object]], ...]
+__all__ = ["TableProgram", "compile_program"]
 
 _KIND: Final = {
     "count": kern.K_COUNT,
@@ -51,52 +45,6 @@ _STATS: Final = {
 _STAT_ORDER: Final = ("cnt", "sum", "min", "max")
 
 
-class Route(NamedTuple):
-    """What an event contributes once its filters are decided.
-
-    ``unit_cols`` take 1.0 (``ones`` is a tuple of 1.0 of the same length);
-    ``valued`` are ``(column, value prop)``; ``distinct`` are ``(table,
-    source)`` with source "entity_id", "account_id" or a prop name.
-    """
-
-    unit_cols: tuple[int, ...]
-    ones: tuple[float, ...]
-    valued: tuple[tuple[int, str], ...]
-    distinct: tuple[tuple[int, str], ...]
-
-
-class Group(NamedTuple):
-    """Targets that share one filter: every ``(prop, allowed)`` of ``conds`` holds."""
-
-    conds: Conds
-    route: Route
-
-
-def norm(x: object) -> object:
-    """A prop value as filters compare it: scalars (booleans as BOOL_KEYS), else None."""
-    t = type(x)
-    if t is str or t is int:
-        return x
-    if t is bool:
-        return BOOL_KEYS[x]  # type: ignore[index]
-    if t is float and x == x:
-        return x
-    return None
-
-
-def route_for(groups: tuple[Group, ...], values: Mapping[str, object]) -> Route:
-    """The route of an event whose normalised filter props are ``values``."""
-    units: list[int] = []
-    valued: list[tuple[int, str]] = []
-    distinct: list[tuple[int, str]] = []
-    for conds, route in groups:
-        if all(values[prop] in allowed for prop, allowed in conds):
-            units.extend(route.unit_cols)
-            valued.extend(route.valued)
-            distinct.extend(route.distinct)
-    return Route(tuple(units), (1.0,) * len(units), tuple(valued), tuple(distinct))
-
-
 @dataclass(frozen=True)
 class TableProgram:
     """Layout, output program and matchers of one key kind."""
@@ -117,8 +65,6 @@ class TableProgram:
     outx: npt.NDArray[np.float64]
     by_type: Mapping[str, tuple[Group, ...]]  # event type -> filter groups
     any_type: tuple[Group, ...]  # groups of types not listed in by_type
-    key_props: Mapping[str, tuple[str, ...]]  # event type -> props its filters read
-    any_key_props: tuple[str, ...]
 
     @property
     def n_outputs(self) -> int:
@@ -127,11 +73,7 @@ class TableProgram:
 
 
 def _conds(spec: FeatureSpec, index: int) -> Conds:
-    out = []
-    for c in spec.features[index].where:
-        allowed = frozenset(BOOL_KEYS[v] if isinstance(v, bool) else v for v in c.values)
-        out.append((c.prop, allowed))
-    return tuple(sorted(out, key=lambda pa: pa[0]))
+    return compile_conditions(spec.features[index].where)
 
 
 def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
@@ -262,8 +204,6 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
         outx=np.array(outx, dtype=np.float64),
         by_type=by_type,
         any_type=any_type,
-        key_props={t: _props_of(g) for t, g in by_type.items()},
-        any_key_props=_props_of(any_type),
     )
 
 
@@ -295,7 +235,3 @@ def _groups(
         return tuple(groups)
 
     return {t: build(t) for t in named}, build(None)
-
-
-def _props_of(groups: tuple[Group, ...]) -> tuple[str, ...]:
-    return tuple(sorted({prop for g in groups for prop, _ in g.conds}))

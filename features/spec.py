@@ -37,6 +37,7 @@ from intentflow.events import KNOWN_TYPES
 
 __all__ = [
     "AGGREGATIONS",
+    "COMPARISONS",
     "MAX_WINDOW_MS",
     "MIN_WINDOW_MS",
     "TIER_SIZES_MS",
@@ -114,11 +115,15 @@ _FEATURE_KEYS: Final = (
 )
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PROP_RE: Final = re.compile(r"^props\.([A-Za-z_][A-Za-z0-9_]*)$")
-_WHERE_RE: Final = re.compile(r"^\s*props\.([A-Za-z_][A-Za-z0-9_]*)\s*(==|\bin\b)\s*(.+?)\s*$")
+_WHERE_RE: Final = re.compile(
+    r"^\s*props\.([A-Za-z_][A-Za-z0-9_]*)\s*(==|<=|>=|<|>|\bin\b)\s*(.+?)\s*$"
+)
+#: Comparison operators of ``where`` conditions (numbers only).
+COMPARISONS: Final = ("<", "<=", ">", ">=")
 _DURATION_RE: Final = re.compile(r"^([0-9]{1,9})([smhd])$")
 _WHERE_HINT: Final = (
-    "use 'props.NAME == VALUE' or 'props.NAME in [VALUE, ...]' with JSON values, "
-    'e.g. props.category in ["pricing", "product"]'
+    "use 'props.NAME == VALUE', 'props.NAME in [VALUE, ...]' with JSON values, "
+    'e.g. props.category in ["pricing", "product"], or props.NAME < NUMBER (also <=, >, >=)'
 )
 
 Scalar = str | int | float | bool
@@ -183,12 +188,20 @@ def ring_slots(window_ms: int, size_ms: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """``props.<prop>`` must equal one of ``values`` (see docs/features.md for equality)."""
+    """A filter on ``props.<prop>``.
+
+    ``op`` "in": the prop equals one of ``values`` (see docs/features.md for
+    equality); a comparison ("<", "<=", ">", ">="): the prop is a number and
+    compares so with ``values[0]``.
+    """
 
     prop: str
+    op: str
     values: tuple[Scalar, ...]
 
     def __str__(self) -> str:
+        if self.op != "in":
+            return f"props.{self.prop} {self.op} {json.dumps(self.values[0])}"
         if len(self.values) == 1:
             return f"props.{self.prop} == {json.dumps(self.values[0])}"
         return f"props.{self.prop} in {json.dumps(list(self.values))}"
@@ -324,7 +337,7 @@ def _normalised(d: FeatureDef) -> dict[str, Any]:
         "name": d.name,
         "key": d.key,
         "types": list(d.types),
-        "where": [[c.prop, [[type(v).__name__, v] for v in c.values]] for c in d.where],
+        "where": [[c.prop, c.op, [[type(v).__name__, v] for v in c.values]] for c in d.where],
         "value": d.value,
         "aggregations": list(d.aggregations),
         "windows": list(d.windows),
@@ -375,17 +388,27 @@ def _parse_where(value: object, path: str) -> tuple[Condition, ...]:
             parsed = json.loads(rhs)
         except ValueError as exc:
             raise ConfigError(f"{p}: {rhs!r} is not a JSON value ({_WHERE_HINT})") from exc
-        values = [parsed] if op == "==" else parsed
-        if op == "in" and (not isinstance(parsed, list) or not parsed):
-            raise ConfigError(f"{p}: 'in' needs a non-empty JSON list ({_WHERE_HINT})")
-        for v in values:
-            if not isinstance(v, str | int | float) or (
-                isinstance(v, float) and not math.isfinite(v)
-            ):
-                raise ConfigError(f"{p}: {v!r} is not a string, number or boolean")
-        if any(c.prop == prop for c in conds):
-            raise ConfigError(f"{p}: props.{prop} is already constrained")
-        conds.append(Condition(prop, tuple(values)))
+        if op in COMPARISONS:
+            if isinstance(parsed, bool) or not isinstance(parsed, int | float):
+                raise ConfigError(f"{p}: {op!r} needs a number, got {rhs!r}")
+            if not math.isfinite(parsed):
+                raise ConfigError(f"{p}: {rhs!r} is not a finite number")
+            cond = Condition(prop, op, (parsed,))
+        else:
+            values = [parsed] if op == "==" else parsed
+            if op == "in" and (not isinstance(parsed, list) or not parsed):
+                raise ConfigError(f"{p}: 'in' needs a non-empty JSON list ({_WHERE_HINT})")
+            for v in values:
+                if not isinstance(v, str | int | float) or (
+                    isinstance(v, float) and not math.isfinite(v)
+                ):
+                    raise ConfigError(f"{p}: {v!r} is not a string, number or boolean")
+            if any(c.prop == prop and c.op == "in" for c in conds):
+                raise ConfigError(f"{p}: props.{prop} already has an == or in condition")
+            cond = Condition(prop, "in", tuple(values))
+        if cond in conds:
+            raise ConfigError(f"{p}: the same condition is listed twice")
+        conds.append(cond)
     return tuple(conds)
 
 

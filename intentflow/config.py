@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "EngineSection",
     "InputSection",
+    "KafkaSection",
     "OutputSection",
     "RecoverySection",
     "RedisSection",
@@ -56,7 +57,7 @@ class RedisSection:
 class InputSection:
     """Where events come from."""
 
-    source: str = "redis"  # redis | file | generator
+    source: str = "redis"  # redis | file | generator | kafka
     partitions: int = 1
     events_prefix: str = "intentflow:events:"
     batch_size: int = 1000
@@ -82,6 +83,8 @@ class OutputSection:
     seen_ttl_s: int = 7 * 86400
     max_retries: int = 8
     score_log: str = ""  # every score, for offline evaluation: a JSONL path or redis:STREAM
+    sink: str = "redis"  # redis | redis-cluster (cluster_url) | kafka ([kafka] section)
+    cluster_url: str = ""  # a Redis Cluster node for sink = "redis-cluster" (docs/scaling.md)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,21 @@ class EngineSection:
     housekeeping_interval_s: float = 60.0  # event time between evictions/trims
     learn_tick_s: float = 1.0  # event time between model updates from matured labels
     model_file: str = ""  # warm-start every fresh shard's model from this exported model file
+    affinity: bool = False  # one input partition per shard, read where it is owned (scaling.md)
+
+
+@dataclass(frozen=True)
+class KafkaSection:
+    """Kafka input (``input.source = "kafka"``) and alert sink (``output.sink = "kafka"``)."""
+
+    brokers: str = ""  # bootstrap servers, host:port[,host:port...]
+    events_topic: str = "intentflow-events"  # one topic partition per input partition
+    alerts_topic: str = "intentflow-alerts"
+    scores_topic: str = "intentflow-scores"  # latest scores keyed by entity; "": not written
+    dlq_topic: str = "intentflow-dlq"
+    properties: str = ""  # a client properties file (security.protocol, sasl.*, ssl.*)
+    delivery_timeout_s: float = 30.0  # a record not acknowledged by then fails the batch
+    tail: bool = True  # false: stop at the end of every partition (replays)
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,7 @@ _SECTIONS: dict[str, type] = {
     "recovery": RecoverySection,
     "limits": Limits,
     "rules": RulesSection,
+    "kafka": KafkaSection,
 }
 #: Sections handed as raw tables to their components, which validate them.
 _COMPONENT_SECTIONS = ("features", "model", "labels", "actions", "generator")
@@ -143,6 +162,7 @@ class Config:
     recovery: RecoverySection = field(default_factory=RecoverySection)
     limits: Limits = field(default_factory=Limits)
     rules: RulesSection = field(default_factory=RulesSection)
+    kafka: KafkaSection = field(default_factory=KafkaSection)
     features: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, Any] = field(default_factory=dict)
@@ -170,6 +190,7 @@ class Config:
             value = getattr(self, f.name)
             data[f.name] = dict(value) if isinstance(value, Mapping) else _asdict(value)
         data["redis"]["url"] = redact_url(self.redis.url) if self.redis.url else ""
+        data["output"]["cluster_url"] = redact_url(self.output.cluster_url)
         return data
 
     def config_hash(self) -> str:
@@ -246,9 +267,13 @@ def _validate(obj: Any, where: str) -> None:
             raise ConfigError(f"{where}.{f.name}: must be > 0, got {value!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{where}.{f.name}: must be >= 0, got {value!r}")
-    if isinstance(obj, InputSection) and obj.source not in {"redis", "file", "generator"}:
+    if isinstance(obj, OutputSection) and obj.sink not in {"redis", "redis-cluster", "kafka"}:
         raise ConfigError(
-            f"{where}.source: {obj.source!r} is not a source (use redis, file or generator)"
+            f"{where}.sink: {obj.sink!r} is not a sink (use redis, redis-cluster or kafka)"
+        )
+    if isinstance(obj, InputSection) and obj.source not in {"redis", "file", "generator", "kafka"}:
+        raise ConfigError(
+            f"{where}.source: {obj.source!r} is not a source (use redis, file, generator or kafka)"
         )
 
 

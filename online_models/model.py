@@ -91,6 +91,8 @@ class ModelConfig:
 
     ``calibration = "platt"`` maps the estimator's score through an online
     Platt scaler fitted on progressive (score-before-learning) pairs.
+    ``score_types`` limits the events that are scored, become decision points
+    and can alert (empty: every type but ``outcome``).
     ``learn_fraction`` < 1 learns only that share of the labelled rows (every
     row is still validated), a deterministic thinning for the costly tree
     kinds. ``learn = false`` freezes the model (it still validates).
@@ -121,6 +123,7 @@ class ModelConfig:
     promote_metric: str = "log_loss"
     promote_margin: float = 0.01
     promote_min_labels: int = 500
+    score_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -159,6 +162,20 @@ class ModelConfig:
             raise InvalidFieldError(
                 "promote_min_labels", f"must be >= 1, got {self.promote_min_labels!r}"
             )
+        if self.promote_min_labels > self.metrics_window:
+            raise InvalidFieldError(
+                "promote_min_labels",
+                f"must be <= metrics_window ({self.metrics_window}), the size of the comparison "
+                f"window, got {self.promote_min_labels!r}",
+            )
+        if not self.learn and (self.on_drift != "log" or self.challenger):
+            raise InvalidFieldError(
+                "learn",
+                "a frozen model (learn = false) cannot be reset or challenged: "
+                'use on_drift = "log" and no challenger',
+            )
+        if "outcome" in self.score_types:
+            raise InvalidFieldError("score_types", "outcome events are feedback, never scored")
         if not self.lr > 0:
             raise InvalidFieldError("lr", f"must be > 0, got {self.lr!r}")
         if self.l2 < 0:
@@ -171,6 +188,17 @@ class ModelConfig:
         for key in ("metrics_window", "n_models"):
             if getattr(self, key) < 1:
                 raise InvalidFieldError(key, f"must be >= 1, got {getattr(self, key)!r}")
+
+    @property
+    def scored_types(self) -> frozenset[str] | None:
+        """The event types that are scored, or None for every type but ``outcome``."""
+        return frozenset(self.score_types) if self.score_types else None
+
+    def is_scored(self, event_type: str) -> bool:
+        """Whether an event of this type is scored (outcomes never are)."""
+        if event_type == "outcome":
+            return False
+        return not self.score_types or event_type in self.score_types
 
     @classmethod
     def from_dict(cls, data: object, where: str = "model") -> ModelConfig:

@@ -100,6 +100,51 @@ def _truthy(value: Any) -> bool:
     return False
 
 
+class _Env:
+    """The variables of ``eligible_if`` for one decision, built once and only as needed.
+
+    CEL converts every value it is given, so an expression gets only the
+    variables it references (``features`` is the costly one).
+    """
+
+    __slots__ = ("_features", "customer", "event", "names", "row", "score")
+
+    def __init__(
+        self,
+        event: Event,
+        score: float,
+        customer: bool,
+        row: NDArray[np.float64],
+        names: Sequence[str],
+    ) -> None:
+        self.event = {
+            "type": event.type,
+            "entity_id": event.entity_id,
+            "account_id": event.account_id,
+            "props": event.props,
+        }
+        self.score = score
+        self.customer = customer
+        self.row = row
+        self.names = names
+        self._features: dict[str, float] | None = None
+
+    def for_variables(self, variables: frozenset[str] | None) -> dict[str, Any]:
+        env: dict[str, Any] = {}
+        if variables is None or "event" in variables:
+            env["event"] = self.event
+        if variables is None or "score" in variables:
+            env["score"] = self.score
+        if variables is None or "customer" in variables:
+            env["customer"] = self.customer
+        if variables is None or "features" in variables:
+            if self._features is None:
+                values = np.asarray(self.row).tolist()
+                self._features = dict(zip(self.names, values, strict=True))
+            env["features"] = self._features
+        return env
+
+
 class _EntityState:
     """What the policy remembers about one entity."""
 
@@ -155,6 +200,7 @@ class Policy:
         self._names: tuple[str, ...] | None = None
         self._customer_col: int | None = None
         self._programs: dict[str, Any] = {}  # compiled eligible_if, rebuilt after unpickling
+        self._rng: np.random.Generator | None = None  # reseeded for every decision
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "decisions",
@@ -176,6 +222,7 @@ class Policy:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_programs"] = {}  # compiled CEL programs do not pickle
+        state["_rng"] = None  # reseeded from the alert id before every use
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -269,14 +316,16 @@ class Policy:
             return f"{owner} at capacity ({action.owner_daily_capacity} a day)"
         return ""
 
-    def _expression_blocks(self, action: Action, env: dict[str, Any]) -> str:
-        program = self._programs.get(action.id)
-        if program is None:
+    def _expression_blocks(self, action: Action, env: _Env) -> str:
+        entry = self._programs.get(action.id)
+        if entry is None:
             assert action.eligible_if is not None
             program = compile_eligibility(action.eligible_if, f"{action.id}.eligible_if")
-            self._programs[action.id] = program
+            entry = (program, frozenset(program.variables()))
+            self._programs[action.id] = entry
+        program, variables = entry
         try:
-            result = program.execute(env)
+            result = program.execute(env.for_variables(variables))
         except Exception as err:  # any evaluation error makes the action ineligible
             self.counts["eligibility_errors"] += 1
             return f"eligible_if failed ({type(err).__name__})"
@@ -296,17 +345,7 @@ class Policy:
         names: Sequence[str],
     ) -> dict[str, Any]:
         """The variables of an ``eligible_if`` expression."""
-        return {
-            "event": {
-                "type": event.type,
-                "entity_id": event.entity_id,
-                "account_id": event.account_id,
-                "props": event.props,
-            },
-            "features": dict(zip(names, np.asarray(features_row).tolist(), strict=True)),
-            "score": score,
-            "customer": customer,
-        }
+        return _Env(event, score, customer, features_row, names).for_variables(None)
 
     # -- deciding ----------------------------------------------------------------------------
     def decide(
@@ -337,7 +376,7 @@ class Policy:
             owner_counts = entry[1] if entry is not None and entry[0] == day else None
         candidates: list[Action] = []
         skipped: list[tuple[Action, str]] = []
-        env: dict[str, Any] | None = None
+        env: _Env | None = None
         for action in self.catalog.actions:
             reason = action.ineligible_because(event.type, event.props, customer)
             if not reason and score < action.min_score:
@@ -346,7 +385,7 @@ class Policy:
                 reason = self._blocked(action, state, account, owner, owner_counts, ts, day)
             if not reason and action.eligible_if is not None:
                 if env is None:
-                    env = self.expression_env(event, score, customer, features_row, names)
+                    env = _Env(event, score, customer, features_row, names)
                 reason = self._expression_blocks(action, env)
             if reason:
                 skipped.append((action, reason))
@@ -390,32 +429,38 @@ class Policy:
         k = len(candidates)
         ids = [a.id for a in candidates]
         context = bandit.context(score, customer, row, names)
-        base = np.array([score * a.value * a.lever for a in candidates])
+        base = [score * a.value * a.lever for a in candidates]
         eps = cfg.exploration if k > 1 else 0.0
-        rng = decision_rng(cfg.seed, key) if cfg.kind == "thompson" or eps > 0 else None
+        rng = None
+        if cfg.kind == "thompson" or eps > 0:
+            if self._rng is None:
+                self._rng = np.random.Generator(np.random.PCG64(0))
+            rng = decision_rng(cfg.seed, key, self._rng)
         if cfg.kind == "thompson":
             assert rng is not None
             draws = bandit.thompson_draws(ids, context, rng)
-            winners = np.argmax(draws * base, axis=1)  # first maximum: catalog order breaks ties
-            share = np.bincount(winners, minlength=k) / winners.shape[0]
-            row_j = draws[int(rng.integers(draws.shape[0]))]
-            greedy = int(np.argmax(row_j * base))
-            acceptance = row_j
+            winners = np.argmax(draws * np.asarray(base), axis=1)  # first max: catalog order
+            greedy_share = np.bincount(winners, minlength=k) / winners.shape[0]
+            j = int(rng.integers(draws.shape[0]))
+            greedy = int(winners[j])
+            acceptance = draws[j].tolist()
+            share = greedy_share.tolist()
         else:
             acceptance = bandit.estimates(ids, context)
-            greedy = int(np.argmax(base * acceptance))
-            share = np.zeros(k)
+            priorities = [b * acc for b, acc in zip(base, acceptance, strict=True)]
+            greedy = max(range(k), key=priorities.__getitem__)  # first max: catalog order
+            share = [0.0] * k
             share[greedy] = 1.0
         choice, explored = greedy, False
         if eps > 0:
             assert rng is not None
             if rng.random() < eps:
                 choice, explored = int(rng.integers(k)), True
-        probability = (1.0 - eps) * float(share[choice]) + eps / k
+        probability = (1.0 - eps) * share[choice] + eps / k
         if explored:
             self.counts["explored"] += 1
         acc = float(acceptance[choice])
-        return choice, float(base[choice] * acc), acc, probability, explored, context
+        return choice, base[choice] * acc, acc, probability, explored, context
 
     def _record(
         self,

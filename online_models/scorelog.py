@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from intentflow.errors import ConfigError
 from intentflow.events import Event
+from intentflow.online_models.model import ModelConfig
 
 __all__ = [
     "REDIS_PREFIX",
@@ -42,6 +43,10 @@ __all__ = [
 
 #: A score log target starting with this is a Redis stream key.
 REDIS_PREFIX: Final[str] = "redis:"
+
+
+def _not_outcome(event_type: str) -> bool:
+    return event_type != "outcome"
 
 
 @dataclass(slots=True)
@@ -62,10 +67,13 @@ class ScoreLogBatch:
         b: int,
         scores: NDArray[np.float64],
         model: str,
+        config: ModelConfig | None = None,
     ) -> ScoreLogBatch:
-        """The batch of events ``a:b`` scored ``scores``; outcome events are not scored."""
+        """The batch of events ``a:b`` scored ``scores``: the scored types only (see
+        ``ModelConfig.score_types``; outcome events are never scored)."""
         seg = events[a:b]
-        keep = [j for j, ev in enumerate(seg) if ev.type != "outcome"]
+        is_scored = config.is_scored if config is not None else _not_outcome
+        keep = [j for j, ev in enumerate(seg) if is_scored(ev.type)]
         values = np.round(np.asarray(scores, dtype=np.float64)[keep], 6).tolist()
         return cls(
             model,

@@ -66,12 +66,19 @@ class SideTargets:
         return bool(self.books)
 
     def process_segment(
-        self, events: Sequence[Event], feats: FloatArray, a: int, b: int, names: Sequence[str]
+        self,
+        events: Sequence[Event],
+        feats: FloatArray,
+        a: int,
+        b: int,
+        names: Sequence[str],
+        only: frozenset[str] | None = None,
     ) -> None:
-        """Events ``a:b`` in order: conversions resolve points, other events are observed.
+        """Events ``a:b`` in order: conversions resolve points, scored events are observed.
 
-        Outcome events are never decision points. One scoring call per
-        definition for the segment (the models change only at ticks).
+        Outcome events are never decision points, nor are events whose type
+        is not in ``only`` (when given). One scoring call per definition for
+        the segment (the models change only at ticks).
         """
         if not self.books or a >= b:
             return
@@ -85,7 +92,7 @@ class SideTargets:
                 ev = events[j]
                 if is_conversion(ev):
                     matured.extend(book.on_conversion(ev.entity_id, ev.ts_ms))
-                if ev.type != "outcome":
+                if ev.type != "outcome" and (only is None or ev.type in only):
                     book.observe(ev.entity_id, ev.ts_ms, feats[j], scores[j - a])
 
     def tick(self, watermark_ms: int, names: Sequence[str]) -> int:

@@ -29,13 +29,23 @@ def _same_value(x: Any, allowed: Any) -> bool:
     return False
 
 
+def _compares(x: Any, op: str, threshold: float) -> bool:
+    if isinstance(x, bool) or not isinstance(x, int | float) or x != x:
+        return False
+    return {"<": x < threshold, "<=": x <= threshold, ">": x > threshold, ">=": x >= threshold}[op]
+
+
 def matches(d: FeatureDef, ev: Event) -> bool:
     if d.types and ev.type not in d.types:
         return False
     for cond in d.where:
         if cond.prop not in ev.props:
             return False
-        if not any(_same_value(ev.props[cond.prop], a) for a in cond.values):
+        x = ev.props[cond.prop]
+        if cond.op == "in":
+            if not any(_same_value(x, a) for a in cond.values):
+                return False
+        elif not _compares(x, cond.op, float(cond.values[0])):
             return False
     return True
 

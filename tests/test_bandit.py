@@ -197,3 +197,25 @@ def test_bandit_config_errors_name_the_key(table: dict[str, Any], key: str) -> N
     base = {"id": "x", "description": "d", "channel": "phone", "value": 1.0}
     with pytest.raises(ConfigError, match=rf"actions\.bandit.*{key}"):
         ActionCatalog.from_dict({"catalog": [base], "bandit": table})
+
+
+def test_the_reward_model_is_rivers_bayesian_linear_regression() -> None:
+    """The closed-form posterior equals River's BayesianLinearRegression (LinUCBDisjoint's)."""
+    from river import linear_model
+
+    cfg = BanditConfig(prior_precision=1.0, noise_precision=4.0, context_features=("x",))
+    bandit = ActionBandit(cfg)
+    river = linear_model.BayesianLinearRegression(alpha=1.0, beta=4.0)
+    rng = np.random.default_rng(8)
+    names = bandit.context_names
+    for _ in range(300):
+        ctx = (1.0, float(rng.random()), float(rng.random() < 0.3), float(rng.exponential()))
+        reward = float(rng.random() < 0.2 + 0.5 * ctx[1])
+        bandit.update("a", ctx, reward)
+        river.learn_one(dict(zip(names, ctx, strict=True)), reward)
+    for _ in range(20):
+        ctx = (1.0, float(rng.random()), float(rng.random() < 0.5), float(rng.exponential()))
+        (mean,), (std,) = bandit.posterior(("a",), ctx)
+        dist = river.predict_one(dict(zip(names, ctx, strict=True)), with_dist=True)
+        assert mean == pytest.approx(dist.mu, abs=1e-9)
+        assert std == pytest.approx(np.sqrt(dist.sigma**2 - 1.0 / 4.0), abs=1e-9)

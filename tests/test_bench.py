@@ -37,6 +37,7 @@ E2E_KEYS = {
     "redis_cpu_rounds",
     "redis_cpu_live",
     "backlog_s",
+    "latency_by_second",
     "offered_rate",
     "achieved_rate",
     "events",
@@ -129,6 +130,10 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
         assert math.isfinite(mid), stage
         assert math.isfinite(tail), stage
         assert mid <= tail, stage
+    seconds = doc["latency_by_second"]
+    assert sum(row["alerts"] for row in seconds) == doc["latency_samples"]
+    assert max(row["max_ms"] for row in seconds) == top
+    assert [row["s"] for row in seconds] == sorted({row["s"] for row in seconds})
     assert math.isfinite(doc["backlog_s"])
     assert doc["backlog_s"] >= 0
     assert doc["dead_letters"] == 0

@@ -26,11 +26,17 @@ from intentflow.features.state import FeatureState
 T0 = 19_675 * DAY  # a UTC midnight, so that every bucket grid starts here
 WINDOWS = ["1m", "2m", "5m", "15m", "1h", "6h", "24h", "7d"]
 TYPES = ["page_view", "cart_add", "purchase"]
-WHERE = [
-    'props.cat == "a"',
-    'props.cat in ["a", "b"]',
-    "props.cat == true",
-    'props.cat in [1, "b"]',
+WHERE: list[list[str]] = [
+    ['props.cat == "a"'],
+    ['props.cat in ["a", "b"]'],
+    ["props.cat == true"],
+    ['props.cat in [1, "b"]'],
+    ['props.cat in [0, "a"]'],
+    ["props.x > 0"],
+    ["props.x <= 2.5", "props.x >= -3.25"],
+    ["props.cat >= 1"],
+    ['props.cat in ["a", 1]', "props.x < 3"],
+    ['props.page == "p1"', "props.cat < 1"],
 ]
 GAPS = [0, 1, 999, 1_000, 9_999, 10_000, 29_999, 60_000, 299_999, HOUR, 4 * HOUR, DAY, 7 * DAY]
 BACKS = [1, 30_000, 60_000, 5 * MINUTE, HOUR, 2 * HOUR, DAY]
@@ -53,7 +59,7 @@ def feature_tables(draw: st.DrawFn, key: str) -> dict[str, Any]:
         )
     )
     if draw(st.booleans()):
-        d["where"] = [draw(st.sampled_from(WHERE))]
+        d["where"] = draw(st.sampled_from(WHERE))
     has_value = draw(st.booleans())
     if has_value:
         d["value"] = "props.x"

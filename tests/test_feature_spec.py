@@ -65,7 +65,13 @@ def test_bad_window_names_the_key_path() -> None:
         (_dwell(where=["props.category == null"]), "where[0]: None is not a string"),
         (
             _dwell(where=['props.category == "a"', 'props.category == "b"']),
-            "where[1]: props.category is already constrained",
+            "where[1]: props.category already has an == or in condition",
+        ),
+        (_dwell(where=['props.duration_s < "10"']), "where[0]: '<' needs a number, got '\"10\"'"),
+        (_dwell(where=["props.duration_s >= true"]), "where[0]: '>=' needs a number"),
+        (
+            _dwell(where=["props.duration_s > 1", "props.duration_s  >  1.0"]),
+            "where[1]: the same condition is listed twice",
         ),
         (_dwell(value="duration_s"), "value: 'duration_s' is not a prop reference"),
         (_dwell(key="team"), "features.pricing_dwell.key: 'team' is not one of entity, account"),
@@ -115,6 +121,29 @@ def test_value_aggregations_need_a_value(agg: str) -> None:
     if agg == "last":
         del data["pricing_dwell"]["windows"]
     assert f"aggregations[0]: {agg!r} needs 'value" in _error(data)
+
+
+def test_where_conditions_parse() -> None:
+    spec = FeatureSpec.from_dict(
+        _dwell(
+            where=[
+                'props.category in ["pricing", 1, true]',
+                "props.duration_s >= 2.5",
+                "props.duration_s < 600",
+            ]
+        )
+    )
+    where = spec.features[0].where
+    assert [(c.prop, c.op, c.values) for c in where] == [
+        ("category", "in", ("pricing", 1, True)),
+        ("duration_s", ">=", (2.5,)),
+        ("duration_s", "<", (600,)),
+    ]
+    assert [str(c) for c in where] == [
+        'props.category in ["pricing", 1, true]',
+        "props.duration_s >= 2.5",
+        "props.duration_s < 600",
+    ]
 
 
 def test_where_prefix_option_names_the_path() -> None:
@@ -201,6 +230,8 @@ def test_hash_is_stable_ignores_descriptions_and_sees_every_semantic_change() ->
         _dwell(where=['props.category in ["pricing", 1]']),
         _dwell(where=["props.category == 1"]),
         _dwell(where=["props.category == true"]),
+        _dwell(where=['props.category == "pricing"', "props.duration_s > 5"]),
+        _dwell(where=['props.category == "pricing"', "props.duration_s >= 5"]),
         _dwell(value="props.seconds"),
         _dwell(aggregations=["max", "sum"]),
         _dwell(types=["page_view", "click"]),

@@ -9,8 +9,13 @@ decision. The same run without label learning does not learn it.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,7 @@ from intentflow.online_models.champion import rank_auc
 from intentflow.online_models.scorelog import ScoreLogBatch
 from intentflow.sinks.base import Output
 
+ROOT = Path(__file__).resolve().parents[1]
 H = 60_000
 T0 = 1_767_225_600_000
 N = 700
@@ -134,3 +140,25 @@ def test_without_learning_the_pattern_is_not_learned() -> None:
     assert all(s == 0.0 for s in scores.values())
     assert np.isnan(late_form_auc(scores, pattern)) or late_form_auc(scores, pattern) == 0.5
     assert alerts(out) == []
+
+
+def test_the_learning_benchmark_writes_its_figures(tmp_path: Path) -> None:
+    """``python -m bench learning`` on a tiny stream: every documented key, sane values."""
+    out = tmp_path / "learning.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "learning", "--quick", "--events", "12000",
+         "--entities", "400", "--json", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    for key in ("model_auc", "rule_auc", "no_learning_auc", "frozen_auc"):
+        assert 0.0 <= doc[key] <= 1.0, key
+    assert doc["no_learning_auc"] == 0.5
+    assert doc["events"] == 12000
+    assert 0 < doc["labels"] <= doc["events"]
+    assert doc["scenario"] == "learning"

@@ -199,6 +199,9 @@ def test_frozen_model_validates_but_does_not_learn() -> None:
         ({"promote_metric": "f1"}, "model.promote_metric"),
         ({"promote_margin": -0.1}, "model.promote_margin"),
         ({"learn": "yes"}, "model.learn"),
+        ({"learn": False, "on_drift": "reset"}, "model.learn"),
+        ({"promote_min_labels": 2000}, "model.promote_min_labels"),
+        ({"score_types": ["outcome"]}, "model.score_types"),
     ],
 )
 def test_new_model_keys_are_checked(data_: dict[str, object], key: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import pytest
 import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from flowkit import demo_config, gen_payloads, items_of, scores
+from flowkit import alerts, demo_config, gen_payloads, items_of, scores
 
-from intentflow.dataflows.flow import build_flow
+from intentflow.dataflows.flow import build_flow, engine_parts
 from intentflow.errors import ConfigError
 from intentflow.online_models.scorelog import (
     JsonlScoreLog,
@@ -88,3 +89,26 @@ def test_redis_stream_score_log(redis_url: str, redis_client: redis.Redis) -> No
     assert {e["event_id"] for e in entries} == expected
     with pytest.raises(ConfigError, match="stream name"):
         make_score_log("redis:", redis_url)
+
+
+def test_only_the_configured_types_are_scored() -> None:
+    cfg = demo_config()
+    cfg = replace(cfg, model={**cfg.model, "score_types": ["page_view", "form_submit"]})
+    payloads = gen_payloads(5000, seed=15)
+    out: list[Output] = []
+    logged: list[ScoreLogBatch] = []
+    flow = build_flow(
+        cfg, TestingSource(items_of(payloads), 250), TestingSink(out), score_log=TestingSink(logged)
+    )
+    run_main(flow)
+    types = {orjson.loads(p)["event_id"]: orjson.loads(p)["type"] for p in payloads}
+    logged_types = {types[e] for batch in logged for e in batch.event_ids}
+    assert logged_types == {"page_view", "form_submit"}
+    assert sum(len(b.event_ids) for b in logged) == sum(
+        1 for t in types.values() if t in {"page_view", "form_submit"}
+    )
+    found = alerts(out)
+    assert found
+    assert {a["trace"]["event_type"] for a in found} <= {"page_view", "form_submit"}
+    with pytest.raises(ConfigError, match=r"model\.score_types"):
+        engine_parts(replace(cfg, model={"score_types": ["outcome"]}))

@@ -225,7 +225,9 @@ def test_the_default_catalog_validates_and_decides() -> None:
     p = Policy(cat, threshold=0.7)
     opted_out = ev("c", T0, type_="email_open", email_opt_out=True)
     d = p.decide(opted_out, 0.95, NO_FEATURES, ())
-    assert d is None or d.action_id not in {"send_case_study", "nurture_email"}
+    assert d is not None
+    assert d.action_id == "nurture_email"
+    assert "send_case_study (eligible_if is false)" in d.why
     d = p.decide(ev("c2", T0, type_="email_open"), 0.95, NO_FEATURES, ())
     assert d is not None
     assert d.action_id in {"send_case_study", "nurture_email"}

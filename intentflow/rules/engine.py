@@ -250,21 +250,35 @@ class RuleEngine:
             return None
         ts = ev.ts_ms
         cooldowns = st.cooldowns
-        # Pass 1: what needs evaluating. Entries: (rule, key, matched, program or None, is_reset).
-        todo: list[tuple[CompiledRule, str, tuple[str, ...], cel.Program | None, bool]] = []
+        counters = st.counters
+        entity_id = ev.entity_id
+        adjustment: Adjustment | None = None
+        # Rules that need CEL wait until the cheap tests of all rules are done, so that one
+        # context holds exactly what they read: (rule, key, matched keywords, is a reset).
+        deferred: list[tuple[CompiledRule, str, tuple[str, ...], bool]] = []
         programs: list[int] = []
         if resetters:
             for rule in resetters:
-                key = ev.entity_id if rule.scope_entity else account_key
-                if (rule.id, key) in st.counters:
-                    todo.append((rule, key, (), rule.reset_when, True))
-                    if rule.reset_when is not None:
-                        programs.append(2 * rule.position + 1)
+                key = entity_id if rule.scope_entity else account_key
+                if (rule.id, key) not in counters:
+                    continue
+                if rule.reset_when is None:
+                    del counters[(rule.id, key)]
+                    self._count("rule_count_resets")
+                else:
+                    deferred.append((rule, key, (), True))
+                    programs.append(2 * rule.position + 1)
         hits: dict[str, tuple[set[int], set[int]]] | None = None
-        entity_id = ev.entity_id
         for rule in idx.candidates(props, row, score):
-            if rule.guards and not all(g(props, row, score) for g in rule.guards):
-                continue
+            guards = rule.guards
+            if guards:
+                passed = True
+                for guard in guards:
+                    if not guard(props, row, score):
+                        passed = False
+                        break
+                if not passed:
+                    continue
             key = entity_id if rule.scope_entity else account_key
             if rule.cooldown_ms and rule.count is None:
                 last = cooldowns.get((rule.id, key))
@@ -277,59 +291,77 @@ class RuleEngine:
                 matched = self._keywords(rs, rule, ev, hits)
                 if not matched:
                     continue
-            todo.append((rule, key, matched, rule.when, False))
             if rule.when is not None:
+                deferred.append((rule, key, matched, False))
                 programs.append(2 * rule.position)
-        if not todo:
-            return None
-        # Pass 2: evaluate in order.
-        ctx = (
-            rs.plan_of(tuple(programs)).context(ev, score, row, rs.doc.lookups)
-            if programs
-            else None
-        )
-        adjustment: Adjustment | None = None
-        for rule, key, matched, program, is_reset in todo:
-            if program is not None:
-                assert ctx is not None
-                if not self._run(program, ctx, rs, rule):
-                    continue
-            if is_reset:
-                del st.counters[(rule.id, key)]
-                self._count("rule_count_resets")
                 continue
             if rule.count is not None and not self._counted(rule, key, ts):
                 continue
-            if rule.cooldown_ms:
-                ck = (rule.id, key)
-                last = cooldowns.pop(ck, None)
-                if last is not None and ts < last + rule.cooldown_ms:
-                    cooldowns[ck] = last  # a count reached during the cooldown
+            adjustment = self._act(
+                rs, rule, key, matched, ev, score, row, model, now_ms, out, adjustment
+            )
+        if deferred:
+            ctx = rs.plan_of(tuple(programs)).context(ev, score, row, rs.doc.lookups)
+            for rule, key, matched, is_reset in deferred:
+                program = rule.reset_when if is_reset else rule.when
+                assert program is not None
+                if not self._run(program, ctx, rs, rule):
                     continue
-                cooldowns[ck] = ts
-                if len(cooldowns) > self.max_keys:
-                    del cooldowns[next(iter(cooldowns))]
-            if rule.adjust is not None:
-                if adjustment is None:
-                    adjustment = Adjustment()
-                if rule.adjust.suppress:
-                    adjustment.suppress = True
-                    effect: dict[str, Any] = {"effect": "suppress"}
-                else:
-                    adjustment.factor *= rule.adjust.boost
-                    effect = {"effect": "boost", "factor": rule.adjust.boost}
-                adjustment.applied.append(
-                    {"rule_id": rule.id, "rules_version": rs.version, **effect}
+                if is_reset:
+                    del counters[(rule.id, key)]
+                    self._count("rule_count_resets")
+                    continue
+                if rule.count is not None and not self._counted(rule, key, ts):
+                    continue
+                adjustment = self._act(
+                    rs, rule, key, matched, ev, score, row, model, now_ms, out, adjustment
                 )
-                self._count("rule_adjustments")
-                self._count(f"fired:{rule.id}")
-                continue
-            alert = self._event_alert(rs, rule, ev, score, row, model, now_ms, matched, account_key)
-            out.append(AlertOut(alert))
-            self._count("rule_alerts")
-            self._count(f"fired:{rule.id}")
-            if rs.absence:
-                self.watch(rs, alert)
+        return adjustment
+
+    def _act(
+        self,
+        rs: RuleSet,
+        rule: CompiledRule,
+        key: str,
+        matched: tuple[str, ...],
+        ev: Event,
+        score: float,
+        row: NDArray[np.float64] | None,
+        model: ModelInfo,
+        now_ms: float,
+        out: list[Output],
+        adjustment: Adjustment | None,
+    ) -> Adjustment | None:
+        """A rule whose condition holds: start its cooldown, then alert or adjust."""
+        if rule.cooldown_ms:
+            cooldowns = self.state.cooldowns
+            ck = (rule.id, key)
+            last = cooldowns.pop(ck, None)
+            if last is not None and ev.ts_ms < last + rule.cooldown_ms:
+                cooldowns[ck] = last  # a count reached during the cooldown
+                return adjustment
+            cooldowns[ck] = ev.ts_ms
+            if len(cooldowns) > self.max_keys:
+                del cooldowns[next(iter(cooldowns))]
+        self._count(f"fired:{rule.id}")
+        if rule.adjust is not None:
+            if adjustment is None:
+                adjustment = Adjustment()
+            if rule.adjust.suppress:
+                adjustment.suppress = True
+                effect: dict[str, Any] = {"effect": "suppress"}
+            else:
+                adjustment.factor *= rule.adjust.boost
+                effect = {"effect": "boost", "factor": rule.adjust.boost}
+            adjustment.applied.append({"rule_id": rule.id, "rules_version": rs.version, **effect})
+            self._count("rule_adjustments")
+            return adjustment
+        account_key = ev.account_id or ev.entity_id
+        alert = self._event_alert(rs, rule, ev, score, row, model, now_ms, matched, account_key)
+        out.append(AlertOut(alert))
+        self._count("rule_alerts")
+        if rs.absence:
+            self.watch(rs, alert)
         return adjustment
 
     def _keywords(

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from enginekit import fork_context
+from enginekit import Reference, build_reference, fork_context
 
 from intentflow.redisutil import EmbeddedRedis
 
@@ -47,3 +47,9 @@ def redis7() -> Iterator[EmbeddedRedis]:
         pytest.skip("redis-server 7 is not installed (apt-get install redis-server)")
     with EmbeddedRedis(executable=SYSTEM_REDIS) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The uninterrupted in-memory run every fault test is compared with."""
+    return build_reference(tmp_path_factory.mktemp("reference"))

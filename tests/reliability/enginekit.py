@@ -24,11 +24,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+import redis
 
 from intentflow.commands.model import _newest_snapshots
 from intentflow.errors import RecoveryError
@@ -301,3 +304,93 @@ def kill_during_write(engine: Engine, db: Path, timeout_s: float = 30.0) -> bool
         time.sleep(0.002)
     engine.kill9()
     return False
+
+
+# --- the uninterrupted reference run and the end-of-test comparison ----------------------
+
+#: Input size of the comparison runs: enough for the model to learn and alert.
+N_EVENTS = 5000
+#: Feature rows the models of both runs score (same model, same scores).
+PROBE = np.random.default_rng(0).normal(size=(64, 64))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What an uninterrupted in-memory run over ``payloads`` produced."""
+
+    payloads: list[bytes]
+    decisions: list[tuple[str, str, float]]
+    scores: dict[str, tuple[str, str]]  # entity -> (score, model version)
+    counters: dict[str, dict[str, int]]
+    state: dict[str, Any]
+    recovery_bytes: int
+
+
+def build_reference(rec: Path) -> Reference:
+    """Run the flow in memory over the standard input, snapshotting into ``rec``."""
+    from flowkit import decisions, demo_config, gen_payloads, items_of, run_memory, scores
+
+    payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
+    out = run_memory(demo_config(), items_of(payloads), recovery_dir=rec)
+    last = {s.entity_id: (repr(float(s.score)), s.model) for s in scores(out)}
+    states = shard_states(rec)
+    return Reference(
+        payloads,
+        decisions(out),
+        last,
+        counters(states),
+        comparable(states, PROBE),
+        recovery_bytes(rec),
+    )
+
+
+def produce(client: redis.Redis, payloads: list[bytes]) -> None:
+    """Send payloads to two input streams, routed by account as producers should."""
+    from intentflow.commands.produce import Producer
+
+    Producer(client, "intentflow:events:", 2).send(payloads)
+
+
+def alert_stream(client: redis.Redis) -> list[tuple[str, str, float]]:
+    """(alert_id, action, score) of every entry of the alert stream, in stream order."""
+    docs = [orjson.loads(f[b"alert"]) for _id, f in client.xrange("intentflow:alerts")]
+    return [(d["alert_id"], d["action"]["id"], d["score"]) for d in docs]
+
+
+def run_to_end(engine: Engine, rec: Path, ref: Reference, client: redis.Redis) -> None:
+    """Wait until the engine's snapshots cover the whole input and all alerts are out."""
+    wait_for(lambda: counters(shard_states(rec)) == ref.counters, 90, "all input", engine)
+    wait_for(lambda: client.xlen("intentflow:alerts") >= len(ref.decisions), 30, "alerts", engine)
+
+
+def check_equal(client: redis.Redis, rec: Path, ref: Reference) -> None:
+    """No alert lost or doubled; same latest scores and final state as the reference."""
+    stream = alert_stream(client)
+    ids = [a[0] for a in stream]
+    assert len(ids) == len(set(ids)), "an alert_id is in the stream twice"
+    missing = sorted(set(ref.decisions) - set(stream))
+    extra = sorted(set(stream) - set(ref.decisions))
+    assert not missing, f"{len(missing)} alerts lost, e.g. {missing[:3]}"
+    assert not extra, f"{len(extra)} alerts the reference did not raise, e.g. {extra[:3]}"
+    assert sorted(stream) == ref.decisions
+    pipe = client.pipeline(transaction=False)
+    entities = sorted(ref.scores)
+    for entity in entities:
+        pipe.hmget(f"intentflow:score:{entity}", "score", "model")
+    got = {e: (s.decode(), m.decode()) for e, (s, m) in zip(entities, pipe.execute(), strict=True)}
+    assert got == ref.scores
+    assert comparable(shard_states(rec), PROBE) == ref.state
+
+
+def http_status(url: str) -> int:
+    """The HTTP status of a GET (0 when nothing answers within 2 s)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0

@@ -20,114 +20,48 @@ import random
 import sqlite3
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import orjson
 import pytest
 import redis
 from enginekit import (
     Engine,
-    comparable,
-    counters,
+    Reference,
+    check_equal,
     engine_args,
     kill_during_write,
+    produce,
     recovery_bytes,
+    run_to_end,
     shard_states,
     wait_for,
 )
-from flowkit import decisions, demo_config, gen_payloads, items_of, run_memory, scores
 
-from intentflow.commands.produce import Producer
-
-N_EVENTS = 5000
-PROBE = np.random.default_rng(0).normal(size=(64, 64))
-
-
-@dataclass(frozen=True)
-class Reference:
-    payloads: list[bytes]
-    decisions: list[tuple[str, str, float]]
-    scores: dict[str, tuple[str, str]]  # entity -> (score, model version)
-    counters: dict[str, dict[str, int]]
-    state: dict[str, Any]
-    recovery_bytes: int
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    """The uninterrupted run: in memory, one batch stream, snapshotted at its end."""
-    payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
-    rec = tmp_path_factory.mktemp("reference")
-    out = run_memory(demo_config(), items_of(payloads), recovery_dir=rec)
-    last = {s.entity_id: (repr(float(s.score)), s.model) for s in scores(out)}
-    states = shard_states(rec)
-    return Reference(
-        payloads,
-        decisions(out),
-        last,
-        counters(states),
-        comparable(states, PROBE),
-        recovery_bytes(rec),
-    )
-
-
-def alert_stream(client: redis.Redis) -> list[tuple[str, str, float]]:
-    docs = [orjson.loads(f[b"alert"]) for _id, f in client.xrange("intentflow:alerts")]
-    return [(d["alert_id"], d["action"]["id"], d["score"]) for d in docs]
+Fork = multiprocessing.context.ForkServerContext
 
 
 def finish(
-    forkserver: multiprocessing.context.ForkServerContext,
-    url: str,
-    rec: Path,
-    log: Path,
-    ref: Reference,
-    client: redis.Redis,
+    forkserver: Fork, url: str, rec: Path, log: Path, ref: Reference, client: redis.Redis
 ) -> None:
     """Run the engine on ``rec`` until its snapshots cover the whole input, then kill it."""
     engine = Engine(forkserver, engine_args(url, recovery=rec), log).start()
     try:
-        wait_for(lambda: counters(shard_states(rec)) == ref.counters, 90, "all input", engine)
-        wait_for(
-            lambda: client.xlen("intentflow:alerts") >= len(ref.decisions), 30, "alerts", engine
-        )
+        run_to_end(engine, rec, ref, client)
     finally:
         engine.kill9()
-
-
-def check_equal(client: redis.Redis, rec: Path, ref: Reference) -> None:
-    """No alert lost or doubled, same scores and state as the uninterrupted run."""
-    stream = alert_stream(client)
-    ids = [a[0] for a in stream]
-    assert len(ids) == len(set(ids)), "an alert_id is in the stream twice"
-    assert sorted(stream) == ref.decisions
-    pipe = client.pipeline(transaction=False)
-    entities = sorted(ref.scores)
-    for entity in entities:
-        pipe.hmget(f"intentflow:score:{entity}", "score", "model")
-    got = {e: (s.decode(), m.decode()) for e, (s, m) in zip(entities, pipe.execute(), strict=True)}
-    assert got == ref.scores
-    assert comparable(shard_states(rec), PROBE) == ref.state
-
-
-def produce(client: redis.Redis, ref: Reference) -> None:
-    Producer(client, "intentflow:events:", 2).send(ref.payloads)
 
 
 @pytest.mark.parametrize("seed", [3, 17, 101])
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
     seed: int,
-    forkserver: multiprocessing.context.ForkServerContext,
+    forkserver: Fork,
     redis_url: str,
     redis_client: redis.Redis,
     reference: Reference,
     tmp_path: Path,
 ) -> None:
     rng = random.Random(seed)
-    produce(redis_client, reference)
+    produce(redis_client, reference.payloads)
     rec, log = tmp_path / "recovery", tmp_path / "engine.log"
     total = len(reference.decisions)
     # Three kills, each once the alert stream holds a random share of all alerts,
@@ -154,13 +88,13 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
 
 
 def test_crash_after_init_before_the_first_snapshot_resumes_from_the_start(
-    forkserver: multiprocessing.context.ForkServerContext,
+    forkserver: Fork,
     redis_url: str,
     redis_client: redis.Redis,
     reference: Reference,
     tmp_path: Path,
 ) -> None:
-    produce(redis_client, reference)
+    produce(redis_client, reference.payloads)
     rec, log = tmp_path / "recovery", tmp_path / "engine.log"
     engine = Engine(
         forkserver, engine_args(redis_url, recovery=rec, init=True, snapshot_s=30.0), log
@@ -178,7 +112,7 @@ def test_crash_after_init_before_the_first_snapshot_resumes_from_the_start(
 
 
 def test_crash_loop_during_start_up_and_snapshots_stays_exact_and_bounded(
-    forkserver: multiprocessing.context.ForkServerContext,
+    forkserver: Fork,
     redis_url: str,
     redis_client: redis.Redis,
     reference: Reference,
@@ -186,7 +120,7 @@ def test_crash_loop_during_start_up_and_snapshots_stays_exact_and_bounded(
 ) -> None:
     """Ten crashes: during start-up (resume), and inside snapshot write transactions."""
     rng = random.Random(2024)
-    produce(redis_client, reference)
+    produce(redis_client, reference.payloads)
     rec, log = tmp_path / "recovery", tmp_path / "engine.log"
     db = rec / "part-0.sqlite3"
     in_snapshot = 0
