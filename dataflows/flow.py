@@ -127,7 +127,15 @@ def build_flow(
     events: Any = split.trues
     dead: Any = split.falses
 
-    keyed = op.key_on("shard", events, lambda e: shard_key(e.account_id or e.entity_id, shards))
+    if config.engine.affinity:  # shard i's key lands on the worker reading partition i
+        from intentflow.cluster import affinity_keys, shard_index
+
+        names = affinity_keys(shards)
+        keyed = op.key_on(
+            "shard", events, lambda e: names[shard_index(e.account_id or e.entity_id, shards)]
+        )
+    else:
+        keyed = op.key_on("shard", events, lambda e: shard_key(e.account_id or e.entity_id, shards))
 
     def build(resume: ShardSnapshot | None) -> ShardLogic:
         return ShardLogic(parts, resume, metrics, rules)

@@ -47,7 +47,7 @@ _STAT_ORDER: Final = ("cnt", "sum", "min", "max")
 
 @dataclass(frozen=True)
 class TableProgram:
-    """Layout, output program and matchers of one key kind."""
+    """Layout, output program and filter groups of one key kind."""
 
     key: str
     widths: Mapping[str, int]  # columns per state array
@@ -72,12 +72,9 @@ class TableProgram:
         return int(self.outs.shape[0])
 
 
-def _conds(spec: FeatureSpec, index: int) -> Conds:
-    return compile_conditions(spec.features[index].where)
-
-
 def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
     """Build the table program of the features of ``spec`` keyed by ``key``."""
+    # Signal columns (features with a non-distinct aggregation) and distinct tables.
     feats = [i for i, d in enumerate(spec.features) if d.key == key]
     signal = [i for i in feats if set(spec.features[i].aggregations) - {"distinct"}]
     col_of = {i: c for c, i in enumerate(signal)}
@@ -106,6 +103,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
             lts_cols.add(c)
             if o.aggregation == "last":
                 lval_cols.add(c)
+    # Ring layout: offsets of each ring's slots in the per-statistic arrays.
     ring_keys = sorted(ring_need)  # grouped by column, finest first
     ring_id = {rk: r for r, rk in enumerate(ring_keys)}
     tiers = sorted({size for _, size in ring_keys})
@@ -123,6 +121,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
     for c, _ in ring_keys:
         col_ring_ptr[c + 1] += 1
     col_ring_ptr = np.cumsum(col_ring_ptr)
+    # Decayed sums, latest timestamps/values and distinct tables, per column.
     dec_keys = sorted(decays)
     dec_id = {dk: d for d, dk in enumerate(dec_keys)}
     col_dec_ptr = np.cumsum(np.bincount([c + 1 for c, _ in dec_keys], minlength=n_cols + 1))
@@ -137,6 +136,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
     for i, t in tab_of.items():
         dtabs[t] = (dist_off, spec.features[i].max_distinct)
         dist_off += spec.features[i].max_distinct
+    # Window queries, grouped by ring; those on rings with counts get a running total.
     qlist = sorted(queries, key=lambda qk: (ring_id[(qk[0], qk[1])], qk[2]))
     query_id = {qk: j for j, qk in enumerate(qlist)}
     wq = np.full((len(qlist), 4), -1, dtype=np.int64)
@@ -150,6 +150,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
             n_run += 1
         ring_wq_ptr[r + 1] += 1
     ring_wq_ptr = np.cumsum(ring_wq_ptr)
+    # Output program: (kind, a, b, output column) and a float parameter each.
     outs: list[tuple[int, int, int, int]] = []
     outx: list[float] = []
     for col, o in enumerate(spec.outputs):
@@ -220,7 +221,7 @@ def _groups(
             d = spec.features[i]
             if d.types and etype not in d.types:
                 continue
-            sig, dist = by_conds.setdefault(_conds(spec, i), ([], []))
+            sig, dist = by_conds.setdefault(compile_conditions(d.where), ([], []))
             if i in col_of:
                 sig.append((col_of[i], d.value))
             if i in tab_of:

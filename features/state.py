@@ -234,6 +234,10 @@ class _Table:
                     "the snapshot does not belong to this spec"
                 )
             table.arrays[name][:n] = got
+        if snap.clock.shape != (n,):
+            raise SnapshotMismatchError(
+                f"feature snapshot: {program.key} clock has shape {snap.clock.shape} for {n} keys"
+            )
         table.clock[:n] = snap.clock
         table.keys = list(snap.keys)
         table.index = {k: i for i, k in enumerate(snap.keys)}

@@ -162,7 +162,8 @@ class ModelConfig:
             raise InvalidFieldError(
                 "promote_min_labels", f"must be >= 1, got {self.promote_min_labels!r}"
             )
-        if self.promote_min_labels > self.metrics_window:
+        challenged = bool(self.challenger) or self.on_drift == "challenger"
+        if challenged and self.promote_min_labels > self.metrics_window:
             raise InvalidFieldError(
                 "promote_min_labels",
                 f"must be <= metrics_window ({self.metrics_window}), the size of the comparison "

@@ -51,7 +51,7 @@ class SideTargets:
     def __init__(
         self, labels: LabelConfig, model: ModelConfig, spec_hash: str | None = None
     ) -> None:
-        cfg = replace(model, challenger="", drift="none")
+        cfg = replace(model, challenger="", drift="none", on_drift="log")
         self.configs: tuple[LabelConfig, ...] = labels.extra
         self.books = [LabelBook(c) for c in labels.extra]
         self.models = [IntentModel(cfg, spec_hash) for _ in labels.extra]

@@ -167,6 +167,29 @@ def test_account_rollups_are_exact_when_shards_route_by_account() -> None:
     assert single[a0[-1], cols[0]] == len({i % 7 for i in range(0, 60, 3)})
 
 
+@pytest.mark.parametrize(
+    ("where", "hits"),
+    [
+        # values: "a", "1", 1, 1.0, True, None, 2.5, nan, [1], -3
+        ('props.v == "a"', [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ("props.v == 1", [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]),
+        ("props.v == true", [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
+        ('props.v in ["1", 2.5]', [0, 1, 0, 0, 0, 0, 1, 0, 0, 0]),
+        ("props.v >= 1", [0, 0, 1, 1, 0, 0, 1, 0, 0, 0]),
+        ("props.v < 1", [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+    ],
+)
+def test_filter_semantics(where: str, hits: list[int]) -> None:
+    spec = FeatureSpec.from_dict(
+        {"f": {"types": ["click"], "where": [where], "aggregations": ["count"], "windows": ["1h"]}}
+    )
+    values: list[Any] = ["a", "1", 1, 1.0, True, None, 2.5, math.nan, [1], -3]
+    events = [_ev(T0 + i, etype="click", v=v) for i, v in enumerate(values)]
+    events.append(_ev(T0 + 99, etype="page_view", v="a"))  # another type never matches
+    counts = FeatureState(spec).update(events).values[:, 0].tolist()
+    assert counts == np.cumsum([*hits, 0]).tolist()
+
+
 def test_distinct_saturates_at_max_distinct() -> None:
     spec = FeatureSpec.from_dict(
         {

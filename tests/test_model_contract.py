@@ -200,7 +200,7 @@ def test_frozen_model_validates_but_does_not_learn() -> None:
         ({"promote_margin": -0.1}, "model.promote_margin"),
         ({"learn": "yes"}, "model.learn"),
         ({"learn": False, "on_drift": "reset"}, "model.learn"),
-        ({"promote_min_labels": 2000}, "model.promote_min_labels"),
+        ({"challenger": "arf", "promote_min_labels": 2000}, "model.promote_min_labels"),
         ({"score_types": ["outcome"]}, "model.score_types"),
     ],
 )

@@ -85,7 +85,7 @@ def test_rules_in_redis_are_versioned_and_audited(
         "objection_keywords",
         "stalled_account",
     ]
-    assert "+id = \"no_follow_up\"" in entries[1]["text_diff"]
+    assert '+id = "no_follow_up"' in entries[1]["text_diff"]
     assert int(entries[1]["ts"]) > T0
     # A bad rule set is refused with its error; the running rules stay.
     redis_client.set(KEY, EXAMPLES.replace('after = "4h"', 'after = "4 hours"'))
@@ -94,8 +94,8 @@ def test_rules_in_redis_are_versioned_and_audited(
     bad = audit(redis_client)[-1]
     assert bad["event"] == "rejected"
     assert bad["version"] == second.version
-    assert "rules[4] (id 'no_follow_up').absence.after: '4 hours' is not a duration" in (
-        bad["error"]
+    assert (
+        "rules[4] (id 'no_follow_up').absence.after: '4 hours' is not a duration" in (bad["error"])
     )
     assert not p.reload()  # the same bad text is reported once
     assert len(audit(redis_client)) == 3
@@ -176,7 +176,7 @@ def test_rules_push_validates_then_stores(
     assert out.returncode == 0, out.stderr
     assert redis_client.get(KEY) == EXAMPLES.encode()
     bad = tmp_path / "bad.toml"
-    bad.write_text("[[rules]]\nid = \"Bad Id\"\n")
+    bad.write_text('[[rules]]\nid = "Bad Id"\n')
     out = cli("rules", "push", str(bad), "--redis-url", redis_url)
     assert out.returncode == 2
     assert "is not a rule id" in out.stderr

@@ -67,9 +67,7 @@ def rule_alerts(out: Any) -> list[dict[str, Any]]:
 _seq = iter(range(10**9))
 
 
-def ev(
-    ts: int, entity: str, etype: str, account: str | None = None, **props: Any
-) -> Event:
+def ev(ts: int, entity: str, etype: str, account: str | None = None, **props: Any) -> Event:
     return Event(f"e{next(_seq)}", ts, entity, etype, account, props)
 
 
@@ -247,9 +245,7 @@ def payment(ts: int, status: str = "overdue", entity: str = "c-5") -> Event:
     return ev(ts, entity, "payment", "a-5", status=status, amount=500.0)
 
 
-def test_falling_purchases_with_an_overdue_payment_fire(
-    parts: EngineParts, tmp_path: Path
-) -> None:
+def test_falling_purchases_with_an_overdue_payment_fire(parts: EngineParts, tmp_path: Path) -> None:
     shard = Shard(parts, tmp_path / "rules.toml")
     shard.feed(purchase(T0), purchase(T0 + 10 * DAY))
     now = T0 + 20 * DAY
@@ -396,7 +392,9 @@ def test_adjustments_multiply_or_suppress(parts: EngineParts) -> None:
         name, version = "m", "m-1"
 
     def adjust(**props: Any) -> Any:
-        return engine.on_event(rs, ev(T0, "c-1", "page_view", None, **props), 0.4, None, Model(), 0.0, out)
+        return engine.on_event(
+            rs, ev(T0, "c-1", "page_view", None, **props), 0.4, None, Model(), 0.0, out
+        )
 
     both = adjust(duration_s=90, category="pricing")
     assert (both.factor, both.suppress) == (3.0, False)

@@ -180,4 +180,3 @@ def test_suppress_and_boost_change_the_model_decisions(
         ]
         assert min(1.0, a["score"] * 1.25) >= threshold - 1e-6
     assert any(a["score"] < threshold for a in boosted), "some alerts exist only by the boost"
-

@@ -85,7 +85,7 @@ def test_comments_and_layout_do_not_change_the_content_hash() -> None:
         (rule('types = ["*", "click"]'), '"*" (every type) must stand alone'),
         (rule('types = ["click"]', ""), "exactly one outcome"),
         (
-            rule('types = ["click"]', ALERT + '[rules.adjust]\nboost = 2.0\n'),
+            rule('types = ["click"]', ALERT + "[rules.adjust]\nboost = 2.0\n"),
             "exactly one outcome",
         ),
         (rule('types = ["click"]', '[rules.alert]\ntarget = "owner"\n'), "alert.action: missing"),

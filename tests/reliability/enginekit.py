@@ -238,9 +238,6 @@ def comparable(states: dict[str, dict[str, Any]], probe: np.ndarray) -> dict[str
     Feature rows are compared byte for byte per key; the model by its version
     (which counts labels learned) and its scores on ``probe`` rows.
     """
-    from intentflow.features.spec import FeatureSpec
-
-    names = FeatureSpec.default().names
     out: dict[str, Any] = {}
     for key, st in sorted(states.items()):
         feats = st["features"]
@@ -250,13 +247,22 @@ def comparable(states: dict[str, dict[str, Any]], probe: np.ndarray) -> dict[str
             "accounts": _table(feats.accounts),
             "feature_counters": feats.counters,
             "model_version": model.version,
-            "model_scores": model.score_batch(probe[:, : len(names)], names).tolist(),
+            "model_scores": probe_scores(model, probe).tolist(),
             "seen": dict(st["seen"]),
             "watermark": st["watermark"],
             "counters": dict(st["counters"]),
             "pending_labels": st["labels"].n_pending,
         }
     return out
+
+
+def probe_scores(model: Any, probe: np.ndarray) -> np.ndarray:
+    """A shard model's scores on the first columns of ``probe`` (one per feature)."""
+    from intentflow.features.spec import FeatureSpec
+
+    names = FeatureSpec.default().names
+    scored: np.ndarray = model.score_batch(probe[:, : len(names)], names)
+    return scored
 
 
 def recovery_bytes(recovery_dir: Path) -> int:
@@ -324,11 +330,20 @@ class Reference:
     counters: dict[str, dict[str, int]]
     state: dict[str, Any]
     recovery_bytes: int
+    dead_letter_reasons: list[str]
 
 
 def build_reference(rec: Path) -> Reference:
     """Run the flow in memory over the standard input, snapshotting into ``rec``."""
-    from flowkit import decisions, demo_config, gen_payloads, items_of, run_memory, scores
+    from flowkit import (
+        dead_letters,
+        decisions,
+        demo_config,
+        gen_payloads,
+        items_of,
+        run_memory,
+        scores,
+    )
 
     payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
     out = run_memory(demo_config(), items_of(payloads), recovery_dir=rec)
@@ -341,6 +356,7 @@ def build_reference(rec: Path) -> Reference:
         counters(states),
         comparable(states, PROBE),
         recovery_bytes(rec),
+        sorted(r["reason"] for r in dead_letters(out)),
     )
 
 
