@@ -34,7 +34,7 @@ from intentflow.features.filters import (
 from intentflow.features.program import TableProgram
 from intentflow.features.spec import VALUE_LIMIT
 
-__all__ = ["Batch", "BatchEncoder", "Encoded", "KeyIndex", "value_hash"]
+__all__ = ["Batch", "BatchEncoder", "Encoded", "KeyIndex", "str_hash", "value_hash"]
 
 _ROUTE_LIMIT: Final = 4096
 _HASH_LIMIT: Final = 1 << 13
@@ -70,9 +70,10 @@ class Batch:
 
 
 class KeyIndex(Protocol):
-    """Key -> row of one table (``row`` allocates unseen keys)."""
+    """Key -> row of one table (``row`` allocates unseen keys); ``hashes[row]`` of each key."""
 
     index: dict[str, int]
+    hashes: list[int]
 
     def row(self, key: str) -> int: ...
 
@@ -90,8 +91,8 @@ def value_hash(x: object) -> int | None:
     """
     t = type(x)
     if t is str:
-        data = b"s" + x.encode("utf-8", "surrogatepass")  # type: ignore[attr-defined]
-    elif t is bool:
+        return str_hash(x)  # type: ignore[arg-type]
+    if t is bool:
         data = b"b1" if x else b"b0"
     elif t is int or t is float:
         try:
@@ -103,6 +104,12 @@ def value_hash(x: object) -> int | None:
         data = b"n" + struct.pack("<d", f + 0.0)
     else:
         return None
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def str_hash(x: str) -> int:
+    """:func:`value_hash` of a string."""
+    data = b"s" + x.encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
@@ -144,6 +151,13 @@ def _add_values(
         enc.v_val.append(v)
 
 
+def _plan(parts: tuple[KeyPart, ...]) -> tuple[str | None, frozenset[object], tuple[KeyPart, ...]]:
+    """``(prop, values, parts)``: prop is set when one equality-only prop decides the route."""
+    if len(parts) == 1 and not parts[0].compare:
+        return parts[0].prop, parts[0].equal, parts
+    return None, frozenset(), parts
+
+
 _Extra = tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...]]
 
 
@@ -160,6 +174,8 @@ class BatchEncoder:
         types = {*entity.by_type, *account.by_type}
         self._parts = {t: self._key_parts(t) for t in types}
         self._any_parts = self._key_parts(None)
+        self._plans = {t: _plan(parts) for t, parts in self._parts.items()}
+        self._any_plan = _plan(self._any_parts)
         self._hashes = _HashCache()
         self._reset_routes()
 
@@ -205,19 +221,20 @@ class BatchEncoder:
             self._tables[table] = cached
         return cached
 
-    def _extra(self, i: int, ev: Event, extra: _Extra, enc: Encoded) -> None:
+    def _extra(
+        self, i: int, ev: Event, extra: _Extra, enc: Encoded, e_hash: int, a_hash: int | None
+    ) -> None:
+        """Valued and distinct contributions; key hashes come from the tables' rows."""
         valued, distinct = extra
         if valued:
             _add_values(i, ev.props, valued, enc)
-        hashes = self._hashes
         for tab, source in distinct:
             if source == "entity_id":
-                x: Any = ev.entity_id
+                h: int | None = e_hash
             elif source == "account_id":
-                x = ev.account_id
+                h = a_hash
             else:
-                x = ev.props.get(source)
-            h = hashes[_hash_key(x)]
+                h = self._hashes[_hash_key(ev.props.get(source))]
             if h is not None:
                 enc.d_evt.append(i)
                 enc.d_tab.append(tab)
@@ -229,25 +246,26 @@ class BatchEncoder:
             self._reset_routes()
         batch = Batch([], [], Encoded(), Encoded())
         ts_append, rid_append = batch.ts.append, batch.routes.append
-        e_rows, a_rows = batch.entity.rows, batch.account.rows
         e_get, a_get = entity.index.get, (account.index.get if account else None)
+        e_hashes = entity.hashes
         e_extras, a_extras = self._extras
-        all_parts, any_parts = self._parts, self._any_parts
+        e_append, a_append = batch.entity.rows.append, batch.account.rows.append
+        plans, any_plan = self._plans, self._any_plan
         route_ids = self._route_ids
         for i, ev in enumerate(events):
             etype = ev.type
             props = ev.props
-            parts = all_parts.get(etype, any_parts)
-            if not parts:
-                key: Any = etype
-            elif len(parts) == 1 and not parts[0].compare:  # the common case, inlined
-                x: Any = props.get(parts[0].prop)
+            prop, equal, parts = plans.get(etype, any_plan)
+            if prop is not None:  # one prop, equality only: the common case, inlined
+                x: Any = props.get(prop)
                 tx = type(x)
                 if tx is bool:
                     x = BOOL_KEYS[x]
                 elif tx is not str and tx is not int and tx is not float:
                     x = None
-                key = (etype, x if x in parts[0].equal else None)
+                key: Any = (etype, x if x in equal else None)
+            elif not parts:
+                key = etype
             else:
                 key = (etype, *[classify(norm(props.get(p.prop)), p) for p in parts])
             rid = route_ids.get(key)
@@ -257,19 +275,24 @@ class BatchEncoder:
             rid_append(rid)
             k = ev.entity_id
             row = e_get(k)
-            e_rows.append(entity.row(k) if row is None else row)
+            if row is None:
+                row = entity.row(k)
+            e_append(row)
+            k = ev.account_id  # type: ignore[assignment]
+            arow = a_get(k) if a_get is not None and k else None
+            if arow is None and account is not None and k:
+                arow = account.row(k)
             extra = e_extras[rid]
             if extra is not None:
-                self._extra(i, ev, extra, batch.entity)
-            if a_get is None:
+                a_hash = None if arow is None else account.hashes[arow]  # type: ignore[union-attr]
+                self._extra(i, ev, extra, batch.entity, e_hashes[row], a_hash)
+            if account is None:
                 continue
-            k = ev.account_id  # type: ignore[assignment]
-            if not k:
-                a_rows.append(-1)
+            if arow is None:
+                a_append(-1)
                 continue
-            row = a_get(k)
-            a_rows.append(account.row(k) if row is None else row)  # type: ignore[union-attr]
+            a_append(arow)
             extra = a_extras[rid]
             if extra is not None:
-                self._extra(i, ev, extra, batch.account)
+                self._extra(i, ev, extra, batch.account, e_hashes[row], account.hashes[arow])
         return batch

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
-from intentflow.features.encode import BatchEncoder, Encoded
+from intentflow.features.encode import BatchEncoder, Encoded, str_hash
 from intentflow.features.program import TableProgram, compile_program
 from intentflow.features.spec import FeatureSpec
 
@@ -95,6 +95,8 @@ class _Table:
         self.program = program
         self.index: dict[str, int] = {}
         self.keys: list[str | None] = []
+        #: value_hash of each row's key (distinct counts of entity_id / account_id)
+        self.hashes: list[int] = []
         self.free: list[int] = []
         self.capacity = capacity
         self.clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
@@ -108,14 +110,17 @@ class _Table:
         r = self.index.get(key)
         if r is not None:
             return r
+        h = str_hash(key)
         if self.free:
             r = self.free.pop()
             self.keys[r] = key
+            self.hashes[r] = h
         else:
             r = len(self.keys)
             if r == self.capacity:
                 self._grow(2 * self.capacity)
             self.keys.append(key)
+            self.hashes.append(h)
         self.index[key] = r
         return r
 
@@ -240,6 +245,7 @@ class _Table:
             )
         table.clock[:n] = snap.clock
         table.keys = list(snap.keys)
+        table.hashes = [str_hash(k) for k in snap.keys]
         table.index = {k: i for i, k in enumerate(snap.keys)}
         return table
 

@@ -43,3 +43,17 @@ def test_console_script_is_declared() -> None:
     assert out.returncode == 0
     for cmd in ("demo", "run", "produce", "tail", "replay"):
         assert cmd in out.stdout
+
+
+def test_every_package_is_declared_for_wheels() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = {v: k for k, v in meta["package-dir"].items()}
+    found = set()
+    for top, name in mapping.items():
+        for init in (root / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / top)
+            found.add(".".join([name, *rel.parts]) if rel.parts else name)
+    assert found == set(meta["packages"])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing.context
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -213,3 +215,23 @@ def test_extreme_but_valid_values_keep_features_and_model_finite(tmp_path: Path)
         model = state["model"]
         assert model.champion.n_learned > 0
         assert np.isfinite(probe_scores(model, PROBE)).all()
+
+
+def test_the_poison_benchmark_reports_its_ratio(redis_url: str, tmp_path: Path) -> None:
+    """``python -m bench poison`` runs and writes its figures (speed is not checked)."""
+    out = tmp_path / "poison.json"
+    argv = ["poison", "--quick", "--events", "1500", "--rounds", "1", "--redis-url", redis_url]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv, "--json", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    doc = orjson.loads(out.read_bytes())
+    assert doc["scenario"] == "poison"
+    assert doc["dead_letters"] == doc["poison_items"] > 0
+    assert doc["ratio_poison_vs_clean"] > 0
+    assert doc["params"]["events"] == 1500
