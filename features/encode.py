@@ -72,8 +72,11 @@ class Batch:
 class KeyIndex(Protocol):
     """Key -> row of one table (``row`` allocates unseen keys); ``hashes[row]`` of each key."""
 
-    index: dict[str, int]
-    hashes: list[int]
+    @property
+    def index(self) -> dict[str, int]: ...
+
+    @property
+    def hashes(self) -> Sequence[int]: ...
 
     def row(self, key: str) -> int: ...
 

@@ -10,6 +10,7 @@ and once for the account table. Semantics: docs/features.md.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -96,7 +97,7 @@ class _Table:
         self.index: dict[str, int] = {}
         self.keys: list[str | None] = []
         #: value_hash of each row's key (distinct counts of entity_id / account_id)
-        self.hashes: list[int] = []
+        self.hashes = array("q")
         self.free: list[int] = []
         self.capacity = capacity
         self.clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
@@ -245,7 +246,7 @@ class _Table:
             )
         table.clock[:n] = snap.clock
         table.keys = list(snap.keys)
-        table.hashes = [str_hash(k) for k in snap.keys]
+        table.hashes = array("q", [str_hash(k) for k in snap.keys])
         table.index = {k: i for i, k in enumerate(snap.keys)}
         return table
 

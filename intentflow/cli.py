@@ -39,8 +39,9 @@ def _shared(p: argparse.ArgumentParser) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
-        choices=["redis", "file", "generator"],
-        help="input: Redis streams (default), JSONL file(s) or the synthetic generator",
+        choices=["redis", "file", "generator", "kafka"],
+        help="input: Redis streams (default), JSONL file(s), the synthetic generator or a "
+        "Kafka topic ([kafka] section)",
     )
     p.add_argument("--path", help="JSONL file(s), comma separated (with --source file)")
     p.add_argument("--rate", type=float, help="events/s per partition for file/generator input")
@@ -112,6 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-file",
         metavar="PATH",
         help="start every fresh shard from this exported model (intentflow model export)",
+    )
+    g = p.add_argument_group("scaling out (docs/scaling.md)")
+    g.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N processes on this machine as one cluster (implies --affinity)",
+    )
+    g.add_argument(
+        "--process-id", type=int, metavar="I", help="this process's index in --addresses"
+    )
+    g.add_argument(
+        "--addresses",
+        metavar="H:P;H:P",
+        help="host:port of every process of a multi-host cluster (implies --affinity)",
+    )
+    g.add_argument(
+        "--affinity",
+        action="store_true",
+        help="one input partition per shard, read by the process owning the shard "
+        "(engine.affinity; fixed for a recovery directory)",
     )
     p.set_defaults(func="intentflow.commands.run:cmd_run")
 

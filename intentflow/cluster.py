@@ -48,7 +48,7 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig
 
 from intentflow.config import Config
@@ -326,10 +326,14 @@ class AffinitySource(FixedPartitionedSource[_X, _S]):
 
 
 def affine_source(
-    config: Config, source: FixedPartitionedSource[_X, _S], placement: Placement | None
-) -> AffinitySource[_X, _S]:
+    config: Config, source: Source[_X], placement: Placement | None
+) -> AffinitySource[_X, Any]:
     """``source`` restricted to this process's partitions; checks the layout first."""
     placement = placement or Placement()
+    if not isinstance(source, FixedPartitionedSource):
+        raise ConfigError(
+            f"partition affinity needs a partitioned source, not {type(source).__name__}"
+        )
     shards = config.engine.shards
     if placement.processes > shards:
         raise ConfigError(
@@ -387,7 +391,9 @@ def _process_recovery(config: Config, *, init: bool, placement: Placement) -> Re
             f"{placement.process_id} of {placement.processes}; the process count of a "
             "deployment with one recovery volume per process is fixed (docs/scaling.md)"
         )
-    return RecoveryConfig(path, backup_interval=timedelta(seconds=config.recovery.backup_interval_s))
+    return RecoveryConfig(
+        path, backup_interval=timedelta(seconds=config.recovery.backup_interval_s)
+    )
 
 
 def check_shard_keys(directory: Path, keys: Sequence[str]) -> None:

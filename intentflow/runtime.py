@@ -15,10 +15,11 @@ from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
+from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from intentflow.config import Config
@@ -32,11 +33,16 @@ from intentflow.dataflows.sources import (
 from intentflow.errors import ConfigError, RecoveryError
 from intentflow.generator import GeneratorConfig
 from intentflow.metrics import EngineMetrics
+from intentflow.sinks.base import Output
 from intentflow.sinks.redis_sink import RedisSink, RedisSinkConfig
+
+if TYPE_CHECKING:
+    from intentflow.cluster import Placement
 
 __all__ = [
     "generator_config",
     "make_flow",
+    "make_output",
     "make_sink",
     "make_source",
     "prepare_recovery",
@@ -61,6 +67,10 @@ def generator_config(table: Any, **overrides: Any) -> GeneratorConfig:
 def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[RawItem]:
     """The input source named by ``input.source``."""
     inp = config.input
+    if inp.source == "kafka":
+        from intentflow.dataflows.kafka import kafka_source
+
+        return kafka_source(config)
     if inp.source == "redis":
         return RedisStreamSource(
             url=config.redis.url,
@@ -116,8 +126,26 @@ def make_sink(config: Config, metrics: EngineMetrics | None = None) -> RedisSink
     )
 
 
-def make_flow(config: Config, metrics: EngineMetrics | None = None) -> Dataflow:
+def make_output(config: Config, metrics: EngineMetrics | None = None) -> Sink[Output]:
+    """The sink named by ``output.sink``: Redis, a Redis Cluster or Kafka."""
+    if config.output.sink == "kafka":
+        from intentflow.sinks.kafka_sink import make_kafka_sink
+
+        return make_kafka_sink(config, metrics)
+    if config.output.sink == "redis-cluster":
+        from intentflow.sinks.cluster import make_cluster_sink
+
+        return make_cluster_sink(config, metrics)
+    return make_sink(config, metrics)
+
+
+def make_flow(
+    config: Config, metrics: EngineMetrics | None = None, placement: Placement | None = None
+) -> Dataflow:
     """The production dataflow for ``config``, reporting to ``metrics`` when given.
+
+    With ``engine.affinity`` this process reads only the input partitions
+    whose shards it owns in ``placement`` (default: one process).
 
     ``engine.model_file`` warm-starts every fresh shard's model from an
     exported model file; ``output.score_log`` adds the score log.
@@ -144,10 +172,15 @@ def make_flow(config: Config, metrics: EngineMetrics | None = None) -> Dataflow:
     if rules is not None:
         loaded = rules.load_initial()  # a bad rule set stops the start with a clear error
         log.info("rules %s from %s: %d enabled", loaded.version, loaded.source, len(loaded.rules))
+    source = make_source(config, metrics)
+    if config.engine.affinity:
+        from intentflow.cluster import affine_source
+
+        source = affine_source(config, source, placement)
     return build_flow(
         config,
-        make_source(config, metrics),
-        make_sink(config, metrics),
+        source,
+        make_output(config, metrics),
         parts=parts,
         metrics=metrics,
         score_log=score_log,
@@ -192,21 +225,42 @@ def prepare_recovery(config: Config, *, init: bool, partitions: int = 1) -> Reco
                 path,
                 mode,
             )
-        check_recovery_partitions(parts)
+        positions = check_recovery_partitions(parts)
+        _check_input_partitions(config, positions)
     return RecoveryConfig(path, backup_interval=timedelta(seconds=rec.backup_interval_s))
+
+
+def _check_input_partitions(config: Config, stored: set[str]) -> None:
+    """Refuse a directory holding positions of input partitions the config does not read.
+
+    Bytewax cannot place such a position and aborts; a changed ``--source``,
+    ``--partitions`` or ``--events-prefix`` is the usual cause.
+    """
+    wanted = set(make_source(config).list_parts())  # type: ignore[attr-defined]
+    unknown = sorted(stored - wanted)
+    if unknown:
+        shown = ", ".join(unknown[:4]) + (" …" if len(unknown) > 4 else "")
+        raise RecoveryError(
+            f"recovery directory {config.recovery.dir} holds input positions of {shown}, which "
+            f"this configuration does not read (it reads {', '.join(sorted(wanted))}); restore "
+            "the --source/--partitions/--events-prefix it was written with, or start a new "
+            "recovery directory with --init-recovery"
+        )
 
 
 _RECOVERY_TABLES = frozenset({"parts", "exs", "fronts", "commits", "snaps"})
 
 
-def check_recovery_partitions(parts: list[Path]) -> None:
+def check_recovery_partitions(parts: list[Path], input_step: str = "intentflow.input") -> set[str]:
     """Refuse damaged or incomplete recovery partitions before the flow starts.
 
     Checks that every file is an intact SQLite database (``PRAGMA quick_check``)
     with Bytewax's tables, that no partition is missing, and that every stored
     snapshot unpickles at its outer layer (what Bytewax loads on resume).
     Raises :class:`RecoveryError` naming the file; never repairs anything.
+    Returns the input partitions ``input_step`` holds positions for.
     """
+    positions: set[str] = set()
     fix = (
         "restore the directory from a backup, or move it away and start anew with "
         "--init-recovery (this starts from an empty state)"
@@ -232,6 +286,8 @@ def check_recovery_partitions(parts: list[Path]) -> None:
                 rows = con.execute("SELECT step_id, state_key, ser_change FROM snaps")
                 for step, key, blob in rows:
                     _check_snapshot(part, step, key, blob, fix)
+                    if step == input_step and blob is not None:
+                        positions.add(key)
         except sqlite3.DatabaseError as err:
             raise RecoveryError(f"recovery partition {part} is damaged ({err}); {fix}") from err
     want = max(counts, default=0)
@@ -245,6 +301,7 @@ def check_recovery_partitions(parts: list[Path]) -> None:
             f"recovery directory {parts[0].parent} is incomplete (partition(s) {absent} of "
             f"{want} missing, or partitions of different directories mixed); {fix}"
         )
+    return positions
 
 
 def _check_snapshot(part: Path, step: str, key: str, blob: bytes | None, fix: str) -> None:

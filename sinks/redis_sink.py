@@ -13,6 +13,7 @@ Keys and streams are documented in ``docs/sinks.md``.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, OutputWriter,
 from intentflow.sinks.lua import ALERT_ONCE, ALERT_ONCE_SHA
 
 __all__ = ["RedisOutputWriter", "RedisSink", "RedisSinkConfig", "RedisSinkPartition"]
+
+log = logging.getLogger(__name__)
 
 #: Errors after which the whole batch is retried (writes are idempotent).
 RETRYABLE: Final[tuple[type[Exception], ...]] = (
@@ -304,8 +307,10 @@ class RedisSinkPartition(StatelessSinkPartition[Output]):
         """Deliver one Bytewax batch through the writer."""
         try:
             self.writer.write_batch(items)
-        except Exception:
+        except Exception as exc:
             self.observer.failed(self.writer)
+            # Bytewax reports a failed sink as a bare panic: say why here (URLs are redacted).
+            log.error("the Redis sink failed and stops the dataflow: %s", exc)
             raise
         self.observer.delivered(items, self.writer)
 

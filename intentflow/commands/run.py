@@ -8,10 +8,12 @@ import time
 
 from bytewax.run import cli_main
 
+from intentflow.cluster import Placement, parse_addresses, prepare_placement_recovery
 from intentflow.commands.common import config_from_args, stream_len
 from intentflow.config import Config
+from intentflow.errors import ConfigError
 from intentflow.redisutil import connect, ping_or_fail, redact_url, redis_url_or_embedded
-from intentflow.runtime import epoch_interval, make_flow, prepare_recovery
+from intentflow.runtime import epoch_interval, make_flow
 
 __all__ = ["cmd_replay", "cmd_run", "run_config"]
 
@@ -24,8 +26,12 @@ def run_config(
     workers: int = 1,
     init_recovery: bool = False,
     metrics_address: tuple[str | None, int | None] | None = None,
+    placement: Placement | None = None,
 ) -> None:
     """Run the dataflow for ``config`` in this process until its input ends.
+
+    With a clustered ``placement`` this process joins a Bytewax cluster
+    (``docs/scaling.md``).
 
     With ``metrics_address`` (host, port), serve ``/metrics``, ``/healthz`` and
     ``/readyz`` while it runs (see :func:`intentflow.health.serve_engine_metrics`).
@@ -33,7 +39,9 @@ def run_config(
     client = connect(config.redis.url)
     ping_or_fail(client, config.redis.url)
     client.close()
-    recovery = prepare_recovery(config, init=init_recovery, partitions=max(1, workers))
+    recovery = prepare_placement_recovery(
+        config, init=init_recovery, placement=placement, workers=workers
+    )
     metrics, server = None, None
     if metrics_address is not None:
         from intentflow.health import serve_engine_metrics
@@ -41,7 +49,11 @@ def run_config(
         metrics, server = serve_engine_metrics(
             config, host=metrics_address[0], port=metrics_address[1]
         )
-    flow = make_flow(config, metrics)
+    flow = make_flow(config, metrics, placement)
+    cluster = placement is not None and placement.clustered
+    if cluster:
+        assert placement is not None
+        log.info("process %d of %d", placement.process_id, placement.processes)
     log.info(
         "running: source=%s partitions=%d redis=%s recovery=%s workers=%d config=%s",
         config.input.source,
@@ -55,6 +67,8 @@ def run_config(
         cli_main(
             flow,
             workers_per_process=workers,
+            process_id=placement.process_id if cluster and placement else None,
+            addresses=list(placement.addresses) if cluster and placement else None,
             epoch_interval=epoch_interval(config),
             recovery_config=recovery,
         )
@@ -66,15 +80,44 @@ def run_config(
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the engine; with an embedded Redis when no URL is configured."""
     config = config_from_args(args)
+    processes = getattr(args, "processes", None) or 1
+    addresses = getattr(args, "addresses", None)
+    placement = None
+    if processes > 1 and (addresses or args.process_id is not None):
+        raise ConfigError(
+            "--processes starts a local cluster, --process-id/--addresses join a multi-host one: "
+            "give one or the other"
+        )
+    if addresses:
+        if args.process_id is None:
+            raise ConfigError("--addresses needs --process-id (this process's index in them)")
+        hosts = parse_addresses(addresses)
+        placement = Placement(len(hosts), args.process_id, args.workers, hosts, False)
+    if getattr(args, "affinity", False) or processes > 1 or placement is not None:
+        config = config.with_overrides({"engine.affinity": True})
     with redis_url_or_embedded(config.redis.url or None) as url:
         if not config.redis.url:
             log.warning("no --redis-url/REDIS_URL: using an embedded redis-server at %s", url)
         config = config.with_overrides({"redis.url": url})
+        if processes > 1:
+            from intentflow.cluster import run_local_cluster
+
+            return run_local_cluster(
+                config,
+                processes=processes,
+                workers_per_process=args.workers,
+                init_recovery=args.init_recovery,
+                metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port,
+                verbose=args.verbose,
+                log_json=args.log_json,
+            )
         run_config(
             config,
             workers=args.workers,
             init_recovery=args.init_recovery,
             metrics_address=(args.metrics_host, args.metrics_port),
+            placement=placement,
         )
     return 0
 

@@ -10,6 +10,7 @@ import multiprocessing.context
 import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from enginekit import Reference, build_reference, fork_context
@@ -53,3 +54,29 @@ def redis7() -> Iterator[EmbeddedRedis]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """The uninterrupted in-memory run every fault test is compared with."""
     return build_reference(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="session")
+def engine_recovery(
+    forkserver: multiprocessing.context.ForkServerContext,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A recovery directory the engine wrote (two Redis input partitions, demo settings)."""
+    from enginekit import Engine, engine_args, produce, shard_states, wait_for
+    from flowkit import gen_payloads
+
+    from intentflow.redisutil import connect
+
+    base = tmp_path_factory.mktemp("engine-recovery")
+    rec = base / "recovery"
+    with EmbeddedRedis() as server:
+        client = connect(server.url)
+        produce(client, gen_payloads(1200, seed=6))
+        engine = Engine(forkserver, engine_args(server.url, recovery=rec, init=True), base / "log")
+        engine.start()
+        try:
+            wait_for(lambda: len(shard_states(rec)) == 4, 60, "snapshots of every shard", engine)
+        finally:
+            engine.kill9()
+        client.close()
+    return rec

@@ -149,3 +149,29 @@ def test_init_refuses_a_directory_of_unknown_files(
     assert engine.start().wait(60) == 2
     assert "is not empty but holds no recovery partitions" in engine.text()
     assert sorted(p.name for p in rec.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--partitions", "1"), "holds input positions of intentflow:events:1, which"),
+        (("--events-prefix", "other:"), "this configuration does not read"),
+    ],
+    ids=["fewer partitions", "another prefix"],
+)
+def test_a_directory_of_other_input_partitions_is_refused(
+    flags: tuple[str, ...],
+    message: str,
+    engine_recovery: Path,
+    forkserver: multiprocessing.context.ForkServerContext,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    rec = tmp_path / "recovery"
+    shutil.copytree(engine_recovery, rec)
+    argv = [*engine_args(redis_url, recovery=rec), *flags]
+    engine = Engine(forkserver, argv, tmp_path / "log")
+    assert engine.start().wait(60) == 2
+    last = engine.text().strip().splitlines()[-1]
+    assert message in last
+    assert "--init-recovery" in last
