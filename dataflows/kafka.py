@@ -96,7 +96,7 @@ class _KafkaEventPartition(StatefulSourcePartition[RawItem, int | None]):
             raise StopIteration
         if self._deadline is not None and time.monotonic() >= self._deadline:
             raise StopIteration
-        msgs: list[KafkaSourceMessage[bytes | None, bytes | None]] = self._inner.next_batch()
+        msgs: Any = self._inner.next_batch()
         now = time.time() * 1000.0
         label = self._label
         items = [RawItem(label, str(m.offset), m.value, now, _produced_ts(m)) for m in msgs]

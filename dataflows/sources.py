@@ -273,7 +273,10 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
 
     The resume position is the last stream id returned, kept in Bytewax state
     (not a consumer group: acknowledgements cannot be tied to snapshots).
-    Delivery into the dataflow is exactly-once with recovery enabled.
+    Delivery into the dataflow is exactly-once with recovery enabled. Entries
+    lost before they were read (a stream trimmed past the position, or reset
+    by a Redis restart without persistence) are detected before each read,
+    logged and counted (``EngineMetrics.input_gap``); see docs/reliability.md.
     """
 
     url: str

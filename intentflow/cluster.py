@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import numpy as np
-
 from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig
 
@@ -59,12 +58,13 @@ __all__ = [
     "ENGINE_STEP",
     "AffinitySource",
     "Placement",
-    "affinity_keys",
     "affine_source",
+    "affinity_keys",
     "bytewax_route",
     "check_shard_keys",
     "free_ports",
     "parse_addresses",
+    "plain_keys",
     "prepare_placement_recovery",
     "run_local_cluster",
     "shard_index",
@@ -165,7 +165,7 @@ def _siphash13_many(raw: np.ndarray) -> np.ndarray:
     v3 = np.full(rows, 0x7465646279746573, dtype=u)
 
     def rotl(x: np.ndarray, b: int) -> np.ndarray:
-        return (x << u(b)) | (x >> u(64 - b))  # type: ignore[no-any-return]
+        return (x << u(b)) | (x >> u(64 - b))
 
     def rnd() -> None:
         nonlocal v0, v1, v2, v3
@@ -188,7 +188,7 @@ def _siphash13_many(raw: np.ndarray) -> np.ndarray:
     v2 = v2 ^ u(0xFF)
     for _ in range(3):
         rnd()
-    return v0 ^ v1 ^ v2 ^ v3  # type: ignore[no-any-return]
+    return v0 ^ v1 ^ v2 ^ v3
 
 
 @functools.lru_cache(maxsize=8)
@@ -340,7 +340,9 @@ def affine_source(
             f"{placement.processes} processes but only {shards} shard(s)/input partition(s): "
             f"every process needs at least one (raise input.partitions and engine.shards)"
         )
-    return AffinitySource(source, affinity_keys(shards), placement)
+    affine = AffinitySource(source, affinity_keys(shards), placement)
+    affine.list_parts()  # a layout error now, not inside the running dataflow
+    return affine
 
 
 # --- recovery ------------------------------------------------------------------------------
@@ -381,8 +383,11 @@ def _process_recovery(config: Config, *, init: bool, placement: Placement) -> Re
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
         with tempfile.TemporaryDirectory(dir=path, prefix=".init-") as tmp:
-            init_db_dir(Path(tmp), placement.processes)
-            os.replace(_part_file(Path(tmp), placement.process_id), mine)
+            init_db_dir(Path(tmp), placement.processes)  # type: ignore[no-untyped-call]
+            made = _part_file(Path(tmp), placement.process_id)
+            for suffix in ("-wal", "-shm", ""):  # the database last: it marks success
+                if Path(f"{made}{suffix}").exists():
+                    os.replace(f"{made}{suffix}", f"{mine}{suffix}")
         log.info("initialised recovery partition %s of %d", mine, placement.processes)
     index, count = _part_header(mine)
     if index != placement.process_id or count != placement.processes:
@@ -391,9 +396,8 @@ def _process_recovery(config: Config, *, init: bool, placement: Placement) -> Re
             f"{placement.process_id} of {placement.processes}; the process count of a "
             "deployment with one recovery volume per process is fixed (docs/scaling.md)"
         )
-    return RecoveryConfig(
-        path, backup_interval=timedelta(seconds=config.recovery.backup_interval_s)
-    )
+    backup = timedelta(seconds=config.recovery.backup_interval_s)
+    return RecoveryConfig(path, backup_interval=backup)  # type: ignore[no-untyped-call]
 
 
 def check_shard_keys(directory: Path, keys: Sequence[str]) -> None:
@@ -437,6 +441,7 @@ def prepare_placement_recovery(
 
     if not config.recovery.dir:
         return None
+    recovery: RecoveryConfig | None
     if placement is not None and not placement.shared_recovery:
         recovery = _process_recovery(config, init=init, placement=placement)
     else:
@@ -480,6 +485,7 @@ class _ChildSpec:
     metrics_port: int | None
     verbose: bool
     log_json: bool
+    parent_pid: int
 
 
 def _metrics_port(base: int | None, i: int) -> int | None:
@@ -511,8 +517,13 @@ def run_local_cluster(
     """
     if processes < 2:
         raise ConfigError("a local cluster needs --processes >= 2")
+    if config.engine.affinity and processes > config.engine.shards:
+        raise ConfigError(
+            f"{processes} processes but only {config.engine.shards} shard(s)/input partition(s): "
+            "every process needs at least one (raise input.partitions and engine.shards)"
+        )
     if not config.engine.affinity:
-        raise ConfigError("--processes needs partition affinity (--affinity, engine.affinity)")
+        log.warning("no partition affinity: events cross processes one by one (docs/scaling.md)")
     prepare_placement_recovery(
         config, init=init_recovery, placement=None, workers=processes * workers_per_process
     )
@@ -538,6 +549,7 @@ def run_local_cluster(
                 metrics_port=_metrics_port(metrics_port, i),
                 verbose=verbose,
                 log_json=log_json,
+                parent_pid=os.getpid(),
             )
             path = Path(tmp) / f"process-{i}.pickle"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -546,12 +558,12 @@ def run_local_cluster(
             cmd = [sys.executable, "-m", "intentflow.cluster", str(path)]
             children.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
             log.info("started process %d of %d (pid %d)", i, processes, children[-1].pid)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, forward)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, forward)
         return _supervise(children, stop_timeout_s, received)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         _stop_all(children, stop_timeout_s)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -595,6 +607,16 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Have Linux send SIGTERM to this process when its supervisor dies (no-op elsewhere)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before that took effect
+        raise SystemExit(1)
+
+
 def _child_main(argv: Sequence[str]) -> int:
     """Entry point of one child of :func:`run_local_cluster`."""
     from intentflow.commands.run import run_config
@@ -606,6 +628,7 @@ def _child_main(argv: Sequence[str]) -> int:
     path.unlink(missing_ok=True)
     setup_logging(verbose=spec.verbose, json_lines=spec.log_json)
     signal.signal(signal.SIGTERM, _interrupt)
+    _die_with_parent(spec.parent_pid)
     try:
         run_config(
             spec.config,

@@ -367,9 +367,11 @@ class Metrics(EngineMetrics):
         )
         self.input_gaps = counter(
             "intentflow_source_gaps_total",
-            "Input stream gaps: entries trimmed past the reader, or a stream reset, by partition.",
-            ("partition", "kind"),
+            "Input stream gaps: entries trimmed past the reader (trimmed), or a stream reset.",
+            ("kind",),
         )
+        for kind in ("trimmed", "reset"):
+            self.input_gaps.labels(kind)
         self.backlog = gauge(
             "intentflow_source_backlog_entries",
             "Stream entries after the reader's position (Redis input), by partition.",
@@ -556,7 +558,7 @@ class Metrics(EngineMetrics):
         self._redis_ok = ok
 
     def input_gap(self, partition: str, kind: str) -> None:
-        self.input_gaps.labels(partition, kind).inc()
+        self.input_gaps.labels(kind).inc()
 
     # -- reading -----------------------------------------------------------------------------
     def exposition(self) -> bytes:

@@ -18,7 +18,8 @@ from dataclasses import replace
 from typing import Any, Final
 
 import redis
-from redis.cluster import RedisCluster, key_slot
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # One prepared record: (kind, topic, key, value, headers).
-_Record = tuple[str, str, bytes | None, bytes, list[tuple[str, bytes]]]
+_Record = tuple[str, str, bytes | None, bytes, list[tuple[str, str | bytes | None]]]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class KafkaOutputWriter(OutputWriter):
                 if not isinstance(alert_id, str) or not alert_id:
                     raise ValueError(f"alert without a non-empty string alert_id: {item.alert!r}")
                 entity = str(item.alert.get("entity_id", "")).encode() or None
-                headers = [("alert_id", alert_id.encode())]
+                headers: list[tuple[str, str | bytes | None]] = [("alert_id", alert_id.encode())]
                 value = orjson.dumps(item.alert)
                 records.append(("alert", cfg.alerts_topic, entity, value, headers))
             elif isinstance(item, ScoreOut):

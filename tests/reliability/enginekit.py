@@ -288,7 +288,7 @@ def holds_sqlite_write_lock(db: Path) -> bool:
         fmt = "hhqqi4x"  # struct flock on Linux x86-64 / aarch64
         query = struct.pack(fmt, fcntl.F_WRLCK, os.SEEK_SET, 120, 1, 0)
         answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-        return struct.unpack(fmt, answer)[0] != fcntl.F_UNLCK
+        return bool(struct.unpack(fmt, answer)[0] != fcntl.F_UNLCK)
     finally:
         os.close(fd)
 
@@ -369,7 +369,8 @@ def produce(client: redis.Redis, payloads: list[bytes]) -> None:
 
 def alert_stream(client: redis.Redis) -> list[tuple[str, str, float]]:
     """(alert_id, action, score) of every entry of the alert stream, in stream order."""
-    docs = [orjson.loads(f[b"alert"]) for _id, f in client.xrange("intentflow:alerts")]
+    entries: Any = client.xrange("intentflow:alerts")
+    docs = [orjson.loads(f[b"alert"]) for _id, f in entries]
     return [(d["alert_id"], d["action"]["id"], d["score"]) for d in docs]
 
 

@@ -59,6 +59,7 @@ class FaultProxy:
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
+        self._listener.settimeout(0.1)  # accept() wakes up to notice close()
         self.port = int(self._listener.getsockname()[1])
         self._thread = threading.Thread(target=self._accept, name="faultproxy", daemon=True)
 
@@ -120,6 +121,8 @@ class FaultProxy:
         while not self._stop.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             if self.refuse:
@@ -163,7 +166,7 @@ class FaultProxy:
                         if self.delay_s:
                             time.sleep(self.delay_s)
                         client.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # reset from another thread meanwhile
             return
         finally:
             with self._lock:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -134,8 +135,9 @@ def test_poison_through_the_engine_is_dead_lettered_and_changes_nothing(
         offsets: dict[str, str] = {}
         for i, (name, payload, _reason) in enumerate(items):
             produce(redis_client, reference.payloads[i * step : (i + 1) * step])
-            fields = {b"other": b"x"} if payload is None else {b"event": payload}
-            offsets[name] = redis_client.xadd("intentflow:events:1", fields).decode()
+            fields: Any = {b"other": b"x"} if payload is None else {b"event": payload}
+            entry_id: Any = redis_client.xadd("intentflow:events:1", fields)
+            offsets[name] = entry_id.decode()
         produce(redis_client, reference.payloads[len(items) * step :])
         run_to_end(engine, rec, reference, redis_client)
         expected = len(reference.dead_letter_reasons) + len(items)
@@ -146,7 +148,8 @@ def test_poison_through_the_engine_is_dead_lettered_and_changes_nothing(
     finally:
         engine.kill9()
     check_equal(redis_client, rec, reference)  # poison changed no alert, score or state
-    dlq = [orjson.loads(f[b"dlq"]) for _id, f in redis_client.xrange("intentflow:dlq")]
+    entries: Any = redis_client.xrange("intentflow:dlq")
+    dlq = [orjson.loads(f[b"dlq"]) for _id, f in entries]
     by_offset = {d["offset"]: d for d in dlq if d["source"] == "redis:intentflow:events:1"}
     for name, payload, reason in items:
         record = by_offset[offsets[name]]

@@ -190,6 +190,7 @@ def test_engine_over_tls_as_a_least_privilege_user(
 @needs_tls
 def test_forbidden_commands_are_refused(tls_redis: TlsRedis) -> None:
     engine = connect(tls_redis.url("engine"))
+    command: tuple[str, ...]
     for command in (
         ("FLUSHALL",),
         ("CONFIG", "GET", "*"),
