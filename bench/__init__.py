@@ -15,4 +15,4 @@ from typing import Final
 __all__ = ["SCENARIOS"]
 
 #: Scenario names; each is the module ``bench.<name>``. Add a scenario here.
-SCENARIOS: Final[tuple[str, ...]] = ("e2e", "rules", "learning", "poison", "scale")
+SCENARIOS: Final[tuple[str, ...]] = ("e2e", "rules", "learning", "poison", "scale", "features")

@@ -13,11 +13,19 @@ separate producer process XADDs live events at ``offered_rate`` for D
 seconds while this process reads the alert stream with blocking ``XREAD``.
 Latency is the reader's wall time when ``XREAD`` returned minus the
 producer's ``produced_ts`` of the triggering event (``trace.produced_ts``).
+It is measured at 25 %, 50 % and 75 % of ``eps`` (``--loads``), each with a
+fresh engine; the top-level latency keys are those of the 50 % run.
+
+Also, in the same run: the naive Bytewax + River flow of :mod:`bench.naive`
+through the same throughput rounds (``naive_eps``, ``ratio_vs_naive``), the
+stage profile of :mod:`bench.profile` (``stages``), memory per entity and at
+1M entities from :mod:`bench.memory`, and PNG plots (:mod:`bench.plots`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import math
 import multiprocessing
@@ -27,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -43,17 +52,29 @@ from bench.common import (
     sentinel_payload,
     wait_until,
 )
+
+# bench.naive, bench.profile, bench.memory and bench.plots (Bytewax, River, matplotlib)
+# are imported where they are used: the latency phase's producer process imports this
+# module, and should start in a fraction of a second.
 from intentflow.commands.produce import Producer
 from intentflow.display import percentile
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.redisutil import connect, ping_or_fail
 
-__all__ = ["HELP", "Latency", "Sizes", "Throughput", "add_arguments", "run"]
+__all__ = ["HELP", "LOADS", "Latency", "Sizes", "Throughput", "add_arguments", "run"]
 
-HELP: Final = "whole pipeline through Redis: max events/s and event-to-alert latency"
+HELP: Final = (
+    "whole pipeline through Redis: max events/s, latency at 25, 50 and 75 percent of it, "
+    "the naive baseline, stage costs and memory"
+)
 
-#: Default offered rate of the latency phase as a share of the measured eps ...
+#: Default offered rate of the main latency run as a share of the measured eps ...
 RATE_SHARE: Final = 0.5
+#: Offered loads of the latency runs, percent of eps; the top-level keys are the 50 % run's.
+LOADS: Final = (25, 50, 75)
+MAIN_LOAD: Final = 50
+#: The rules in force in the stage profile by default (five example rules).
+EXAMPLE_RULES: Final = Path(__file__).resolve().parents[1] / "examples" / "rules.toml"
 #: ... within these bounds (events/s).
 RATE_BOUNDS: Final = (100.0, 20_000.0)
 #: Warn when the engine got less of a core than this in a throughput round ...
@@ -73,14 +94,26 @@ class Sizes:
     events: int  # events per throughput round
     rounds: int  # throughput rounds
     warmup: int  # warm-up events before each phase
-    duration_s: float  # seconds of live production in the latency phase
+    duration_s: float  # seconds of live production in each latency run
     event_time_rate: float  # events per second of event time (density of the journeys)
+    profile_events: int = 50_000  # timed events of the stage profile
+    profile_warmup: int = 20_000  # its warm-up
+    memory_entities: int = 1_000_000  # distinct entities of the memory measurement
 
 
 # The warm-up spans more event time than the demo's one-minute label horizon,
 # so that the models have learned from matured labels and alert.
 FULL: Final = Sizes(events=100_000, rounds=3, warmup=20_000, duration_s=60.0, event_time_rate=200.0)
-QUICK: Final = Sizes(events=10_000, rounds=1, warmup=12_000, duration_s=4.0, event_time_rate=200.0)
+QUICK: Final = Sizes(
+    events=10_000,
+    rounds=1,
+    warmup=12_000,
+    duration_s=3.0,
+    event_time_rate=200.0,
+    profile_events=3_000,
+    profile_warmup=2_000,
+    memory_entities=14_000,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,12 +121,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, help="events per throughput round (100000; quick 10000)")
     p.add_argument("--rounds", type=int, help="throughput rounds (3; quick 1)")
     p.add_argument("--warmup", type=int, help="warm-up events per engine (20000; quick 12000)")
-    p.add_argument("--duration", type=float, help="seconds of live production (60; quick 4)")
+    p.add_argument(
+        "--duration", type=float, help="seconds of live production per load (60; quick 3)"
+    )
     p.add_argument(
         "--rate",
         type=float,
-        help="offered events/s in the latency phase (default: 50%% of the measured eps, "
-        "within 100..20000)",
+        help="offered events/s of the 50%% run (default: 50%% of the measured eps, within "
+        "100..20000); the other loads are scaled from it",
+    )
+    p.add_argument(
+        "--loads",
+        default=",".join(str(x) for x in LOADS),
+        metavar="P,P,...",
+        help="latency runs at these percentages of eps (25,50,75; must include 50)",
+    )
+    p.add_argument(
+        "--memory-entities",
+        type=int,
+        help="distinct entities of the memory measurement (1000000; quick 14000, extrapolated)",
+    )
+    p.add_argument(
+        "--profile-events", type=int, help="timed events of the stage profile (50000; quick 3000)"
+    )
+    p.add_argument(
+        "--profile-rules",
+        default=str(EXAMPLE_RULES),
+        metavar="FILE",
+        help="rules in force in the stage profile (examples/rules.toml; '' for none)",
+    )
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write the PNG plots here (default: next to --json; none without either)",
     )
     p.add_argument("--entities", type=int, default=2000, help="synthetic contacts (2000)")
     p.add_argument("--seed", type=int, default=7, help="generator seed (7)")
@@ -115,10 +175,32 @@ def _sizes(args: argparse.Namespace, quick: bool) -> Sizes:
         warmup=args.warmup or base.warmup,
         duration_s=args.duration or base.duration_s,
         event_time_rate=base.event_time_rate,
+        profile_events=args.profile_events or base.profile_events,
+        profile_warmup=base.profile_warmup,
+        memory_entities=args.memory_entities or base.memory_entities,
     )
-    if sizes.events < 1 or sizes.rounds < 1 or sizes.warmup < 1 or sizes.duration_s <= 0:
-        raise BenchError("--events, --rounds, --warmup and --duration must be positive")
+    positive = (sizes.events, sizes.rounds, sizes.warmup, sizes.duration_s)
+    if min(positive) <= 0 or sizes.profile_events < 1 or sizes.memory_entities < 1:
+        raise BenchError(
+            "--events, --rounds, --warmup, --duration, --profile-events and "
+            "--memory-entities must be positive"
+        )
     return sizes
+
+
+def _loads(text: str) -> tuple[int, ...]:
+    """``--loads``: percentages of eps, 50 included.
+
+    >>> _loads("75, 25,50")
+    (25, 50, 75)
+    """
+    try:
+        loads = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError as err:
+        raise BenchError(f"--loads: expected percentages like 25,50,75, got {text!r}") from err
+    if MAIN_LOAD not in loads or min(loads) <= 0:
+        raise BenchError(f"--loads must be positive percentages including {MAIN_LOAD}")
+    return loads
 
 
 def _generator(
@@ -193,23 +275,50 @@ class Throughput:
 
 
 def measure_throughput(
-    ctx: Context, client: redis.Redis, sizes: Sizes, entities: int, seed: int, snap_s: float
+    ctx: Context,
+    client: redis.Redis,
+    sizes: Sizes,
+    entities: int,
+    seed: int,
+    snap_s: float,
+    *,
+    naive: bool = False,
 ) -> Throughput:
-    """Rounds of N pre-staged events through a warm engine; see the module docstring."""
-    keys = Keys.unique("e2e-tp")
+    """Rounds of N pre-staged events through a warm engine; see the module docstring.
+
+    With ``naive``, the naive flow of :mod:`bench.naive` takes the engine's
+    place (same events, same rounds, same timing; no recovery).
+    """
+    keys = Keys.unique("e2e-naive" if naive else "e2e-tp")
     n, rounds = sizes.events, sizes.rounds
     gen = _generator(sizes, entities, seed, sizes.warmup + rounds * n)
     count = sizes.warmup + 1 + rounds * (n + 1)
-    engine = Engine(
-        ctx.url,
-        keys,
-        ctx.workdir / "engine-throughput.log",
-        count=count,
-        extra_args=_engine_args(ctx, snap_s, "throughput"),
-    )
+    engine: Engine
+    if naive:
+        from bench.naive import NaiveProcess, demo_settings
+
+        horizon_ms, threshold = demo_settings()
+        engine = NaiveProcess(
+            ctx.url,
+            keys,
+            ctx.workdir / "naive-throughput.log",
+            count=count,
+            horizon_ms=horizon_ms,
+            threshold=threshold,
+        )
+    else:
+        engine = Engine(
+            ctx.url,
+            keys,
+            ctx.workdir / "engine-throughput.log",
+            count=count,
+            extra_args=_engine_args(ctx, snap_s, "throughput"),
+        )
+    what = "the naive flow" if naive else "the engine"
     try:
         ctx.console.print(
-            f"throughput: starting the engine, warm-up of {sizes.warmup:,} events ..."
+            f"throughput{' (naive)' if naive else ''}: starting {what}, "
+            f"warm-up of {sizes.warmup:,} events ..."
         )
         startup_s = _warm_up(client, engine, gen, sizes.warmup)
         eps_rounds: list[float] = []
@@ -422,6 +531,7 @@ def measure_latency(
         if producer is not None and producer.is_alive():
             producer.terminate()
             producer.join(timeout=5)
+        _kill(engine)  # its state is not needed: skip the graceful shutdown (~2 s)
         engine.stop()
         reader.close()
         keys.cleanup(client)
@@ -446,63 +556,156 @@ def measure_latency(
 # --- the scenario ----------------------------------------------------------------------------
 
 
-def default_rate(eps: float) -> float:
-    """The offered rate used when ``--rate`` is not given.
+def default_rate(eps: float, share: float = RATE_SHARE) -> float:
+    """The offered rate used when ``--rate`` is not given: ``share`` of eps, within bounds.
 
     >>> default_rate(30_000.0), default_rate(100.0), default_rate(1e6)
     (15000.0, 100.0, 20000.0)
+    >>> default_rate(4_000.0, 0.25), default_rate(4_000.0, 0.75)
+    (1000.0, 3000.0)
     """
     low, high = RATE_BOUNDS
-    return float(min(high, max(low, round(RATE_SHARE * eps))))
+    return float(min(high, max(low, round(share * eps))))
 
 
-def run(args: argparse.Namespace, ctx: Context) -> Result:
-    """Both phases; figures for the JSON document and rows for the table."""
-    sizes = _sizes(args, ctx.quick)
-    if args.rate is not None and args.rate <= 0:
-        raise BenchError("--rate must be positive")
-    client = connect(ctx.url)
-    ping_or_fail(client, ctx.url)
-    try:
-        tp = measure_throughput(
-            ctx, client, sizes, args.entities, args.seed, args.snapshot_interval
-        )
-        rate = float(args.rate) if args.rate else default_rate(tp.eps)
-        lt = measure_latency(
-            ctx, client, sizes, rate, args.entities, args.seed, args.snapshot_interval
-        )
-    finally:
-        client.close()
+def load_figures(lt: Latency) -> dict[str, Any]:
+    """The figures of one latency run (an entry of ``by_load``)."""
+    return {
+        "offered_rate": lt.offered_rate,
+        "achieved_rate": lt.achieved_rate,
+        "events": lt.events,
+        "alerts": lt.alerts,
+        "latency_samples": len(lt.latencies),
+        **latency_figures(lt.latencies),
+        **{f"queue_{k}": v for k, v in _p50_p99(lt.queue).items()},
+        **{f"engine_{k}": v for k, v in _p50_p99(lt.engine).items()},
+        **{f"sink_read_{k}": v for k, v in _p50_p99(lt.sink_read).items()},
+        "backlog_s": lt.backlog_s,
+        "engine_cpu_live": lt.engine_cpu,
+        "redis_cpu_live": lt.redis_cpu,
+        "startup_s": lt.startup_s,
+        "dead_letters": lt.dead_letters,
+    }
 
+
+def _plots_dir(args: argparse.Namespace) -> tuple[Path, str] | None:
+    """Where the plots go: ``--plots DIR``, else next to ``--json``; ``None`` without both."""
+    json_path = getattr(args, "json", None)
+    stem = Path(json_path).stem if json_path else "e2e"
+    if args.plots:
+        return Path(args.plots), stem
+    if json_path:
+        return Path(json_path).resolve().parent, stem
+    return None
+
+
+def _tp_warnings(tp: Throughput, who: str) -> list[str]:
+    busy = [e + r for e, r in zip(tp.engine_cpu, tp.redis_cpu, strict=False)]
+    if busy and min(busy) < BUSY_CPU_SHARE:
+        return [
+            f"{who} and Redis together had only {min(busy):.0%} of a core in a throughput "
+            "round (they work in turn): other processes were using the machine; its eps is "
+            "understated"
+        ]
+    return []
+
+
+def _lat_warnings(lt: Latency, load: int) -> list[str]:
+    at = f"at {load}% load: "
     warnings: list[str] = []
     samples = len(lt.latencies)
     if samples < MIN_SAMPLES:
         warnings.append(
-            f"only {samples} latency samples (< {MIN_SAMPLES}): p99.9 is not meaningful; "
+            f"{at}only {samples} latency samples (< {MIN_SAMPLES}): p99.9 is not meaningful; "
             "run longer (--duration) for tail figures"
         )
     if lt.achieved_rate < 0.95 * lt.offered_rate:
         warnings.append(
-            f"the producer reached only {lt.achieved_rate:,.0f} of {lt.offered_rate:,.0f} "
+            f"{at}the producer reached only {lt.achieved_rate:,.0f} of {lt.offered_rate:,.0f} "
             "events/s (CPU-bound machine)"
-        )
-    cpu_pairs = list(zip(tp.engine_cpu, tp.redis_cpu, strict=False))
-    busy = [e + r for e, r in cpu_pairs]
-    if busy and min(busy) < BUSY_CPU_SHARE:
-        warnings.append(
-            f"the engine and Redis together had only {min(busy):.0%} of a core in a "
-            "throughput round (they work in turn): other processes were using the machine; "
-            "eps is understated"
         )
     if lt.backlog_s > BACKLOG_WARN_S:
         warnings.append(
-            f"the engine fell behind the offered rate (it needed {lt.backlog_s:.1f} s after the "
-            "producer stopped): the latency figures are mostly queueing; use a lower --rate "
+            f"{at}the engine fell behind the offered rate (it needed {lt.backlog_s:.1f} s after "
+            "the producer stopped): the latency figures are mostly queueing; use a lower --rate "
             "(or a machine where the engine gets a whole core)"
         )
-    if tp.dead_letters or lt.dead_letters:
-        warnings.append(f"{tp.dead_letters + lt.dead_letters} dead letters (expected none)")
+    return warnings
 
+
+def run(args: argparse.Namespace, ctx: Context) -> Result:
+    """Every phase; figures for the JSON document and rows for the table."""
+    from bench.memory import MemoryChild
+    from bench.plots import write_plots
+    from bench.profile import measure_stages
+
+    sizes = _sizes(args, ctx.quick)
+    loads = _loads(args.loads)
+    if args.rate is not None and args.rate <= 0:
+        raise BenchError("--rate must be positive")
+    rules_path = Path(args.profile_rules) if args.profile_rules else None
+    if rules_path is not None and not rules_path.is_file():
+        raise BenchError(f"--profile-rules: {rules_path} is not a file")
+    client = connect(ctx.url)
+    ping_or_fail(client, ctx.url)
+    runs: dict[int, Latency] = {}
+    memory = MemoryChild(sizes.memory_entities)
+    if ctx.quick:  # overlap it with the rest: quick figures are for smoke tests only
+        memory.start()
+    try:
+        tp = measure_throughput(
+            ctx, client, sizes, args.entities, args.seed, args.snapshot_interval
+        )
+        nv = measure_throughput(
+            ctx, client, sizes, args.entities, args.seed, args.snapshot_interval, naive=True
+        )
+        for load in loads:
+            share = load / 100.0
+            rate = float(args.rate) * load / MAIN_LOAD if args.rate else default_rate(tp.eps, share)
+            ctx.console.print(f"latency at {load}% of eps:")
+            runs[load] = measure_latency(
+                ctx, client, sizes, rate, args.entities, args.seed, args.snapshot_interval
+            )
+        ctx.console.print(
+            f"stage profile: {sizes.profile_events:,} events in-process "
+            f"(warm-up {sizes.profile_warmup:,}) ..."
+        )
+        prof = measure_stages(
+            client,
+            ctx.url,
+            events=sizes.profile_events,
+            warmup=sizes.profile_warmup,
+            entities=args.entities,
+            seed=args.seed,
+            event_time_rate=sizes.event_time_rate,
+            rules_path=rules_path,
+        )
+        ctx.console.print(f"memory: {sizes.memory_entities:,} entities in a child process ...")
+        mem = memory.result()
+    finally:
+        memory.stop()
+        client.close()
+    lt = runs[MAIN_LOAD]
+
+    warnings = _tp_warnings(tp, "the engine") + _tp_warnings(nv, "the naive flow")
+    for load in loads:
+        warnings += _lat_warnings(runs[load], load)
+    dead = tp.dead_letters + sum(r.dead_letters for r in runs.values())
+    if dead:
+        warnings.append(f"{dead} dead letters (expected none)")
+    if mem.extrapolated:
+        warnings.append(
+            f"rss_1m_entities_mb is extrapolated from {sizes.memory_entities:,} entities "
+            "(--quick or --memory-entities below 1000000)"
+        )
+
+    naive_per_cpu = _median(
+        [e / c for e, c in zip(nv.eps_rounds, nv.engine_cpu, strict=False) if c > 0]
+    )
+    eps_per_cpu = _median(
+        [e / c for e, c in zip(tp.eps_rounds, tp.engine_cpu, strict=False) if c > 0]
+    )
+    stages = prof.figures()
     figures: dict[str, Any] = {
         "eps": tp.eps,
         "eps_rounds": tp.eps_rounds,
@@ -510,40 +713,62 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "throughput_events": sizes.rounds * (sizes.events + 1),
         "throughput_alerts": tp.alerts,
         "engine_cpu_rounds": tp.engine_cpu,
-        "eps_per_engine_cpu_s": _median(
-            [e / c for e, c in zip(tp.eps_rounds, tp.engine_cpu, strict=False) if c > 0]
-        ),
+        "eps_per_engine_cpu_s": eps_per_cpu,
         "engine_cpu_live": lt.engine_cpu,
         "redis_cpu_rounds": tp.redis_cpu,
         "redis_cpu_live": lt.redis_cpu,
+        "naive_eps": nv.eps,
+        "naive_eps_rounds": nv.eps_rounds,
+        "naive_seconds_rounds": nv.seconds_rounds,
+        "naive_alerts": nv.alerts,
+        "naive_cpu_rounds": nv.engine_cpu,
+        "naive_redis_cpu_rounds": nv.redis_cpu,
+        "naive_eps_per_cpu_s": naive_per_cpu,
+        "naive_startup_s": nv.startup_s,
+        "ratio_vs_naive": tp.eps / nv.eps if nv.eps > 0 else math.nan,
+        "ratio_per_cpu_s": eps_per_cpu / naive_per_cpu if naive_per_cpu > 0 else math.nan,
         "backlog_s": lt.backlog_s,
         "latency_by_second": timeline(lt.at_s, lt.latencies),
         "offered_rate": lt.offered_rate,
         "achieved_rate": lt.achieved_rate,
         "events": lt.events,
         "alerts": lt.alerts,
-        "latency_samples": samples,
+        "latency_samples": len(lt.latencies),
         **latency_figures(lt.latencies),
         **{f"queue_{k}": v for k, v in _p50_p99(lt.queue).items()},
         **{f"engine_{k}": v for k, v in _p50_p99(lt.engine).items()},
         **{f"sink_read_{k}": v for k, v in _p50_p99(lt.sink_read).items()},
-        "dead_letters": tp.dead_letters + lt.dead_letters,
+        "by_load": {str(load): load_figures(runs[load]) for load in loads},
+        "dead_letters": dead,
         "throughput_startup_s": tp.startup_s,
         "latency_startup_s": lt.startup_s,
+        "bytes_per_entity": mem.bytes_per_entity,
+        "rss_1m_entities_mb": mem.rss_1m_entities_mb,
+        "memory": {**mem.figures, "extrapolated": mem.extrapolated},
+        "stages": stages,
         "params": {
             "events_per_round": sizes.events,
             "rounds": sizes.rounds,
             "warmup_events": sizes.warmup,
             "duration_s": sizes.duration_s,
             "rate_from": "--rate" if args.rate else f"{RATE_SHARE:.0%} of eps",
+            "loads": list(loads),
             "entities": args.entities,
             "seed": args.seed,
             "event_time_rate": sizes.event_time_rate,
             "partitions": 1,
             "snapshot_interval_s": args.snapshot_interval,
+            "profile_events": sizes.profile_events,
+            "profile_warmup_events": stages["warmup_events"],
+            "profile_rules": str(rules_path) if rules_path else "",
+            "memory_entities": sizes.memory_entities,
         },
     }
+    where = _plots_dir(args)
+    figures["plots"] = write_plots(figures, where[0], where[1]) if where else {}
+
     f = figures
+    shares = stages["share"]
     rows = [
         ("throughput rounds", f"{sizes.rounds} x {sizes.events + 1:,} events"),
         ("eps by round", ", ".join(f"{v:,.0f}" for v in tp.eps_rounds)),
@@ -551,30 +776,62 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         ("alerts in throughput rounds", f"{tp.alerts:,}"),
         (
             "CPU by round: engine / Redis (share of a core)",
-            ", ".join(f"{e:.0%}/{r:.0%}" for e, r in cpu_pairs),
+            ", ".join(
+                f"{e:.0%}/{r:.0%}" for e, r in zip(tp.engine_cpu, tp.redis_cpu, strict=False)
+            ),
         ),
         ("events per engine CPU-second (median)", f"{f['eps_per_engine_cpu_s']:,.0f}"),
-        ("offered / achieved rate", f"{lt.offered_rate:,.0f} / {lt.achieved_rate:,.0f} events/s"),
-        ("live events / alerts", f"{lt.events:,} / {lt.alerts:,}"),
-        ("CPU while live: engine / Redis", f"{lt.engine_cpu:.0%} / {lt.redis_cpu:.0%}"),
-        ("backlog when the producer stopped", f"{lt.backlog_s:.2f} s"),
-        ("latency samples", f"{samples:,}"),
-        ("busiest second: alerts, p50", _busiest(figures["latency_by_second"])),
-        ("latency p50 / p99", f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms"),
-        ("latency p99.9 / max", f"{f['p999_ms']:.2f} / {f['max_ms']:.2f} ms"),
+        ("naive eps by round", ", ".join(f"{v:,.0f}" for v in nv.eps_rounds)),
+        ("naive eps (median) / alerts", f"{nv.eps:,.0f} events/s / {nv.alerts:,}"),
+        ("naive events per CPU-second (median)", f"{naive_per_cpu:,.0f}"),
         (
-            "p50 by stage: queue / engine / sink+read",
+            "ratio vs naive: eps / per CPU-second",
+            f"{f['ratio_vs_naive']:.2f}x / {f['ratio_per_cpu_s']:.2f}x",
+        ),
+    ]
+    for load in loads:
+        r = f["by_load"][str(load)]
+        rows.append(
+            (
+                f"latency at {load}% ({r['offered_rate']:,.0f}/s, n={r['latency_samples']:,})",
+                f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / p99.9 {r['p999_ms']:.1f} / "
+                f"max {r['max_ms']:.1f} ms",
+            )
+        )
+    rows += [
+        (
+            "50% run: offered / achieved rate",
+            f"{lt.offered_rate:,.0f} / {lt.achieved_rate:,.0f} events/s",
+        ),
+        ("50% run: live events / alerts", f"{lt.events:,} / {lt.alerts:,}"),
+        ("50% run: CPU while live: engine / Redis", f"{lt.engine_cpu:.0%} / {lt.redis_cpu:.0%}"),
+        ("50% run: backlog when the producer stopped", f"{lt.backlog_s:.2f} s"),
+        ("50% run: busiest second: alerts, p50", _busiest(figures["latency_by_second"])),
+        (
+            "50% run: p50 by stage: queue / engine / sink+read",
             f"{f['queue_p50_ms']:.2f} / {f['engine_p50_ms']:.2f} / {f['sink_read_p50_ms']:.2f} ms",
         ),
         (
-            "p99 by stage: queue / engine / sink+read",
+            "50% run: p99 by stage: queue / engine / sink+read",
             f"{f['queue_p99_ms']:.2f} / {f['engine_p99_ms']:.2f} / {f['sink_read_p99_ms']:.2f} ms",
         ),
         (
-            "engine start + warm-up (not timed)",
-            f"{tp.startup_s:.1f} s / {lt.startup_s:.1f} s",
+            "stage profile: µs per event, top stages",
+            f"{stages['us_per_event']:.0f} µs; "
+            + ", ".join(f"{k} {shares[k]:.0%}" for k in stages["top"]),
+        ),
+        (
+            "memory: bytes per entity / RSS at 1M entities",
+            f"{mem.bytes_per_entity:,.0f} B / {mem.rss_1m_entities_mb:,.0f} MiB"
+            + (" (extrapolated)" if mem.extrapolated else ""),
+        ),
+        (
+            "engine start + warm-up (not timed): engine / naive / 50% run",
+            f"{tp.startup_s:.1f} s / {nv.startup_s:.1f} s / {lt.startup_s:.1f} s",
         ),
     ]
+    if figures["plots"]:
+        rows.append(("plots", ", ".join(figures["plots"].values())))
     return Result(figures=figures, rows=rows, warnings=warnings)
 
 
@@ -600,6 +857,14 @@ def _busiest(rows: list[dict[str, float]]) -> str:
         return "-"
     top = max(rows, key=lambda r: r["alerts"])
     return f"s {top['s']:.0f}: {top['alerts']:.0f} alerts, {top['p50_ms']:.1f} ms"
+
+
+def _kill(engine: Engine) -> None:
+    """SIGKILL a running engine (``Engine.stop`` then only closes its log)."""
+    with contextlib.suppress(BenchError):
+        if engine.proc.poll() is None:
+            engine.proc.kill()
+            engine.proc.wait()
 
 
 def _share(before: float | None, after: float | None, seconds: float) -> float:

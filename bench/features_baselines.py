@@ -120,25 +120,35 @@ def _distinct_key(d: FeatureDef, ev: Event) -> Hashable | None:
     return None
 
 
-def contribution(d: FeatureDef, ev: Event) -> tuple[float, Hashable | None] | None:
-    """What ``ev`` contributes to ``d``: ``(value, distinct key)``, or None if nothing."""
+def _number(raw: object) -> float | None:
+    """A finite number (not a boolean), clamped to the value limit; else None."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return None
+    if raw > VALUE_LIMIT:  # before float(): a huge int would not convert
+        return VALUE_LIMIT
+    return -VALUE_LIMIT if raw < -VALUE_LIMIT else float(raw)
+
+
+def contribution(d: FeatureDef, ev: Event) -> tuple[float | None, Hashable | None] | None:
+    """What ``ev`` gives ``d``: ``(value, distinct key)``, each None if nothing; None if neither.
+
+    Without ``value`` every matching event counts 1.0.
+    """
     if d.types and ev.type not in d.types:
         return None
     props = ev.props
     for cond in d.where:
         if not _holds(cond, props):
             return None
-    if d.distinct is not None:
-        key = _distinct_key(d, ev)
-        return None if key is None else (1.0, key)
-    if d.value is None:
-        return (1.0, None)
-    raw = props.get(d.value)
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
+    key = None if d.distinct is None else _distinct_key(d, ev)
+    value: float | None = 1.0
+    if d.value is not None:
+        value = _number(props.get(d.value))
+    if value is None and key is None:
         return None
-    if isinstance(raw, float) and not math.isfinite(raw):
-        return None
-    return (max(-VALUE_LIMIT, min(VALUE_LIMIT, float(raw))), None)
+    return (value, key)
 
 
 # --- the per-key deque implementation -------------------------------------------------------
@@ -150,10 +160,11 @@ class _Plan:
 
     index: int
     feature: FeatureDef
-    windows: tuple[tuple[int, int], ...]  # (W, bucket size) of every window it needs
+    windows: tuple[tuple[int, int], ...]  # (W, bucket size) of every deque it keeps
     half_lives: tuple[int, ...]
-    outputs: tuple[tuple[int, OutputDef], ...]  # (column, output)
-    longest: int
+    #: (column, aggregation, deque or half-life index, second deque index, window or half-life)
+    outputs: tuple[tuple[int, str, int, int, int], ...]
+    longest: int  # longest distinct window: older values never count again
 
 
 class _FeatState:
@@ -199,10 +210,25 @@ class DequeFeatures:
         ]
         self._plans: dict[str, list[_Plan]] = {"entity": [], "account": []}
         for i, d in enumerate(spec.features):
-            lengths = list(d.windows)
+            deques = {"count", "sum", "mean", "min", "max"}.intersection(d.aggregations)
+            lengths = list(d.windows) if deques else []
             for short, long in d.velocity:
                 lengths += [w for w in (short, long) if w not in lengths]
-            cols = tuple((c, o) for c, o in enumerate(spec.outputs) if o.feature == i)
+            cols: list[tuple[int, str, int, int, int]] = []
+            for c, o in enumerate(spec.outputs):
+                if o.feature != i:
+                    continue
+                agg = o.aggregation
+                if agg in ("decayed_sum", "decayed_rate"):
+                    h = o.half_life_ms
+                    cols.append((c, agg, d.half_lives.index(h), -1, h))
+                elif agg == "velocity":
+                    pair = (lengths.index(o.window_ms), lengths.index(o.window2_ms))
+                    cols.append((c, agg, *pair, 0))
+                elif agg in deques:
+                    cols.append((c, agg, lengths.index(o.window_ms), -1, o.window_ms))
+                else:  # last, recency, distinct
+                    cols.append((c, agg, -1, -1, o.window_ms))
             plans = self._plans[d.key]
             plans.append(
                 _Plan(
@@ -210,8 +236,8 @@ class DequeFeatures:
                     feature=d,
                     windows=tuple((w, spec.resolution_ms(w)) for w in lengths),
                     half_lives=d.half_lives,
-                    outputs=cols,
-                    longest=max(lengths, default=0),
+                    outputs=tuple(cols),
+                    longest=max(d.windows, default=0),
                 )
             )
         self._by_type: dict[str, dict[str, list[_Plan]]] = {"entity": {}, "account": {}}
@@ -269,7 +295,16 @@ class DequeFeatures:
                 self._emit(plan, st, q, row)
 
     @staticmethod
-    def _add(plan: _Plan, st: _FeatState, q: int, ts: int, v: float, dk: Hashable | None) -> None:
+    def _add(
+        plan: _Plan, st: _FeatState, q: int, ts: int, v: float | None, dk: Hashable | None
+    ) -> None:
+        if v is not None:
+            DequeFeatures._add_value(plan, st, q, ts, v)
+        if dk is not None:
+            DequeFeatures._add_distinct(plan, st, q, ts, dk)
+
+    @staticmethod
+    def _add_value(plan: _Plan, st: _FeatState, q: int, ts: int, v: float) -> None:
         for i, (w, size) in enumerate(plan.windows):
             if ts >= (q - w + 1) // size * size:  # inside the window now (it only moves on)
                 dq = st.dqs[i]
@@ -286,23 +321,26 @@ class DequeFeatures:
                 pair[1] = ts
             else:
                 pair[0] += v * 2.0 ** (-(pair[1] - ts) / h)
-        if dk is not None:
-            dist = st.dist
-            old = dist.get(dk)
-            if old is None or ts > old:
-                newest = next(reversed(dist.values())) if dist else ts
-                dist.pop(dk, None)
-                dist[dk] = ts
-                if ts < newest:  # out of order: keep the dict ordered by time
-                    items = sorted(dist.items(), key=lambda kv: kv[1])
-                    dist.clear()
-                    dist.update(items)
-            horizon = q - plan.longest
-            while dist:
-                first = next(iter(dist))
-                if dist[first] > horizon:
-                    break
-                del dist[first]
+
+    @staticmethod
+    def _add_distinct(plan: _Plan, st: _FeatState, q: int, ts: int, dk: Hashable) -> None:
+        """Latest time of each value, the dict kept in time order (oldest first)."""
+        dist = st.dist
+        old = dist.get(dk)
+        if old is None or ts > old:
+            newest = next(reversed(dist.values())) if dist else ts
+            dist.pop(dk, None)
+            dist[dk] = ts
+            if ts < newest:  # out of order: restore the time order
+                items = sorted(dist.items(), key=lambda kv: kv[1])
+                dist.clear()
+                dist.update(items)
+        horizon = q - plan.longest  # values this old never count again
+        while dist:
+            first = next(iter(dist))
+            if dist[first] > horizon:
+                break
+            del dist[first]
 
     def _emit(self, plan: _Plan, st: _FeatState, q: int, row: list[float]) -> None:
         for i, (w, size) in enumerate(plan.windows):
@@ -313,43 +351,38 @@ class DequeFeatures:
                     st.sums[i] -= dq.popleft()[1]
                 if not dq:
                     st.sums[i] = 0.0
-        lengths = [w for w, _ in plan.windows]
-        for col, o in plan.outputs:
-            agg = o.aggregation
+        for col, agg, i, j, param in plan.outputs:
             if agg == "count":
-                row[col] = float(len(st.dqs[lengths.index(o.window_ms)]))
+                row[col] = float(len(st.dqs[i]))
             elif agg == "sum":
-                row[col] = st.sums[lengths.index(o.window_ms)]
+                row[col] = st.sums[i]
             elif agg == "mean":
-                i = lengths.index(o.window_ms)
                 n = len(st.dqs[i])
                 row[col] = st.sums[i] / n if n else 0.0
             elif agg in ("min", "max"):
-                dq = st.dqs[lengths.index(o.window_ms)]
-                vals = [v for _, v in dq]
+                vals = [v for _, v in st.dqs[i]]
                 row[col] = (min(vals) if agg == "min" else max(vals)) if vals else 0.0
             elif agg == "velocity":
-                n_short = len(st.dqs[lengths.index(o.window_ms)])
-                n_long = len(st.dqs[lengths.index(o.window2_ms)])
-                row[col] = (n_short / o.window_ms) / (n_long / o.window2_ms) if n_long else 0.0
+                n_short, n_long = len(st.dqs[i]), len(st.dqs[j])
+                short, long = plan.windows[i][0], plan.windows[j][0]
+                row[col] = (n_short / short) / (n_long / long) if n_long else 0.0
             elif agg == "last":
                 row[col] = st.lval
             elif agg == "recency":
                 if st.lts is not None:
                     row[col] = min(q - st.lts, self._cap_ms) / 1000.0
             elif agg == "distinct":
-                n, lo_excl = 0, q - o.window_ms
+                n, lo_excl = 0, q - param
                 for seen in reversed(st.dist.values()):
                     if seen <= lo_excl or n >= plan.feature.max_distinct:
                         break
                     n += 1
                 row[col] = float(n)
             else:  # decayed_sum, decayed_rate
-                h = o.half_life_ms
-                pair = st.dec[plan.half_lives.index(h)]
-                value = pair[0] * 2.0 ** (-(q - pair[1]) / h)
+                pair = st.dec[i]
+                value = pair[0] * 2.0 ** (-(q - pair[1]) / param)
                 if agg == "decayed_rate":
-                    value *= math.log(2.0) * HOUR_MS / h
+                    value *= math.log(2.0) * HOUR_MS / param
                 row[col] = value
 
 
@@ -397,7 +430,14 @@ class WindowingPlan:
         return out
 
 
-def _plan_groups(spec: FeatureSpec) -> tuple[_Group, ...]:
+def _term(terms: list[tuple[str, int, int]], t: tuple[str, int, int]) -> int:
+    """Index of term ``t`` in ``terms``, appended when new."""
+    if t not in terms:
+        terms.append(t)
+    return terms.index(t)
+
+
+def _plan_groups(spec: FeatureSpec, *, tumbling: bool) -> tuple[_Group, ...]:
     groups: list[_Group] = []
     for kind in ("entity", "account"):
         feats = [i for i, d in enumerate(spec.features) if d.key == kind]
@@ -413,12 +453,7 @@ def _plan_groups(spec: FeatureSpec) -> tuple[_Group, ...]:
             lengths.append(longest)
         terms: dict[int, list[tuple[str, int, int]]] = {w: [] for w in lengths}
         outs: dict[int, list[tuple[int, OutputDef, int, int]]] = {w: [] for w in lengths}
-        slide = {w: spec.resolution_ms(w) for w in lengths}
-
-        def term(w: int, t: tuple[str, int, int]) -> int:
-            if t not in terms[w]:
-                terms[w].append(t)
-            return terms[w].index(t)
+        slide = {w: w if tumbling else spec.resolution_ms(w) for w in lengths}
 
         for col, o in enumerate(spec.outputs):
             d = spec.features[o.feature]
@@ -428,18 +463,18 @@ def _plan_groups(spec: FeatureSpec) -> tuple[_Group, ...]:
             if agg in ("count", "sum", "mean", "min", "max", "distinct"):
                 w = o.window_ms
                 kind_of = {"count": "n", "mean": "n", "min": "lo", "max": "hi", "distinct": "d"}
-                t = term(w, (kind_of.get(agg, "s"), f, 0))
-                t2 = term(w, ("s", f, 0)) if agg == "mean" else -1
+                t = _term(terms[w], (kind_of.get(agg, "s"), f, 0))
+                t2 = _term(terms[w], ("s", f, 0)) if agg == "mean" else -1
                 outs[w].append((col, o, t, t2))
             elif agg == "velocity":
                 w = o.window2_ms
-                t = term(w, ("n", f, 0))
-                t2 = term(w, ("slots", f, math.gcd(o.window_ms, slide[w])))
+                t = _term(terms[w], ("n", f, 0))
+                t2 = _term(terms[w], ("slots", f, math.gcd(o.window_ms, slide[w])))
                 outs[w].append((col, o, t, t2))
             elif agg in ("last", "recency"):
-                outs[longest].append((col, o, term(longest, ("last", f, 0)), -1))
+                outs[longest].append((col, o, _term(terms[longest], ("last", f, 0)), -1))
             else:  # decayed_sum, decayed_rate
-                t = term(longest, ("dec", f, o.half_life_ms))
+                t = _term(terms[longest], ("dec", f, o.half_life_ms))
                 outs[longest].append((col, o, t, -1))
         for w in lengths:
             if terms[w]:
@@ -447,66 +482,81 @@ def _plan_groups(spec: FeatureSpec) -> tuple[_Group, ...]:
     return tuple(groups)
 
 
-#: An event prepared once for every windowed step: (time, ts_ms, contributions per feature).
-_Item = tuple[datetime, int, tuple[tuple[float, Hashable | None] | None, ...]]
+#: An event prepared once for every windowed step: (time, ts_ms, values, distinct keys),
+#: the last two with one entry per feature (None: nothing for that feature).
+_Item = tuple[datetime, int, tuple[float | None, ...], tuple[Hashable | None, ...]]
 
 
 def _folder(group: _Group) -> Callable[[list[Any], _Item], list[Any]]:
-    terms = group.terms
+    """The group's fold: one loop per term kind, only over the terms of that kind."""
+    by_kind: dict[str, list[tuple[int, int, int]]] = {}
+    for i, (kind, f, param) in enumerate(group.terms):
+        by_kind.setdefault(kind, []).append((i, f, param))
+    counts = [(i, f) for i, f, _ in by_kind.get("n", [])]
+    sums = [(i, f) for i, f, _ in by_kind.get("s", [])]
+    lows = [(i, f) for i, f, _ in by_kind.get("lo", [])]
+    highs = [(i, f) for i, f, _ in by_kind.get("hi", [])]
+    dists = [(i, f) for i, f, _ in by_kind.get("d", [])]
+    slots = by_kind.get("slots", [])
+    lasts = [(i, f) for i, f, _ in by_kind.get("last", [])]
+    decs = by_kind.get("dec", [])
 
     def fold(acc: list[Any], item: _Item) -> list[Any]:
-        _, ts, contrib = item
-        for i, (kind, f, param) in enumerate(terms):
-            got = contrib[f]
-            if got is None:
-                continue
-            v = got[0]
-            if kind == "n":
+        ts, values, keys = item[1], item[2], item[3]
+        for i, f in counts:
+            if values[f] is not None:
                 acc[i] += 1
-            elif kind == "s":
+        for i, f in sums:
+            v = values[f]
+            if v is not None:
                 acc[i] += v
-            elif kind == "lo":
-                acc[i] = min(acc[i], v)
-            elif kind == "hi":
-                acc[i] = max(acc[i], v)
-            elif kind == "d":
-                acc[i].add(got[1])
-            elif kind == "slots":
-                slot = ts // param
+        for i, f in lows:
+            v = values[f]
+            if v is not None and v < acc[i]:
+                acc[i] = v
+        for i, f in highs:
+            v = values[f]
+            if v is not None and v > acc[i]:
+                acc[i] = v
+        for i, f in dists:
+            k = keys[f]
+            if k is not None:
+                if acc[i] is None:
+                    acc[i] = set()
+                acc[i].add(k)
+        for i, f, size in slots:
+            if values[f] is not None:
+                if acc[i] is None:
+                    acc[i] = {}
+                slot = ts // size
                 acc[i][slot] = acc[i].get(slot, 0) + 1
-            elif kind == "last":
-                if acc[i] is None or ts >= acc[i][0]:
-                    acc[i] = (ts, v)
-            else:  # dec: (sum at ref, ref)
-                total, ref = acc[i]
-                if ts >= ref:
-                    acc[i] = (total * 2.0 ** (-(ts - ref) / param) + v, ts)
+        for i, f in lasts:
+            v = values[f]
+            if v is not None and (acc[i] is None or ts >= acc[i][0]):
+                acc[i] = (ts, v)
+        for i, f, h in decs:
+            v = values[f]
+            if v is not None:
+                if acc[i] is None:
+                    acc[i] = (v, ts)
                 else:
-                    acc[i] = (total + v * 2.0 ** (-(ref - ts) / param), ref)
+                    total, ref = acc[i]
+                    if ts >= ref:
+                        acc[i] = (total * 2.0 ** (-(ts - ref) / h) + v, ts)
+                    else:
+                        acc[i] = (total + v * 2.0 ** (-(ref - ts) / h), ref)
         return acc
 
     return fold
 
 
 def _builder(group: _Group) -> Callable[[], list[Any]]:
+    """Empty accumulator: counts 0, sums 0.0, min inf, max -inf, the rest None until used."""
+    first = {"n": 0, "s": 0.0, "lo": math.inf, "hi": -math.inf}
+    template: list[Any] = [first.get(kind) for kind, _, _ in group.terms]
+
     def build() -> list[Any]:
-        acc: list[Any] = []
-        for kind, _, _ in group.terms:
-            if kind in ("n", "s"):
-                acc.append(0 if kind == "n" else 0.0)
-            elif kind == "lo":
-                acc.append(math.inf)
-            elif kind == "hi":
-                acc.append(-math.inf)
-            elif kind == "d":
-                acc.append(set())
-            elif kind == "slots":
-                acc.append({})
-            elif kind == "last":
-                acc.append(None)
-            else:
-                acc.append((0.0, 0))
-        return acc
+        return template.copy()
 
     return build
 
@@ -515,43 +565,65 @@ def _merge(a: list[Any], b: list[Any]) -> list[Any]:  # sliding windows never me
     raise AssertionError("sliding windows do not merge")
 
 
+_Finish = Callable[[list[Any], int], float]
+
+
+def _output_fn(group: _Group, o: OutputDef, t: int, t2: int, spec: FeatureSpec) -> _Finish:
+    """Value of one output from a closed window's accumulator and its close time."""
+    agg, cap = o.aggregation, spec.recency_cap_ms
+    if agg in ("count", "sum"):
+        return lambda acc, close: float(acc[t])
+    if agg == "mean":
+        return lambda acc, close: acc[t2] / acc[t] if acc[t] else 0.0
+    if agg in ("min", "max"):
+        return lambda acc, close: float(acc[t]) if math.isfinite(acc[t]) else 0.0
+    if agg == "distinct":
+        top = spec.features[o.feature].max_distinct
+        return lambda acc, close: 0.0 if acc[t] is None else float(min(len(acc[t]), top))
+    if agg == "velocity":
+        size, short_ms, long_ms = group.terms[t2][2], o.window_ms, o.window2_ms
+
+        def velocity(acc: list[Any], close: int) -> float:
+            n_long = int(acc[t])
+            if not n_long:
+                return 0.0
+            first = (close - short_ms) // size
+            n_short = int(sum(n for slot, n in acc[t2].items() if slot >= first))
+            return (n_short / short_ms) / (n_long / long_ms)
+
+        return velocity
+    if agg == "last":
+        return lambda acc, close: 0.0 if acc[t] is None else float(acc[t][1])
+    if agg == "recency":
+        return lambda acc, close: (
+            cap / 1000.0 if acc[t] is None else min(close - 1 - acc[t][0], cap) / 1000.0
+        )
+    h = o.half_life_ms
+    factor = math.log(2.0) * HOUR_MS / h if agg == "decayed_rate" else 1.0
+
+    def decayed(acc: list[Any], close: int) -> float:
+        if acc[t] is None:
+            return 0.0
+        total, ref = acc[t]
+        return float(total * 2.0 ** (-(close - 1 - ref) / h) * factor)
+
+    return decayed
+
+
 def _finisher(
     group: _Group, spec: FeatureSpec
 ) -> Callable[[tuple[str, tuple[int, list[Any]]]], WindowRow]:
-    cap = spec.recency_cap_ms
+    """Closed window -> :class:`WindowRow`, evaluated at its last instant (close - 1 ms)."""
+    fns = [(col, _output_fn(group, o, t, t2, spec)) for col, o, t, t2 in group.outputs]
+    kind, length, slide = group.kind, group.length_ms, group.slide_ms
 
     def finish(key_wid_acc: tuple[str, tuple[int, list[Any]]]) -> WindowRow:
         key, (wid, acc) = key_wid_acc
-        open_ms = wid * group.slide_ms  # windows are aligned to the epoch
-        close_ms = open_ms + group.length_ms
-        q = close_ms - 1  # the window's last instant
-        values: list[tuple[int, float]] = []
-        for col, o, t, t2 in group.outputs:
-            agg, x = o.aggregation, acc[t]
-            if agg in ("count", "sum"):
-                value = float(x)
-            elif agg == "mean":
-                value = acc[t2] / x if x else 0.0
-            elif agg in ("min", "max"):
-                value = float(x) if math.isfinite(x) else 0.0
-            elif agg == "distinct":
-                value = float(min(len(x), spec.features[o.feature].max_distinct))
-            elif agg == "velocity":
-                size = group.terms[t2][2]
-                first = (close_ms - o.window_ms) // size
-                short = sum(n for slot, n in acc[t2].items() if slot >= first)
-                value = (short / o.window_ms) / (x / o.window2_ms) if x else 0.0
-            elif agg == "last":
-                value = 0.0 if x is None else float(x[1])
-            elif agg == "recency":
-                value = cap / 1000.0 if x is None else min(q - x[0], cap) / 1000.0
-            else:
-                total, ref = x
-                value = total * 2.0 ** (-(q - ref) / o.half_life_ms)
-                if agg == "decayed_rate":
-                    value *= math.log(2.0) * HOUR_MS / o.half_life_ms
-            values.append((col, value))
-        return WindowRow(group.kind, key, group.length_ms, open_ms, close_ms, tuple(values))
+        open_ms = wid * slide  # windows are aligned to the epoch
+        close = open_ms + length
+        return WindowRow(
+            kind, key, length, open_ms, close, tuple((c, fn(acc, close)) for c, fn in fns)
+        )
 
     return finish
 
@@ -561,7 +633,7 @@ def _no_wake_up(_: datetime) -> datetime | None:
 
 
 def windowing_flow(
-    spec: FeatureSpec, events: Sequence[Event], *, batch_size: int = 1000
+    spec: FeatureSpec, events: Sequence[Event], *, batch_size: int = 1000, tumbling: bool = False
 ) -> tuple[Dataflow, WindowingPlan]:
     """A dataflow computing ``spec`` with Bytewax's windowing operators over ``events``.
 
@@ -572,14 +644,16 @@ def windowing_flow(
     upstream. Closed windows go to ``plan.rows``, late items are counted in
     ``plan.late``. Run it with ``bytewax.testing.run_main``.
     """
-    groups = _plan_groups(spec)
+    groups = _plan_groups(spec, tumbling=tumbling)
     plan = WindowingPlan(groups=groups, rows=[], late=[])
     feats = spec.features
 
     def prepare(ev: Event) -> tuple[str, str | None, _Item]:
-        contrib = tuple(contribution(d, ev) for d in feats)
+        got = [contribution(d, ev) for d in feats]
+        values = tuple(None if c is None else c[0] for c in got)
+        keys = tuple(None if c is None else c[1] for c in got)
         when = _EPOCH + timedelta(milliseconds=ev.ts_ms)
-        return ev.entity_id, ev.account_id, (when, ev.ts_ms, contrib)
+        return ev.entity_id, ev.account_id, (when, ev.ts_ms, values, keys)
 
     def item_time(item: _Item) -> datetime:
         return item[0]
@@ -595,9 +669,7 @@ def windowing_flow(
     prepared = op.map("prepare", inp, prepare)
     keyed = {
         "entity": op.map("by_entity", prepared, lambda x: (x[0], x[2])),
-        "account": op.filter_map(
-            "by_account", prepared, lambda x: (x[1], x[2]) if x[1] else None
-        ),
+        "account": op.filter_map("by_account", prepared, lambda x: (x[1], x[2]) if x[1] else None),
     }
     for g in groups:
         name = f"{g.kind}_{g.length_ms // 60_000}m"
@@ -606,11 +678,13 @@ def windowing_flow(
             offset=timedelta(milliseconds=g.slide_ms),
             align_to=_EPOCH,
         )
-        out = fold_window(
-            name, keyed[g.kind], clock, windower, _builder(g), _folder(g), _merge
+        out = fold_window(name, keyed[g.kind], clock, windower, _builder(g), _folder(g), _merge)
+        op.output(
+            f"{name}_rows",
+            op.map(f"{name}_finish", out.down, _finisher(g, spec)),
+            TestingSink(plan.rows),
         )
-        op.output(f"{name}_rows", op.map(f"{name}_finish", out.down, _finisher(g, spec)),
-                  TestingSink(plan.rows))  # fmt: skip
-        op.output(f"{name}_late", op.map(f"{name}_late_n", out.late, lambda _: 1),
-                  TestingSink(plan.late))  # fmt: skip
+        op.output(
+            f"{name}_late", op.map(f"{name}_late_n", out.late, lambda _: 1), TestingSink(plan.late)
+        )
     return flow, plan

@@ -47,7 +47,14 @@ from intentflow.dataflows.flow import engine_parts
 from intentflow.dataflows.logic import ShardLogic
 from intentflow.events import Event
 
-__all__ = ["WARMUP_ENTITIES", "MemoryFigures", "measure_memory", "rss_bytes", "synthetic_events"]
+__all__ = [
+    "WARMUP_ENTITIES",
+    "MemoryChild",
+    "MemoryFigures",
+    "measure_memory",
+    "rss_bytes",
+    "synthetic_events",
+]
 
 #: Entities processed before the baseline is read.
 WARMUP_ENTITIES: Final = 2_000
@@ -149,19 +156,51 @@ class MemoryFigures:
         return int(self.figures["entities"]) < 1_000_000
 
 
-def measure_memory(entities: int, *, batch: int = 10_000, timeout_s: float = 900.0) -> MemoryFigures:
-    """Run the child process and return its figures."""
-    if entities < 1 or batch < 1:
-        raise BenchError("memory: entities and batch must be positive")
-    cmd = [sys.executable, "-m", "bench.memory", "--entities", str(entities), "--batch", str(batch)]
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as err:
-        raise BenchError(f"memory: the child process took longer than {timeout_s:.0f} s") from err
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace")[-2000:]
-        raise BenchError(f"memory: the child process exited with code {proc.returncode}:\n{tail}")
-    return MemoryFigures(orjson.loads(proc.stdout.strip().splitlines()[-1]))
+class MemoryChild:
+    """``python -m bench.memory`` as a child process: :meth:`start`, then :meth:`result`."""
+
+    def __init__(self, entities: int, *, batch: int = 10_000) -> None:
+        if entities < 1 or batch < 1:
+            raise BenchError("memory: entities and batch must be positive")
+        self.entities = entities
+        self.batch = batch
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MemoryChild:
+        cmd = [sys.executable, "-m", "bench.memory", "--entities", str(self.entities)]
+        cmd += ["--batch", str(self.batch)]
+        self._proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        return self
+
+    def result(self, timeout_s: float = 900.0) -> MemoryFigures:
+        """Wait for the child and return its figures."""
+        proc = self._proc if self._proc is not None else self.start()._proc
+        assert proc is not None
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise BenchError(f"memory: the child took longer than {timeout_s:.0f} s") from exc
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace")[-2000:]
+            raise BenchError(f"memory: the child exited with code {proc.returncode}:\n{tail}")
+        return MemoryFigures(orjson.loads(out.strip().splitlines()[-1]))
+
+    def stop(self) -> None:
+        """Kill the child if it is still running (the benchmark failed elsewhere)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+
+
+def measure_memory(
+    entities: int, *, batch: int = 10_000, timeout_s: float = 900.0
+) -> MemoryFigures:
+    """Run the child process to its end and return its figures."""
+    return MemoryChild(entities, batch=batch).start().result(timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

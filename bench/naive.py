@@ -39,6 +39,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import bytewax.operators as op
@@ -49,24 +51,32 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 from river import linear_model, preprocessing
 
+from bench.common import DEMO_CONFIG, Engine, Keys
+from intentflow.config import load_config
 from intentflow.contracts import Limits, Rejection, parse_event
+from intentflow.dataflows.flow import engine_parts
 from intentflow.dataflows.sources import RawItem, RedisStreamSource
 from intentflow.events import Event
 from intentflow.redisutil import connect
 
 __all__ = [
     "FEATURES",
+    "MARK_PREFIX",
     "EntityState",
     "NaiveAlert",
     "NaiveConfig",
     "NaiveMark",
     "NaiveModel",
+    "NaiveProcess",
     "build_naive_flow",
     "decide",
+    "demo_settings",
     "main",
     "update_entity",
 ]
 
+#: Entity ids of the benchmark's sentinel events (``bench.common.sentinel_payload``).
+MARK_PREFIX: Final = "bench-"
 MINUTE: Final = 60_000
 HOUR: Final = 60 * MINUTE
 DAY: Final = 24 * HOUR
@@ -362,6 +372,60 @@ def build_naive_flow(cfg: NaiveConfig) -> Dataflow:
     return flow
 
 
+def demo_settings() -> tuple[int, float]:
+    """The label horizon (ms) and alert threshold of the engine's demo settings."""
+    parts = engine_parts(load_config(DEMO_CONFIG, env={}))
+    return parts.labels.horizon_ms, parts.model.threshold
+
+
+class NaiveProcess(Engine):
+    """``python -m bench.naive`` as a child process, driven like :class:`~bench.common.Engine`.
+
+    Sentinel events (entities ``bench-*``) are markers: the flow sets the
+    sentinel's key under ``keys.score_prefix`` when it reaches the output,
+    as the engine writes the sentinel's score.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        keys: Keys,
+        log_path: Path,
+        *,
+        count: int = 0,
+        horizon_ms: int = MINUTE,
+        threshold: float = 0.7,
+    ) -> None:
+        super().__init__(url, keys, log_path, count=count)
+        self.horizon_ms = horizon_ms
+        self.threshold = threshold
+
+    def command(self) -> list[str]:
+        """The naive flow's command line (one input partition)."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.naive",
+            "--redis-url",
+            self.url,
+            "--events-prefix",
+            self.keys.events_prefix,
+            "--alerts-stream",
+            self.keys.alerts,
+            "--mark-prefix",
+            MARK_PREFIX,
+            "--mark-key-prefix",
+            self.keys.score_prefix,
+            "--horizon-ms",
+            str(self.horizon_ms),
+            "--threshold",
+            repr(self.threshold),
+        ]
+        if self.count > 0:
+            cmd += ["--count", str(self.count)]
+        return cmd
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.naive", description=__doc__.split("\n")[0])
     p.add_argument("--redis-url", required=True)
@@ -393,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mark_key_prefix=args.mark_key_prefix,
     )
     try:
-        cli_main(build_naive_flow(cfg), workers_per_process=1)
+        # the engine's default epoch (= snapshot) interval, 10 s
+        cli_main(build_naive_flow(cfg), workers_per_process=1, epoch_interval=timedelta(seconds=10))
     except KeyboardInterrupt:
         return 130
     return 0

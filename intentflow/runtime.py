@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import sqlite3
 import stat
+import tempfile
 from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
@@ -212,9 +214,7 @@ def prepare_recovery(config: Config, *, init: bool, partitions: int = 1) -> Reco
                 f"recovery directory {path} is not empty but holds no recovery partitions; "
                 "refusing to initialise over unknown files"
             )
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-        init_db_dir(path, partitions)
+        _init_recovery_dir(path, partitions)
         log.info("initialised recovery directory %s with %d partition(s)", path, partitions)
     else:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -228,6 +228,30 @@ def prepare_recovery(config: Config, *, init: bool, partitions: int = 1) -> Reco
         positions = check_recovery_partitions(parts)
         _check_input_partitions(config, positions)
     return RecoveryConfig(path, backup_interval=timedelta(seconds=rec.backup_interval_s))
+
+
+def _init_recovery_dir(path: Path, partitions: int) -> None:
+    """Create an owner-only recovery directory so that a crash leaves it whole or absent.
+
+    The partitions are written in a private staging directory next to ``path``
+    and renamed into place; a crash meanwhile leaves no ``path`` (and a stale
+    ``.NAME.init-*`` directory that the next initialisation removes). An
+    existing empty ``path`` (e.g. a mount point) is initialised in place.
+    """
+    if path.exists():
+        os.chmod(path, 0o700)
+        init_db_dir(path, partitions)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.init-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.init-", dir=path.parent))  # mode 700
+    try:
+        init_db_dir(staging, partitions)
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _check_input_partitions(config: Config, stored: set[str]) -> None:

@@ -230,13 +230,13 @@ def _wait(cond: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, wh
         time.sleep(0.1)
 
 
-def _interrupt(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+def _kill_9(proc: subprocess.Popen[bytes]) -> None:
+    """Crash the whole cluster: every process with SIGKILL."""
+    for pid in _children(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
 
 
 def _children(pid: int) -> list[int]:
@@ -275,8 +275,8 @@ def _sentinels(tag: str, ts_ms: int) -> list[bytes]:
 def test_two_processes_decide_like_one_exchange_nothing_and_resume(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    payloads = gen_payloads(6000, seed=17)
-    first, second = payloads[:3000], payloads[3000:]
+    payloads = gen_payloads(4000, seed=17)
+    first, second = payloads[:2000], payloads[2000:]
     marks1 = _sentinels("mark1", int(orjson.loads(first[-1])["ts"]))
     marks2 = _sentinels("mark2", int(orjson.loads(second[-1])["ts"]))
     # Per stream, the engine sees exactly this order (the producer keeps it per stream).
@@ -302,8 +302,7 @@ def test_two_processes_decide_like_one_exchange_nothing_and_resume(
         scrapes = [_scrape(port), _scrape(port + 1)]
         assert len(_children(proc.pid)) == 2
     finally:
-        _interrupt(proc)
-    assert not _children(proc.pid), "the processes stop with their supervisor"
+        _kill_9(proc)  # state resumes from the last snapshot; alerts after it are replayed
     for shard in range(2):  # each stream is read by the process that owns its shard
         readers = [
             i
@@ -327,9 +326,9 @@ def test_two_processes_decide_like_one_exchange_nothing_and_resume(
     proc = _cluster(redis_url, *common, log=log)  # resumes from the snapshots
     try:
         _wait(scored(marks2), proc, log, "the second half after the resume")
-        time.sleep(1.0)  # anything written twice would show up now
+        time.sleep(0.5)  # anything written twice would show up now
     finally:
-        _interrupt(proc)
+        _kill_9(proc)
     docs = [orjson.loads(f[b"alert"]) for _id, f in redis_client.xrange("intentflow:alerts")]
     assert len({d["alert_id"] for d in docs}) == len(docs)
     assert sorted((d["alert_id"], d["action"]["id"], d["score"]) for d in docs) == expected
@@ -357,13 +356,8 @@ def test_when_one_process_dies_the_cluster_stops_with_an_error(
     assert "exited with code" in log.read_text()
 
 
-def test_more_processes_than_partitions_is_refused(redis_url: str, tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "intentflow.cli", "run", "--redis-url", redis_url]
-        + ["--partitions", "2", "--shards", "2", "--processes", "3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 2
-    assert "every process needs at least one" in out.stderr
+def test_more_processes_than_partitions_is_refused_before_anything_starts() -> None:
+    from intentflow.cluster import run_local_cluster
+
+    with pytest.raises(ConfigError, match="every process needs at least one"):
+        run_local_cluster(cfg_with(2, affinity=True), processes=3)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from conftest import SYSTEM_REDIS, free_port
@@ -38,6 +39,11 @@ ENGINE_ACL = (
 )
 #: A producer may only append to the input streams.
 PRODUCER_ACL = "on resetkeys ~intentflow:events:* resetchannels -@all +ping +xadd"
+#: An app reading alerts with ``AlertReader`` (consumer groups and its reclaim script).
+READER_ACL = (
+    "on resetkeys ~intentflow:alerts resetchannels -@all +ping +xgroup|create +xreadgroup "
+    "+xack +xrange +xautoclaim +xpending +evalsha +script|load"
+)
 
 needs_tls = pytest.mark.skipif(
     SYSTEM_REDIS is None or shutil.which("openssl") is None,
@@ -220,6 +226,29 @@ def test_forbidden_commands_are_refused(tls_redis: TlsRedis) -> None:
             producer.execute_command(*command)
     with pytest.raises(redis.AuthenticationError):
         connect(tls_redis.url("default")).ping()
+
+
+@needs_tls
+def test_an_app_reads_alerts_as_a_reader_user(tls_redis: TlsRedis) -> None:
+    from intentflow.sinks.reader import AlertReader
+
+    admin = connect(tls_redis.url("admin"))
+    admin.execute_command("ACL", "SETUSER", "reader", *READER_ACL.split(), f">{PASSWORD}")
+    for i in range(5):
+        admin.xadd("intentflow:alerts", {"alert": orjson.dumps({"alert_id": f"a{i}"})})
+    url = tls_redis.url("reader")
+    with AlertReader(url, group="crm", consumer="w1", start_id="0") as reader:
+        got = reader.read(count=10, block_ms=100)
+        assert [a["alert_id"] for _e, a in got] == [f"a{i}" for i in range(5)]
+        reader.ack([entry for entry, _a in got])
+        assert reader.pending_count() == 0
+        reader.reclaim()
+        assert reader.read(count=10, block_ms=10) == []
+    assert admin.execute_command("ACL", "LOG", "10") == []
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        connect(url).xadd("intentflow:alerts", {"alert": b"{}"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        connect(url).xrange("intentflow:events:0")
 
 
 @needs_tls
