@@ -56,7 +56,6 @@ from bench.common import (
 # bench.naive, bench.profile, bench.memory and bench.plots (Bytewax, River, matplotlib)
 # are imported where they are used: the latency phase's producer process imports this
 # module, and should start in a fraction of a second.
-from intentflow.commands.produce import Producer
 from intentflow.display import percentile
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.redisutil import connect, ping_or_fail
@@ -217,7 +216,29 @@ def _generator(
     return BuyerJourneyGenerator(cfg)
 
 
-def _send(producer: Producer, payloads: list[bytes]) -> int:
+class _Sender:
+    """Pipelined XADD to one input stream, entries as ``intentflow produce`` writes them.
+
+    Fields ``event`` and ``produced_ts`` (the wall time, epoch ms, just before
+    each pipeline is sent). Kept here rather than importing the CLI's
+    ``Producer``, whose imports take seconds in the latency phase's producer process.
+    """
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self.client = client
+        self.stream = stream.encode()
+        self.sent = 0
+
+    def send(self, payloads: list[bytes]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        now = repr(time.time() * 1000.0).encode()
+        for p in payloads:
+            pipe.xadd(self.stream, {b"event": p, b"produced_ts": now})
+        pipe.execute()
+        self.sent += len(payloads)
+
+
+def _send(producer: _Sender, payloads: list[bytes]) -> int:
     """XADD ``payloads`` in pipelined batches; returns the event time of the last one."""
     for i in range(0, len(payloads), _SEND_BATCH):
         producer.send(payloads[i : i + _SEND_BATCH])
@@ -236,24 +257,36 @@ def _engine_args(ctx: Context, snapshot_interval_s: float, tag: str) -> list[str
     return ["--recovery-dir", str(rec), "--init-recovery", "--snapshot-interval", interval]
 
 
-def _warm_up(client: redis.Redis, engine: Engine, gen: BuyerJourneyGenerator, warmup: int) -> float:
-    """Pre-load ``warmup`` events and a sentinel, start the engine, wait until it is through.
-
-    Returns the seconds from the engine's start until the sentinel was scored.
-    """
+def _preload_and_start(
+    client: redis.Redis, engine: Engine, gen: BuyerJourneyGenerator, warmup: int
+) -> float:
+    """Pre-load ``warmup`` events and a sentinel, start the engine; its monotonic start time."""
     keys = engine.keys
-    last_ts = _send(Producer(client, keys.events_prefix, 1), gen.next_payloads(warmup))
-    Producer(client, keys.events_prefix, 1).send([sentinel_payload("warm", last_ts)])
+    last_ts = _send(_Sender(client, f"{keys.events_prefix}0"), gen.next_payloads(warmup))
+    _Sender(client, f"{keys.events_prefix}0").send([sentinel_payload("warm", last_ts)])
     t0 = time.monotonic()
     engine.start()
+    return t0
+
+
+def _wait_warm(client: redis.Redis, engine: Engine, t0: float) -> float:
+    """Wait until the warm-up sentinel is scored; the seconds since ``t0``."""
     done = wait_until(
-        _exists(client, keys.score_key("bench-warm")),
+        _exists(client, engine.keys.score_key("bench-warm")),
         timeout_s=_READY_TIMEOUT_S,
         what="the engine to start and process the warm-up",
         poll_s=0.05,
         alive=engine.check_alive,
     )
     return done - t0
+
+
+def _warm_up(client: redis.Redis, engine: Engine, gen: BuyerJourneyGenerator, warmup: int) -> float:
+    """Pre-load ``warmup`` events and a sentinel, start the engine, wait until it is through.
+
+    Returns the seconds from the engine's start until the sentinel was scored.
+    """
+    return _wait_warm(client, engine, _preload_and_start(client, engine, gen, warmup))
 
 
 # --- throughput ----------------------------------------------------------------------------
@@ -328,7 +361,7 @@ def measure_throughput(
         alerts_before = int(client.xlen(keys.alerts))
         staging = f"{keys.staging_prefix}0"
         for r in range(rounds):
-            stager = Producer(client, keys.staging_prefix, 1)
+            stager = _Sender(client, f"{keys.staging_prefix}0")
             last_ts = _send(stager, gen.next_payloads(n))
             tag = f"round-{r}"
             stager.send([sentinel_payload(tag, last_ts)])
@@ -413,7 +446,7 @@ def _produce_live(
     """
     gen = BuyerJourneyGenerator.restore(cfg, snapshot)
     client = connect(url)
-    producer = Producer(client, prefix, 1)
+    producer = _Sender(client, f"{prefix}0")
     last_ts = 0
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < duration_s:
@@ -431,31 +464,63 @@ def _produce_live(
     out.put((sent, seconds, last_ts))
 
 
+@dataclass
+class LatencyEngine:
+    """A fresh engine of one latency run, started and (after :meth:`wait`) warm."""
+
+    keys: Keys
+    gen: BuyerJourneyGenerator
+    engine: Engine
+    started: float  # monotonic time of the start
+    startup_s: float = math.nan  # start + warm-up, set by wait()
+
+    @classmethod
+    def start(
+        cls,
+        ctx: Context,
+        client: redis.Redis,
+        sizes: Sizes,
+        entities: int,
+        seed: int,
+        snap_s: float,
+        tag: str,
+    ) -> LatencyEngine:
+        """Pre-load the warm-up and start the engine (its own keys, log and recovery)."""
+        keys = Keys.unique("e2e-lat")
+        gen = _generator(sizes, entities, seed, sizes.warmup)
+        engine = Engine(
+            ctx.url,
+            keys,
+            ctx.workdir / f"engine-latency-{tag}.log",
+            extra_args=_engine_args(ctx, snap_s, f"latency-{tag}"),
+        )
+        return cls(keys, gen, engine, _preload_and_start(client, engine, gen, sizes.warmup))
+
+    def wait(self, client: redis.Redis) -> LatencyEngine:
+        """Wait until the engine is through its warm-up."""
+        self.startup_s = _wait_warm(client, self.engine, self.started)
+        return self
+
+    def close(self, client: redis.Redis) -> None:
+        """Kill the engine (its state is not needed: no graceful shutdown) and drop its keys."""
+        _kill(self.engine)
+        self.engine.stop()
+        self.keys.cleanup(client)
+
+
 def measure_latency(
-    ctx: Context,
-    client: redis.Redis,
-    sizes: Sizes,
-    rate: float,
-    entities: int,
-    seed: int,
-    snap_s: float,
+    ctx: Context, client: redis.Redis, sizes: Sizes, rate: float, warm: LatencyEngine
 ) -> Latency:
-    """Live production at ``rate`` against a warm engine; see the module docstring."""
-    keys = Keys.unique("e2e-lat")
-    gen = _generator(sizes, entities, seed, sizes.warmup)
-    engine = Engine(
-        ctx.url,
-        keys,
-        ctx.workdir / "engine-latency.log",
-        extra_args=_engine_args(ctx, snap_s, "latency"),
-    )
+    """Live production at ``rate`` against a warm engine; see the module docstring.
+
+    The engine is closed at the end.
+    """
+    keys, gen, engine, startup_s = warm.keys, warm.gen, warm.engine, warm.startup_s
     mp = multiprocessing.get_context("spawn")
     results: Queue[tuple[int, float, int]] = mp.Queue()
     reader = connect(ctx.url)
     producer: Any = None
     try:
-        ctx.console.print(f"latency: starting the engine, warm-up of {sizes.warmup:,} events ...")
-        startup_s = _warm_up(client, engine, gen, sizes.warmup)
         ctx.console.print(f"  producing {rate:,.0f} events/s for {sizes.duration_s:g} s ...")
         last: Any = client.xrevrange(keys.alerts, count=1)
         last_id: bytes | str = bytes(last[0][0]) if last else "0-0"
@@ -531,10 +596,8 @@ def measure_latency(
         if producer is not None and producer.is_alive():
             producer.terminate()
             producer.join(timeout=5)
-        _kill(engine)  # its state is not needed: skip the graceful shutdown (~2 s)
-        engine.stop()
         reader.close()
-        keys.cleanup(client)
+        warm.close(client)
     return Latency(
         offered_rate=rate,
         achieved_rate=sent / seconds if seconds > 0 else math.nan,
@@ -586,6 +649,55 @@ def load_figures(lt: Latency) -> dict[str, Any]:
         "startup_s": lt.startup_s,
         "dead_letters": lt.dead_letters,
     }
+
+
+def _latency_runs(
+    ctx: Context,
+    client: redis.Redis,
+    sizes: Sizes,
+    args: argparse.Namespace,
+    loads: tuple[int, ...],
+    eps: float,
+) -> dict[int, Latency]:
+    """One latency run per load, each with a fresh engine.
+
+    With ``--quick`` the engines start and warm up together (it saves two
+    engine start-ups); while one is measured the others poll their idle
+    input, which takes some CPU from it: quick latencies are for smoke tests.
+    """
+    ready: dict[int, LatencyEngine] = {}
+    runs: dict[int, Latency] = {}
+    snap_s = args.snapshot_interval
+
+    def start(load: int) -> LatencyEngine:
+        return LatencyEngine.start(
+            ctx, client, sizes, args.entities, args.seed, snap_s, f"{load}pct"
+        )
+
+    try:
+        if ctx.quick:
+            ctx.console.print(
+                f"latency: starting {len(loads)} engines, warm-up of {sizes.warmup:,} events each"
+            )
+            ready = {load: start(load) for load in loads}
+            for warm in ready.values():
+                warm.wait(client)
+        for load in loads:
+            share = load / 100.0
+            rate = float(args.rate) * load / MAIN_LOAD if args.rate else default_rate(eps, share)
+            if load not in ready:
+                ctx.console.print(
+                    f"latency at {load}% of eps: starting the engine, "
+                    f"warm-up of {sizes.warmup:,} events ..."
+                )
+                ready[load] = start(load).wait(client)
+            else:
+                ctx.console.print(f"latency at {load}% of eps:")
+            runs[load] = measure_latency(ctx, client, sizes, rate, ready[load])
+    finally:
+        for warm in ready.values():
+            warm.close(client)  # idempotent: measured engines are closed already
+    return runs
 
 
 def _plots_dir(args: argparse.Namespace) -> tuple[Path, str] | None:
@@ -648,7 +760,6 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         raise BenchError(f"--profile-rules: {rules_path} is not a file")
     client = connect(ctx.url)
     ping_or_fail(client, ctx.url)
-    runs: dict[int, Latency] = {}
     memory = MemoryChild(sizes.memory_entities)
     if ctx.quick:  # overlap it with the rest: quick figures are for smoke tests only
         memory.start()
@@ -659,13 +770,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         nv = measure_throughput(
             ctx, client, sizes, args.entities, args.seed, args.snapshot_interval, naive=True
         )
-        for load in loads:
-            share = load / 100.0
-            rate = float(args.rate) * load / MAIN_LOAD if args.rate else default_rate(tp.eps, share)
-            ctx.console.print(f"latency at {load}% of eps:")
-            runs[load] = measure_latency(
-                ctx, client, sizes, rate, args.entities, args.seed, args.snapshot_interval
-            )
+        runs = _latency_runs(ctx, client, sizes, args, loads, tp.eps)
         ctx.console.print(
             f"stage profile: {sizes.profile_events:,} events in-process "
             f"(warm-up {sizes.profile_warmup:,}) ..."

@@ -422,8 +422,8 @@ class WindowingPlan:
     late: list[int]
 
     @property
-    def window_assignments_per_event(self) -> dict[str, int]:
-        """Windows every event of a key kind is folded into (length / slide summed)."""
+    def windows_per_event(self) -> dict[str, int]:
+        """Windows an event of a key kind is folded into at most (length / slide, summed)."""
         out: dict[str, int] = {}
         for g in self.groups:
             out[g.kind] = out.get(g.kind, 0) + g.length_ms // g.slide_ms
@@ -641,8 +641,11 @@ def windowing_flow(
     ``SlidingWindower`` advancing by the engine's bucket size, aligned to the
     epoch, and an ``EventClock`` on event time that waits
     ``allowed_lateness``); every event's contributions are computed once
-    upstream. Closed windows go to ``plan.rows``, late items are counted in
-    ``plan.late``. Run it with ``bytewax.testing.run_main``.
+    upstream, and only events that contribute to a step enter it.
+    ``tumbling=True`` makes every window advance by its own length (one
+    window per event and step: cheaper, coarser). Closed windows go to
+    ``plan.rows``, late items are counted in ``plan.late``. Run it with
+    ``bytewax.testing.run_main``.
     """
     groups = _plan_groups(spec, tumbling=tumbling)
     plan = WindowingPlan(groups=groups, rows=[], late=[])
@@ -673,12 +676,20 @@ def windowing_flow(
     }
     for g in groups:
         name = f"{g.kind}_{g.length_ms // 60_000}m"
+        used = sorted({f for _, f, _ in g.terms})
+
+        def relevant(item: _Item, used: list[int] = used) -> bool:
+            values, keys = item[2], item[3]
+            return any(values[f] is not None or keys[f] is not None for f in used)
+
+        # only events that contribute to the group open its windows
+        stream = op.filter_value(f"{name}_relevant", keyed[g.kind], relevant)
         windower = SlidingWindower(
             length=timedelta(milliseconds=g.length_ms),
             offset=timedelta(milliseconds=g.slide_ms),
             align_to=_EPOCH,
         )
-        out = fold_window(name, keyed[g.kind], clock, windower, _builder(g), _folder(g), _merge)
+        out = fold_window(name, stream, clock, windower, _builder(g), _folder(g), _merge)
         op.output(
             f"{name}_rows",
             op.map(f"{name}_finish", out.down, _finisher(g, spec)),

@@ -1,7 +1,8 @@
-"""Smoke test of the benchmark harness: ``python -m bench e2e --quick --json PATH``.
+"""The benchmark harness: ``python -m bench e2e --quick --json PATH``, and its naive baseline.
 
-It checks that the harness runs end to end and writes every documented key
-with sensible values; it never checks speed.
+The smoke test checks that the harness runs end to end and writes every
+documented key with sensible values; it never checks speed. The naive
+flow's features and labels are compared with a brute-force recomputation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intentflow.events import Event
+
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from bench.naive import FEATURES, NaiveAlert, NaiveConfig, NaiveMark, decide  # noqa: E402
+from bench.naive import update_entity as naive_update  # noqa: E402
 
 #: Keys documented in bench/README.md for the e2e scenario.
 E2E_KEYS = {
@@ -55,7 +66,61 @@ E2E_KEYS = {
     "sink_read_p99_ms",
     "dead_letters",
     "latency_startup_s",
+    "naive_eps",
+    "naive_eps_rounds",
+    "naive_seconds_rounds",
+    "naive_alerts",
+    "naive_cpu_rounds",
+    "naive_redis_cpu_rounds",
+    "naive_eps_per_cpu_s",
+    "naive_startup_s",
+    "ratio_vs_naive",
+    "ratio_per_cpu_s",
+    "by_load",
+    "bytes_per_entity",
+    "rss_1m_entities_mb",
+    "memory",
+    "stages",
+    "plots",
 }
+#: Keys of each entry of ``by_load``.
+LOAD_KEYS = {
+    "offered_rate",
+    "achieved_rate",
+    "events",
+    "alerts",
+    "latency_samples",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "queue_p50_ms",
+    "queue_p99_ms",
+    "engine_p50_ms",
+    "engine_p99_ms",
+    "sink_read_p50_ms",
+    "sink_read_p99_ms",
+    "backlog_s",
+    "engine_cpu_live",
+    "redis_cpu_live",
+    "startup_s",
+    "dead_letters",
+}
+#: The stages of the profile, in pipeline order (bench/README.md).
+STAGE_NAMES = [
+    "read",
+    "parse",
+    "dedup",
+    "features",
+    "labels",
+    "learn",
+    "score",
+    "rules",
+    "decide",
+    "alert",
+    "sink",
+    "other",
+]
 MACHINE_KEYS = {
     "cpu_model",
     "cores",
@@ -139,3 +204,204 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     assert doc["dead_letters"] == 0
     if doc["latency_samples"] < 1000:
         assert any("p99.9" in w for w in doc["warnings"])
+
+    # the naive flow went through the same rounds
+    assert len(doc["naive_eps_rounds"]) == len(doc["naive_seconds_rounds"]) == rounds
+    for eps, seconds in zip(doc["naive_eps_rounds"], doc["naive_seconds_rounds"], strict=True):
+        assert math.isclose(eps * seconds, per_round + 1, rel_tol=1e-9)
+    low, high = min(doc["naive_eps_rounds"]), max(doc["naive_eps_rounds"])
+    assert low <= _positive(doc, "naive_eps") <= high
+    assert math.isclose(doc["ratio_vs_naive"], doc["eps"] / doc["naive_eps"], rel_tol=1e-9)
+    assert len(doc["naive_redis_cpu_rounds"]) == rounds
+    if sys.platform == "linux":
+        _positive(doc, "naive_eps_per_cpu_s")
+        ratio = doc["eps_per_engine_cpu_s"] / doc["naive_eps_per_cpu_s"]
+        assert math.isclose(doc["ratio_per_cpu_s"], ratio, rel_tol=1e-9)
+    assert isinstance(doc["naive_alerts"], int)
+    assert doc["naive_alerts"] >= 0
+    _positive(doc, "naive_startup_s")
+
+    # one latency run per load; the top-level latency keys are the 50 % run's
+    assert params["loads"] == [25, 50, 75]
+    assert set(doc["by_load"]) == {"25", "50", "75"}
+    for load, run in doc["by_load"].items():
+        assert set(run) >= LOAD_KEYS, (load, sorted(LOAD_KEYS - set(run)))
+        want = max(100.0, min(20_000.0, round(doc["eps"] * int(load) / 100)))
+        assert run["offered_rate"] == want, load
+        assert 0 <= run["latency_samples"] <= run["alerts"], load
+        if run["latency_samples"] > 0:
+            assert run["p50_ms"] <= run["p99_ms"] <= run["p999_ms"] <= run["max_ms"], load
+        else:
+            assert run["p50_ms"] is None, load
+    main = doc["by_load"]["50"]
+    for key in ("offered_rate", "latency_samples", "p50_ms", "p99_ms", "p999_ms", "max_ms"):
+        assert main[key] == doc[key], key
+    assert main["backlog_s"] == doc["backlog_s"]
+
+    # memory: shrunk in quick mode, and the JSON says so
+    memory = doc["memory"]
+    assert memory["entities"] == params["memory_entities"] < 1_000_000
+    assert memory["extrapolated"] is True
+    assert any("extrapolated" in w for w in doc["warnings"])
+    assert doc["bytes_per_entity"] == memory["bytes_per_entity"]
+    # every entity has its feature row in memory: RSS grows by at least that much per entity
+    assert doc["bytes_per_entity"] >= memory["feature_row_bytes"] > 0
+    mib = memory["rss_base_mb"] + 1_000_000 * doc["bytes_per_entity"] / 2**20
+    assert math.isclose(doc["rss_1m_entities_mb"], mib, rel_tol=1e-9)
+    assert memory["rss_base_mb"] < memory["rss_mb"] <= memory["rss_peak_mb"]
+    # one event per synthetic entity, plus the warm-up's own 2000 entities
+    assert memory["entities_held"] == memory["dedup_ids"] == memory["entities"] + 2000
+    assert memory["accounts_held"] == memory["entities_held"] // 4
+    assert 0 < memory["pending_labels"] <= memory["entities_held"]
+
+    # the stage profile: every stage, shares summing to 1
+    stages = doc["stages"]
+    assert stages["events"] == params["profile_events"]
+    assert list(stages["s_per_m_events"]) == STAGE_NAMES
+    assert list(stages["share"]) == STAGE_NAMES
+    assert all(v >= 0 for v in stages["s_per_m_events"].values())
+    assert math.isclose(sum(stages["share"].values()), 1.0, rel_tol=1e-9)
+    # seconds per million events, summed over the stages, is microseconds per event
+    assert math.isclose(sum(stages["s_per_m_events"].values()), stages["us_per_event"])
+    ranked = sorted(STAGE_NAMES, key=lambda k: -stages["share"][k])
+    assert [stages["share"][k] for k in stages["top"]] == [stages["share"][k] for k in ranked[:3]]
+    for stage in ("read", "parse", "features", "score", "sink"):
+        assert stages["s_per_m_events"][stage] > 0, stage
+    assert stages["rules"] == 5  # examples/rules.toml
+    _positive(stages, "eps_in_process")
+    _positive(stages, "eps_per_cpu_s")
+
+    # PNG plots next to the JSON
+    assert set(doc["plots"]) == {"latency", "throughput"}
+    for path in doc["plots"].values():
+        png = Path(path)
+        assert png.parent == tmp_path
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the naive flow's features and labels, against a brute-force recomputation ------------
+
+T0 = 1_767_225_600_000
+HORIZON = 60_000
+_TYPES = ["page_view", "email_open", "form_submit", "chat_message", "cart_add", "purchase"]
+_PROPS = st.fixed_dictionaries(
+    {
+        "category": st.sampled_from(["pricing", "product", "blog"]),
+        "duration_s": st.integers(0, 600),
+        "form": st.sampled_from(["demo", "newsletter"]),
+        "price": st.floats(0, 1000, allow_nan=False),
+    }
+)
+_STREAM = st.lists(
+    st.tuples(
+        # gaps around the label horizon, the 5-minute and 1-hour windows, and past 24 hours
+        st.one_of(st.integers(0, 90_000), st.integers(0, 7_200_000), st.integers(0, 108_000_000)),
+        st.sampled_from(_TYPES),
+        _PROPS,
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def _events(raw: list[tuple[int, str, dict[str, object]]]) -> list[Event]:
+    """One entity's events, in time order (gaps from the strategy, cumulated)."""
+    out, ts = [], T0
+    for i, (gap, etype, props) in enumerate(raw):
+        ts += gap
+        out.append(Event(f"e{i}", ts, "c-1", etype, "a-1", dict(props)))
+    return out
+
+
+def _expected(ev: Event, name: str) -> float | None:
+    """What one event adds to a feature, written out by name from the feature list."""
+    p, t = ev.props, ev.type
+    if name.startswith("activity_count"):
+        return 1.0
+    if name == "page_views_count_1h":
+        return 1.0 if t == "page_view" else None
+    pricing = t == "page_view" and p["category"] == "pricing"
+    if name.startswith("pricing_views"):
+        return 1.0 if pricing else None
+    if name.startswith("pricing_dwell"):
+        return float(p["duration_s"]) if pricing else None
+    if name == "product_views_count_24h":
+        return 1.0 if t == "page_view" and p["category"] == "product" else None
+    if name == "demo_requests_count_24h":
+        return 1.0 if t == "form_submit" and p["form"] == "demo" else None
+    if name == "email_engagement_count_24h":
+        return 1.0 if t in ("email_open", "email_click") else None
+    if name == "chat_messages_count_24h":
+        return 1.0 if t == "chat_message" else None
+    if name == "cart_adds_count_24h":
+        return 1.0 if t == "cart_add" else None
+    if name == "cart_value_sum_24h":
+        return float(p["price"]) if t == "cart_add" else None
+    raise AssertionError(f"no expectation for {name}")
+
+
+_WINDOW_MS = {"5m": 300_000, "1h": 3_600_000, "24h": 86_400_000}
+
+
+@settings(max_examples=60, deadline=None)
+@given(_STREAM)
+def test_naive_features_are_window_counts_and_sums(
+    raw: list[tuple[int, str, dict[str, object]]],
+) -> None:
+    events = _events(raw)
+    state = None
+    for i, ev in enumerate(events):
+        state, (_, x, _) = naive_update(state, ev, HORIZON)
+        assert set(x) == {name for name, _, _ in FEATURES} | {"seconds_since_last"}
+        for name in x:
+            if name == "seconds_since_last":
+                want = 86_400.0 if i == 0 else (ev.ts_ms - events[i - 1].ts_ms) / 1000.0
+            else:
+                window = _WINDOW_MS[name.rsplit("_", 1)[1]]
+                values = [
+                    _expected(e, name) for e in events[: i + 1] if e.ts_ms > ev.ts_ms - window
+                ]
+                want = sum(v for v in values if v is not None)
+            assert math.isclose(x[name], want, rel_tol=1e-9, abs_tol=1e-6), (name, i)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_STREAM)
+def test_naive_labels_purchase_within_the_horizon(
+    raw: list[tuple[int, str, dict[str, object]]],
+) -> None:
+    events = _events(raw)
+    last = events[-1]
+    events.append(Event("end", last.ts_ms + 1, "c-1", "purchase", "a-1", {}))
+    state = None
+    labels: list[bool] = []
+    for ev in events:
+        state, (_, _, matured) = naive_update(state, ev, HORIZON)
+        labels.extend(y for _, y in matured)
+    # the closing purchase matures every decision point (every event but purchases) once
+    points = [(i, e) for i, e in enumerate(events) if e.type != "purchase"]
+    assert len(labels) == len(points)
+    # a point is positive when a purchase by the entity follows it within the horizon
+    truth = [
+        any(p.type == "purchase" and p.ts_ms - e.ts_ms <= HORIZON for p in events[i + 1 :])
+        for i, e in points
+    ]
+    assert sorted(labels) == sorted(truth)
+
+
+def test_naive_decision_threshold_cooldown_and_markers() -> None:
+    cfg = NaiveConfig(url="unused", threshold=0.7, cooldown_ms=1000, mark_prefix="bench-")
+    ev = Event("e1", T0, "c-1", "page_view", "a-1", {})
+    assert decide(None, (ev, 0.69, True), cfg) == (None, None)  # below the threshold
+    assert decide(None, (ev, 0.9, False), cfg) == (None, None)  # the model is not ready
+    last, out = decide(None, (ev, 0.9, True), cfg)
+    assert last == T0
+    assert isinstance(out, NaiveAlert)
+    assert out.alert["entity_id"] == "c-1"
+    assert out.alert["score"] == 0.9
+    later = Event("e2", T0 + 999, "c-1", "page_view", "a-1", {})
+    assert decide(last, (later, 0.95, True), cfg) == (last, None)  # in the cooldown
+    after = Event("e3", T0 + 1000, "c-1", "page_view", "a-1", {})
+    assert decide(last, (after, 0.95, True), cfg)[0] == T0 + 1000
+    mark = Event("m", T0, "bench-round-0", "page_view", None, {})
+    assert decide(None, (mark, 0.0, False), cfg) == (None, NaiveMark("bench-round-0"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 from enginekit import rss_kb
 
 from intentflow.events import Event
@@ -49,6 +50,7 @@ def batch(start: int) -> list[Event]:
     ]
 
 
+@pytest.mark.slow
 def test_two_million_entities_stay_within_the_memory_bound() -> None:
     state = FeatureState(spec())
     assert state.spec.entity_ttl_ms == TTL_MS
