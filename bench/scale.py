@@ -296,16 +296,16 @@ def measure(
     partitions: int,
     entities: int,
     seed: int,
+    start_ms: int,
 ) -> LayoutResult:
-    """Warm up one layout, then time its rounds; see the module docstring."""
+    """Warm up one layout, then time its rounds; see the module docstring.
+
+    Every layout gets the same events (``start_ms`` is the first event time).
+    """
     keys = Keys.unique(f"scale-{layout.name}")
-    span_ms = int((sizes.warmup + sizes.rounds * sizes.events) / EVENT_TIME_RATE * 1000.0)
     gen = BuyerJourneyGenerator(
         GeneratorConfig(
-            seed=seed,
-            entities=entities,
-            start_ms=int(time.time() * 1000) - span_ms,
-            events_per_second=EVENT_TIME_RATE,
+            seed=seed, entities=entities, start_ms=start_ms, events_per_second=EVENT_TIME_RATE
         )
     )
     base = _metrics_base(layout.processes)
@@ -428,10 +428,13 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
     client = connect(ctx.url)
     ping_or_fail(client, ctx.url)
     results: dict[str, LayoutResult] = {}
+    # The events reach the present at the end of the last layout's last round.
+    span_s = (sizes.warmup + sizes.rounds * sizes.events) / EVENT_TIME_RATE
+    start_ms = int((time.time() - span_s) * 1000)
     try:
         for layout in layouts:
             results[layout.name] = measure(
-                ctx, client, layout, sizes, partitions, args.entities, args.seed
+                ctx, client, layout, sizes, partitions, args.entities, args.seed, start_ms
             )
     finally:
         client.close()
@@ -465,6 +468,12 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         figures["eps_2_no_affinity"] = base.eps
         figures["exchanged_items_per_event_no_affinity"] = base.exchanged_items_per_event
     warnings: list[str] = []
+    if len({res.alerts for res in results.values()}) > 1:
+        warnings.append(
+            "the layouts wrote different numbers of alerts in their rounds "
+            f"({', '.join(f'{n}: {r.alerts}' for n, r in results.items())}); the same events "
+            "should give the same alerts"
+        )
     cores = os.cpu_count() or 1
     if cores <= 2:
         warnings.append(

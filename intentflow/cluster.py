@@ -27,6 +27,7 @@ supervised together. See ``docs/scaling.md``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -239,6 +240,8 @@ class Placement:
     process). ``shared_recovery``: every process sees the whole recovery
     directory (a local cluster); otherwise each process keeps its own
     recovery partition ``part-{process_id}`` (one volume per pod).
+    ``recovery_lock``: a file the processes of a local cluster lock while one
+    of them creates or checks the shared directory.
     """
 
     processes: int = 1
@@ -246,6 +249,7 @@ class Placement:
     workers_per_process: int = 1
     addresses: tuple[str, ...] = ()
     shared_recovery: bool = True
+    recovery_lock: str = ""
 
     def __post_init__(self) -> None:
         if self.processes < 1 or self.workers_per_process < 1:
@@ -435,7 +439,8 @@ def prepare_placement_recovery(
 
     One process or a local cluster shares one directory
     (:func:`intentflow.runtime.prepare_recovery`); a process of a multi-host
-    cluster keeps its own partition ``part-{process_id}``.
+    cluster keeps its own partition ``part-{process_id}``. A new shared
+    directory gets one partition per worker of the cluster.
     """
     from intentflow.runtime import prepare_recovery
 
@@ -445,7 +450,12 @@ def prepare_placement_recovery(
     if placement is not None and not placement.shared_recovery:
         recovery = _process_recovery(config, init=init, placement=placement)
     else:
-        recovery = prepare_recovery(config, init=init, partitions=max(1, workers))
+        partitions = placement.workers if placement is not None else max(1, workers)
+        with contextlib.ExitStack() as stack:
+            if placement is not None and placement.recovery_lock:
+                lock = stack.enter_context(open(placement.recovery_lock, "a+b"))
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            recovery = prepare_recovery(config, init=init, partitions=partitions)
     if recovery is not None:
         shards = config.engine.shards
         keys = affinity_keys(shards) if config.engine.affinity else plain_keys(shards)
@@ -486,6 +496,7 @@ class _ChildSpec:
     verbose: bool
     log_json: bool
     parent_pid: int
+    init_recovery: bool
 
 
 def _metrics_port(base: int | None, i: int) -> int | None:
@@ -510,7 +521,8 @@ def run_local_cluster(
 ) -> int:
     """Run ``processes`` engine processes on loopback as one Bytewax cluster; their exit code.
 
-    The recovery directory is prepared here once (shared by the children).
+    The children share the recovery directory; the first to lock it creates
+    it (with ``init_recovery``) or checks it, the others then check it.
     Process ``i`` serves metrics on ``metrics_port + i`` (default port + i;
     0: free ports, logged). When a child fails, the others are stopped and
     its exit code is returned; SIGINT/SIGTERM are passed on to the children.
@@ -524,9 +536,6 @@ def run_local_cluster(
         )
     if not config.engine.affinity:
         log.warning("no partition affinity: events cross processes one by one (docs/scaling.md)")
-    prepare_placement_recovery(
-        config, init=init_recovery, placement=None, workers=processes * workers_per_process
-    )
     addresses = tuple(f"127.0.0.1:{p}" for p in free_ports(processes))
     tmp = tempfile.mkdtemp(prefix="intentflow-cluster-")
     children: list[subprocess.Popen[bytes]] = []
@@ -544,7 +553,10 @@ def run_local_cluster(
         for i in range(processes):
             spec = _ChildSpec(
                 config=config,
-                placement=Placement(processes, i, workers_per_process, addresses, True),
+                placement=Placement(
+                    processes, i, workers_per_process, addresses, True, f"{tmp}/recovery.lock"
+                ),
+                init_recovery=init_recovery,
                 metrics_host=metrics_host,
                 metrics_port=_metrics_port(metrics_port, i),
                 verbose=verbose,
@@ -633,6 +645,7 @@ def _child_main(argv: Sequence[str]) -> int:
         run_config(
             spec.config,
             workers=spec.placement.workers_per_process,
+            init_recovery=spec.init_recovery,
             metrics_address=(spec.metrics_host, spec.metrics_port),
             placement=spec.placement,
         )

@@ -58,6 +58,8 @@ KEYS = {
     "state_bytes_per_account",
     "batch_latency_p50_ms",
     "batch_latency_max_ms",
+    "batch_cpu_p50_ms",
+    "batch_cpu_p99_ms",
     "batches_timed",
     "entities_end",
     "accounts",

@@ -13,7 +13,6 @@ from intentflow.commands.common import config_from_args, stream_len
 from intentflow.config import Config
 from intentflow.errors import ConfigError
 from intentflow.redisutil import connect, ping_or_fail, redact_url, redis_url_or_embedded
-from intentflow.runtime import epoch_interval, make_flow
 
 __all__ = ["cmd_replay", "cmd_run", "run_config"]
 
@@ -36,6 +35,8 @@ def run_config(
     With ``metrics_address`` (host, port), serve ``/metrics``, ``/healthz`` and
     ``/readyz`` while it runs (see :func:`intentflow.health.serve_engine_metrics`).
     """
+    from intentflow.runtime import epoch_interval, make_flow  # heavy: not in a cluster's parent
+
     client = connect(config.redis.url)
     ping_or_fail(client, config.redis.url)
     client.close()
