@@ -32,7 +32,7 @@ def _run(cmd: list[str], **kw: object) -> None:
 
 def setup() -> None:
     """Create the virtualenv and install the project when needed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any install
         sys.exit(f"intentflow needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if not PY.exists():
         print(f"creating {VENV}", flush=True)
@@ -84,14 +84,34 @@ def test(argv: list[str]) -> int:
         ("mypy", [str(PY), "-m", "mypy", str(tree / "intentflow")], {}),
         (
             "pytest",
-            [str(PY), "-m", "pytest", "--doctest-modules", "intentflow", "dataflows",
-             "features", "online_models", "sinks", "tests", *argv],
+            [
+                str(PY),
+                "-m",
+                "pytest",
+                "--doctest-modules",
+                "intentflow",
+                "dataflows",
+                "features",
+                "online_models",
+                "sinks",
+                "tests",
+                *argv,
+            ],
             {},
         ),
         (
             "pytest (kernels without JIT)",
-            [str(PY), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "kernel or feature",
-             "tests"],
+            [
+                str(PY),
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-k",
+                "kernel or feature",
+                "tests",
+            ],
             {"NUMBA_DISABLE_JIT": "1"},
         ),
     ]
