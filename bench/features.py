@@ -71,6 +71,8 @@ TARGET_BYTES_PER_ENTITY: Final = 2048
 #: Python rows agree with the engine's within this relative tolerance (decayed values).
 AGREEMENT_RTOL: Final = 1e-9
 MIN_ENTITIES: Final = 100_000
+#: Mean stage holding time of the generator: an hour, at 50 events/s of event time.
+JOURNEY_SCALE_S: Final = 3600.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _events(contacts: int, n: int, seed: int, rate: float) -> list[Event]:
     """The first ``n`` events of the generator as validated-event records."""
     cfg = GeneratorConfig(
-        seed=seed, entities=contacts, events_per_second=rate, journey_scale_s=3600.0
+        seed=seed, entities=contacts, events_per_second=rate, journey_scale_s=JOURNEY_SCALE_S
     )
     gen = BuyerJourneyGenerator(cfg)
     out: list[Event] = []
@@ -463,6 +465,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             "batch": batch,
             "seed": args.seed,
             "event_time_rate": args.event_rate,
+            "journey_scale_s": JOURNEY_SCALE_S,
             "initial_capacity": contacts,
             "spec_hash": spec.spec_hash,
         },
@@ -490,6 +493,12 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         warnings.append(f"the Python rows agree with the engine's on only {agree:.4%} of values")
     if bw_late:
         warnings.append(f"{bw_late} items were late for Bytewax windows (not in their windows)")
+    share_cpu = figures["engine_cpu_share"]
+    if share_cpu < 0.8:
+        warnings.append(
+            f"the engine had {share_cpu:.0%} of a core while timed (median of the rounds): "
+            "other processes were using the machine; wall-clock figures are understated"
+        )
     if max(r.eps for r in engine) > 1.25 * min(r.eps for r in engine):
         warnings.append(
             "engine rounds differ by more than 25 % in wall-clock eps: the machine is busy; "

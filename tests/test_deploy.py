@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import redis
 import yaml
+from flowkit import decisions, gen_payloads, items_of, run_memory
 
 from intentflow.cli import build_parser
 from intentflow.cluster import AFFINITY_MODULUS, parse_addresses
+from intentflow.commands.produce import Producer
 from intentflow.config import load_config
+from intentflow.dataflows.sources import partition_for
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -186,3 +194,105 @@ def test_the_dockerfile_builds_the_package_and_runs_unprivileged(
     (entry,) = [rest for k, rest in dockerfile if k == "ENTRYPOINT"]
     assert json.loads(entry) == ["intentflow"]
     assert any(k == "ENV" and "NUMBA_CACHE_DIR=" in rest for k, rest in dockerfile)
+
+
+# --- the StatefulSet's command line, run as a cluster on this machine ------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _marks(tag: str, ts_ms: int, partitions: int) -> list[bytes]:
+    """One event of an entity of its own per input stream."""
+    out = []
+    for p in range(partitions):
+        n = 0
+        while partition_for(f"{tag}-{n}", partitions) != p:
+            n += 1
+        entity = f"{tag}-{n}"
+        event = {"event_id": entity, "ts": ts_ms, "entity_id": entity, "type": "page_view"}
+        out.append(orjson.dumps({**event, "props": {"page": "/", "category": "home"}}))
+    return out
+
+
+def test_the_pods_command_line_runs_a_cluster_with_a_volume_per_pod(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Each pod's arguments (paths and addresses mapped to this machine) as one process each.
+
+    Every process keeps its own recovery partition in its own directory; the
+    cluster is killed with SIGKILL half-way and started again, and decides
+    exactly like the engine in memory.
+    """
+    objs = manifests()
+    replicas = objs["StatefulSet"]["spec"]["replicas"]
+    data = objs["ConfigMap"]["data"]
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name, text in data.items():
+        (etc / name).write_text(text.replace("/etc/intentflow", str(etc)))
+    cfg = load_config(etc / "intentflow.toml", env={})
+    parts = cfg.input.partitions
+    args = engine_container()["args"]
+    loopback = ";".join(f"127.0.0.1:{p}" for p in _free_ports(replicas))
+    metrics = _free_ports(replicas)
+
+    def pod_args(i: int) -> list[str]:
+        out = []
+        for a in args:
+            a = a.replace("$(POD_INDEX)", str(i)).replace("/etc/intentflow", str(etc))
+            a = a.replace("/var/lib/intentflow", str(tmp_path / f"pod-{i}"))
+            out.append(a)
+        out[out.index("--addresses") + 1] = loopback
+        out[out.index("--metrics-host") + 1] = "127.0.0.1"
+        out[out.index("--metrics-port") + 1] = str(metrics[i])
+        return [sys.executable, "-m", "intentflow.cli", *out, "--snapshot-interval", "0.2"]
+
+    payloads = gen_payloads(3000, seed=31)
+    first, second = payloads[:1500], payloads[1500:]
+    marks1 = _marks("mark1", int(orjson.loads(first[-1])["ts"]), parts)
+    marks2 = _marks("mark2", int(orjson.loads(second[-1])["ts"]), parts)
+    expected = decisions(run_memory(cfg, items_of(first + marks1 + second + marks2)))
+    assert len(expected) > 5
+    producer = Producer(redis_client, cfg.input.events_prefix, parts)
+    env = {**os.environ, "REDIS_URL": redis_url}
+    logs = [tmp_path / f"pod-{i}.log" for i in range(replicas)]
+
+    def run_until(marks: list[bytes]) -> None:
+        ids = [orjson.loads(m)["entity_id"] for m in marks]
+        pods = []
+        for i in range(replicas):
+            with logs[i].open("ab") as f:
+                pods.append(subprocess.Popen(pod_args(i), stdout=f, stderr=f, env=env))
+        try:
+            deadline = time.monotonic() + 150
+            while not all(redis_client.exists(f"intentflow:score:{e}") for e in ids):
+                failed = [p.returncode for p in pods if p.poll() is not None]
+                assert not failed, f"a pod exited {failed}: {logs[0].read_text()[-2000:]}"
+                assert time.monotonic() < deadline, logs[0].read_text()[-2000:]
+                time.sleep(0.1)
+        finally:
+            for p in pods:
+                p.kill()
+                p.wait()
+
+    producer.send(first + marks1)
+    run_until(marks1)
+    for i in range(replicas):  # one recovery partition per pod, on its own volume
+        assert [p.name for p in (tmp_path / f"pod-{i}" / "recovery").glob("part-*.sqlite3")] == [
+            f"part-{i}.sqlite3"
+        ]
+    producer.send(second + marks2)
+    run_until(marks2)
+    time.sleep(0.5)
+    docs = [orjson.loads(f[b"alert"]) for _id, f in redis_client.xrange(cfg.output.alerts_stream)]
+    assert len({d["alert_id"] for d in docs}) == len(docs)
+    assert sorted((d["alert_id"], d["action"]["id"], d["score"]) for d in docs) == expected
