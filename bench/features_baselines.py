@@ -664,7 +664,9 @@ def windowing_flow(
     clock = EventClock(
         ts_getter=item_time,
         wait_for_system_duration=timedelta(milliseconds=spec.allowed_lateness_ms),
-        # past event times: no wake-ups, windows close on later items and at EOF
+        # past event times: no wake-ups (the default wakes every key with open windows
+        # again and again on a replay, which is slower); windows close on later items
+        # and at EOF
         to_system_utc=_no_wake_up,
     )
     flow = Dataflow("features_windowing")
