@@ -71,7 +71,7 @@ __all__ = [
     "shard_index",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("intentflow.cluster")  # also when run as __main__ (a child)
 
 #: Affinity keys route shard ``i`` to worker ``i % W`` for every ``W`` dividing this (lcm 1..8).
 AFFINITY_MODULUS: Final = 840
@@ -497,6 +497,7 @@ class _ChildSpec:
     log_json: bool
     parent_pid: int
     init_recovery: bool
+    metrics_optional: bool  # the default port: when it is taken, run without the endpoint
 
 
 def _metrics_port(base: int | None, i: int) -> int | None:
@@ -559,6 +560,7 @@ def run_local_cluster(
                 init_recovery=init_recovery,
                 metrics_host=metrics_host,
                 metrics_port=_metrics_port(metrics_port, i),
+                metrics_optional=metrics_port is None,
                 verbose=verbose,
                 log_json=log_json,
                 parent_pid=os.getpid(),
@@ -619,6 +621,24 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _metrics_address(spec: _ChildSpec) -> tuple[str | None, int | None] | None:
+    """Where this child serves metrics; ``None`` when its default port is taken."""
+    from intentflow.health import DEFAULT_METRICS_HOST
+
+    if spec.metrics_optional and spec.metrics_port:
+        with socket.socket() as s:
+            try:
+                s.bind((spec.metrics_host or DEFAULT_METRICS_HOST, spec.metrics_port))
+            except OSError:
+                log.warning(
+                    "metrics port %d is taken; process %d runs without the metrics endpoint",
+                    spec.metrics_port,
+                    spec.placement.process_id,
+                )
+                return None
+    return spec.metrics_host, spec.metrics_port
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Have Linux send SIGTERM to this process when its supervisor dies (no-op elsewhere)."""
     with contextlib.suppress(Exception):
@@ -646,7 +666,7 @@ def _child_main(argv: Sequence[str]) -> int:
             spec.config,
             workers=spec.placement.workers_per_process,
             init_recovery=spec.init_recovery,
-            metrics_address=(spec.metrics_host, spec.metrics_port),
+            metrics_address=_metrics_address(spec),
             placement=spec.placement,
         )
     except IntentflowError as err:
