@@ -81,7 +81,7 @@ def synthetic_events(first: int, n: int, prefix: str = "m") -> list[Event]:
     """Events of entities ``first .. first + n - 1``, one each, 1 ms of event time apart.
 
     >>> [(e.entity_id, e.account_id, e.type) for e in synthetic_events(4, 2)]
-    [('m-0000004', 'ma-000001', 'cart_add'), ('m-0000005', 'ma-000001', 'form_submit')]
+    [('m-0000004', 'ma-000001', 'form_submit'), ('m-0000005', 'ma-000001', 'page_view')]
     """
     out = []
     for i in range(first, first + n):

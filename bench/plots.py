@@ -32,7 +32,11 @@ def _finite(value: Any) -> bool:
 def _load_label(load: str, row: Mapping[str, Any]) -> str:
     rate = row.get("offered_rate")
     per_s = f"{rate:,.0f}/s" if _finite(rate) else "-"
-    return f"{load} %\n{per_s}, n={row.get('latency_samples', 0):,}"
+    label = f"{load} %\n{per_s}, n={row.get('latency_samples', 0):,}"
+    backlog = row.get("backlog_s")
+    if isinstance(backlog, int | float) and backlog > 1.0:  # fell behind: mostly queueing
+        label += f"\nbacklog {backlog:.0f} s"
+    return label
 
 
 def latency_plot(by_load: Mapping[str, Mapping[str, Any]], eps: float, path: Path) -> Path:
