@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _shared(p)
     p.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
-    p.add_argument("--rate", type=float, default=2000.0, help="events/s produced (default 2000)")
+    p.add_argument("--rate", type=float, default=1000.0, help="events/s produced (default 1000)")
     p.add_argument("--entities", type=int, default=2000, help="synthetic contacts")
     p.add_argument("--seed", type=int, default=7, help="generator seed")
     p.add_argument("--poison", type=float, default=0.002, help="fraction of invalid payloads")
