@@ -145,7 +145,10 @@ def test_redis_killed_and_restarted(
         time.sleep(0.1)  # the engine is reading and writing now
         tcp_redis.kill()  # SIGKILL; acknowledged writes are in the AOF already
         outage_seen(health, engine)
-        time.sleep(0.5)
+        # Keep Redis down until the source has met the outage (bounded wait).
+        deadline = time.monotonic() + 15.0
+        while "unreachable" not in engine.text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         tcp_redis.start()
         recovered(health, engine)
 
