@@ -35,7 +35,14 @@ from numpy.typing import NDArray
 from river import drift
 
 from intentflow.errors import SnapshotMismatchError
-from intentflow.online_models.model import FloatArray, IntentModel, ModelConfig, Reason
+from intentflow.online_models.model import (
+    FloatArray,
+    IntentModel,
+    ModelConfig,
+    Reason,
+    rank_auc,
+    window_metric,
+)
 
 __all__ = ["HISTORY", "ModelSet", "rank_auc"]
 
@@ -43,38 +50,6 @@ log = logging.getLogger(__name__)
 
 #: Drift, reset and promotion records kept in :attr:`ModelSet.history`.
 HISTORY: Final[int] = 50
-
-_LOSS_EPS: Final[float] = 1e-15
-
-
-def rank_auc(y: NDArray[np.bool_], p: FloatArray) -> float:
-    """Exact ROC AUC (ties count one half); NaN unless both classes are present.
-
-    >>> rank_auc(np.array([True, False, True]), np.array([0.9, 0.2, 0.2]))
-    0.75
-    """
-    n_pos = int(y.sum())
-    n_neg = int(y.shape[0] - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    order = np.argsort(p, kind="mergesort")
-    sp = p[order]
-    ranks = np.empty(p.shape[0])
-    # Average ranks over ties (1-based).
-    starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
-    ends = np.r_[starts[1:], sp.shape[0]]
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _metric(name: str, y: NDArray[np.bool_], p: FloatArray) -> float:
-    if name == "auc":
-        return rank_auc(y, p)
-    if name == "brier":
-        return float(np.mean((p - y) ** 2))
-    q = np.clip(p, _LOSS_EPS, 1.0 - _LOSS_EPS)
-    return float(np.mean(np.where(y, -np.log(q), -np.log(1.0 - q))))
 
 
 class ModelSet:
@@ -279,7 +254,7 @@ class ModelSet:
         roles = (("champion", self._pair_champion), ("challenger", self._pair_challenger))
         for metric in ("auc", "log_loss", "brier"):
             for role, p in roles:
-                out[f"{role}_{metric}"] = _metric(metric, y, p[:size]) if size else math.nan
+                out[f"{role}_{metric}"] = window_metric(metric, y, p[:size]) if size else math.nan
         return out
 
     def _maybe_promote(self) -> None:

@@ -29,10 +29,11 @@ from typing import Any, ClassVar, Final, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
-from river import forest, linear_model, metrics, optim, preprocessing, tree, utils
+from river import forest, linear_model, optim, preprocessing, tree
 
 from intentflow.errors import SnapshotMismatchError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass
+from intentflow.online_models.linear import LinearState
 
 __all__ = [
     "CALIBRATIONS",
@@ -48,6 +49,8 @@ __all__ = [
     "Reason",
     "build_estimator",
     "names_hash",
+    "rank_auc",
+    "window_metric",
 ]
 
 #: Model kinds :func:`build_estimator` knows.
@@ -62,6 +65,8 @@ MAX_ABS: Final[float] = 1e12
 
 # Platt scaling works on logit(p) with p clipped away from 0 and 1.
 _P_EPS: Final[float] = 1e-6
+# The log loss clips probabilities to [eps, 1 - eps], as River's LogLoss does.
+_LOSS_EPS: Final[float] = 1e-15
 
 #: The score of every row while the model is cold (see :attr:`IntentModel.ready`).
 COLD_SCORE: Final[float] = 0.0
@@ -218,6 +223,41 @@ def build_estimator(config: ModelConfig) -> Any:
     return forest.ARFClassifier(n_models=config.n_models, seed=config.seed)
 
 
+def rank_auc(y: NDArray[np.bool_], p: FloatArray) -> float:
+    """Exact ROC AUC (ties count one half); NaN unless both classes are present.
+
+    >>> rank_auc(np.array([True, False, True]), np.array([0.9, 0.2, 0.2]))
+    0.75
+    """
+    n_pos = int(y.sum())
+    n_neg = int(y.shape[0] - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(p, kind="mergesort")
+    sp = p[order]
+    ranks = np.empty(p.shape[0])
+    # Average ranks over ties (1-based).
+    starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+    ends = np.r_[starts[1:], sp.shape[0]]
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def window_metric(name: str, y: NDArray[np.bool_], p: FloatArray) -> float:
+    """``auc``, ``brier`` or ``log_loss`` of scores ``p`` against labels ``y``.
+
+    >>> window_metric("brier", np.array([True, False]), np.array([0.5, 0.5]))
+    0.25
+    """
+    if name == "auc":
+        return rank_auc(y, p)
+    if name == "brier":
+        return float(np.mean((p - y) ** 2))
+    q = np.clip(p, _LOSS_EPS, 1.0 - _LOSS_EPS)
+    return float(np.mean(np.where(y, -np.log(q), -np.log(1.0 - q))))
+
+
 class Reason(TypedDict):
     """One reason code: a feature, its plain-words label, value and contribution."""
 
@@ -316,7 +356,11 @@ class IntentModel:
         generation: int = 0,
     ) -> None:
         self.config = config if config is not None else ModelConfig()
-        self._estimator = build_estimator(self.config)
+        # ``logreg`` learns through compiled arrays (bound with the names), the
+        # other kinds through their River estimator.
+        self._linear = self.config.kind == "logreg"
+        self._estimator: Any = None if self._linear else build_estimator(self.config)
+        self._lin: LinearState | None = None
         self._names: tuple[str, ...] | None = None
         self._hash = spec_hash or ""
         self._moments: _Moments | None = None
@@ -330,8 +374,6 @@ class IntentModel:
         self._platt: FloatArray | None = (
             np.array([1.0, 0.0]) if self.config.calibration == "platt" else None
         )
-        self._auc: Any = None
-        self._log_loss: Any = None
         self._reset_metrics()
 
     # -- identity ---------------------------------------------------------------------------
@@ -390,10 +432,21 @@ class IntentModel:
         if config.metrics_window != old.metrics_window:
             self._reset_metrics()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Read this version's pickles and older ones (River-held ``logreg``, River metrics)."""
+        linear = state["config"].kind == "logreg"
+        state.setdefault("_linear", linear)
+        state.pop("_auc", None)
+        state.pop("_log_loss", None)
+        if linear and "_lin" not in state:  # written by a version that learned through River
+            names = state.get("_names")
+            pipeline = state.pop("_estimator")
+            state["_estimator"] = None
+            state["_lin"] = None if names is None else LinearState.from_river(pipeline, names)
+        self.__dict__.update(state)
+
     def _reset_metrics(self) -> None:
         window = self.config.metrics_window
-        self._auc = metrics.RollingROCAUC(window_size=window)  # type: ignore[no-untyped-call]
-        self._log_loss = utils.Rolling(metrics.LogLoss, window_size=window)
         self._ring_y = np.zeros(window, dtype=bool)
         self._ring_p = np.zeros(window)
         self._ring_next = 0
@@ -401,8 +454,16 @@ class IntentModel:
 
     @property
     def estimator(self) -> Any:
-        """The wrapped River estimator, for inspection only: do not mutate it."""
-        return self._estimator
+        """The River estimator, for inspection only: do not mutate it.
+
+        ``logreg`` learns through compiled arrays; this is a River pipeline
+        built from them (a copy: learning it leaves the model alone).
+        """
+        if not self._linear:
+            return self._estimator
+        if self._lin is None or self._names is None:
+            return build_estimator(self.config)
+        return self._lin.to_river(self._names, self.config.lr, self.config.l2)
 
     def _bind(self, names: Sequence[str]) -> tuple[str, ...]:
         if self._names is not None:
@@ -418,7 +479,9 @@ class IntentModel:
         self._names = bound
         if not self._hash:
             self._hash = names_hash(bound)
-        if self.config.kind != "logreg":
+        if self._linear:
+            self._lin = LinearState(len(bound))
+        else:
             self._moments = _Moments(len(bound))
         return bound
 
@@ -438,7 +501,7 @@ class IntentModel:
         finite = np.isfinite(X).all(axis=1)
         if not finite.any():
             return out
-        if self.config.kind == "logreg":
+        if self._linear:
             out[finite] = _sigmoid(self._logits(X[finite], names))
         else:
             for i in np.flatnonzero(finite):
@@ -485,20 +548,12 @@ class IntentModel:
         return float(self._platt[0]), float(self._platt[1])
 
     def _linear_parts(self, names: tuple[str, ...]) -> tuple[FloatArray, FloatArray, FloatArray]:
-        scaler = self._estimator["StandardScaler"]
-        weights = self._estimator["LogisticRegression"].weights
-        mean = np.array([scaler.means.get(n, 0.0) for n in names], dtype=np.float64)
-        var = np.array([scaler.vars.get(n, 0.0) for n in names], dtype=np.float64)
-        w = np.array([weights.get(n, 0.0) for n in names], dtype=np.float64)
-        return mean, var, w
+        assert self._lin is not None
+        return self._lin.mean, self._lin.var, self._lin.w
 
     def _logits(self, X: FloatArray, names: tuple[str, ...]) -> FloatArray:
-        mean, var, w = self._linear_parts(names)
-        intercept = float(self._estimator["LogisticRegression"].intercept)
-        # A row-wise sum, not ``@``: BLAS gives a row a different rounding depending on
-        # how many rows share the call, which would make scores depend on batching.
-        result: FloatArray = (_standardize(X, mean, var) * w).sum(axis=1) + intercept
-        return result
+        assert self._lin is not None
+        return self._lin.logits(X)
 
     def score_batch(self, X: FloatArray, names: Sequence[str]) -> FloatArray:
         """P(conversion within the horizon) per row, in [0, 1] and finite.
@@ -554,9 +609,12 @@ class IntentModel:
             rows, learn_labels = rows[keep], labels[keep]
         else:
             learn_labels = labels
-        learn_one = self._estimator.learn_one
-        for row, label in zip(rows.tolist(), learn_labels.tolist(), strict=True):
-            learn_one(dict(zip(bound, row, strict=True)), label)
+        if self._lin is not None:
+            self._lin.learn(rows, learn_labels, lr=self.config.lr, l2=self.config.l2)
+        else:
+            learn_one = self._estimator.learn_one
+            for row, label in zip(rows.tolist(), learn_labels.tolist(), strict=True):
+                learn_one(dict(zip(bound, row, strict=True)), label)
         if self._moments is not None:
             self._moments.update(rows)
         self.n_learned += rows.shape[0]
@@ -580,24 +638,28 @@ class IntentModel:
         return keep
 
     def _update_metrics(self, labels: NDArray[np.bool_], scores: FloatArray) -> None:
+        """Append (label, score) pairs to the ring of the last ``metrics_window`` pairs."""
         window = self._ring_y.shape[0]
-        for label, p in zip(labels.tolist(), scores.tolist(), strict=True):
-            self._auc.update(label, p)
-            self._log_loss.update(label, p)
-            self._ring_y[self._ring_next] = label
-            self._ring_p[self._ring_next] = p
-            self._ring_next = (self._ring_next + 1) % window
-        self._ring_size = min(window, self._ring_size + labels.shape[0])
-        self._auc.get()  # moves River's pending updates into its bounded window
+        n = labels.shape[0]
+        start = self._ring_next
+        if n > window:  # only the last ``window`` pairs stay
+            start = (start + n - window) % window
+            labels, scores = labels[-window:], scores[-window:]
+        idx = (start + np.arange(labels.shape[0])) % window
+        self._ring_y[idx] = labels
+        self._ring_p[idx] = scores
+        self._ring_next = (self._ring_next + n) % window
+        self._ring_size = min(window, self._ring_size + n)
 
     def metrics(self) -> dict[str, float]:
         """Progressive-validation metrics over the last ``metrics_window`` labels.
 
-        ``auc`` (exact, River ``RollingROCAUC``), ``log_loss`` (River
-        ``LogLoss``), ``brier`` (mean squared error of the probability) are
-        NaN until defined; ``window`` counts the labels they cover. ``labels``
-        (learned rows), ``positives``, ``refused`` and ``validated`` (rows
-        scored before learning) count since the model was created.
+        ``auc`` (exact, ties count one half), ``log_loss`` (probabilities
+        clipped to [1e-15, 1 - 1e-15], as River's ``LogLoss``), ``brier``
+        (mean squared error of the probability) are NaN until defined;
+        ``window`` counts the labels they cover. ``labels`` (learned rows),
+        ``positives``, ``refused`` and ``validated`` (rows scored before
+        learning) count since the model was created.
         """
         size = self._ring_size
         y = self._ring_y[:size]
@@ -605,9 +667,9 @@ class IntentModel:
         nan = math.nan
         both = size > 0 and bool(y.any()) and not bool(y.all())
         return {
-            "auc": float(self._auc.get()) if both else nan,
-            "log_loss": float(self._log_loss.get()) if size else nan,
-            "brier": float(np.mean((p - y) ** 2)) if size else nan,
+            "auc": rank_auc(y, p) if both else nan,
+            "log_loss": window_metric("log_loss", y, p) if size else nan,
+            "brier": window_metric("brier", y, p) if size else nan,
             "window": float(size),
             "labels": float(self.n_learned),
             "positives": float(self.n_positive),
@@ -621,7 +683,7 @@ class IntentModel:
         arr, bound = self._check(np.asarray(x_row, dtype=np.float64).reshape(1, -1), names)
         finite = np.isfinite(arr)
         clean = np.where(finite, arr, 0.0)
-        if self.config.kind == "logreg":
+        if self._linear:
             mean, var, w = self._linear_parts(bound)
             contrib = _standardize(clean, mean, var)[0] * w
         else:

@@ -1,0 +1,114 @@
+"""The compiled ``logreg`` learner against River's own ``learn_one``, row by row.
+
+The reference is River itself: ``StandardScaler() | LogisticRegression(
+SGD(lr), l2, intercept_lr=lr)`` learning one dict at a time. The kernel must
+reach the same scaler statistics, weights and intercept (to 1e-9) for any
+rows, labels, batch split and settings; pickles written when the model
+learned through River still load.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intentflow.online_models.linear import LinearState
+from intentflow.online_models.model import IntentModel, ModelConfig, build_estimator
+
+COLS = 5
+NAMES = tuple(f"f{i}" for i in range(COLS))
+
+rows = hnp.arrays(
+    np.float64,
+    st.tuples(st.integers(1, 60), st.just(COLS)),
+    elements=st.one_of(
+        st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+        st.sampled_from([0.0, 1.0, -1.0]),  # repeated values: zero variances, ties
+    ),
+)
+
+
+def river_reference(X: np.ndarray, y: np.ndarray, lr: float, l2: float) -> LinearState:
+    pipeline = build_estimator(ModelConfig(lr=lr, l2=l2))
+    for row, label in zip(X.tolist(), y.tolist(), strict=True):
+        pipeline.learn_one(dict(zip(NAMES, row, strict=True)), label)
+    return LinearState.from_river(pipeline, NAMES)
+
+
+def assert_same(got: LinearState, want: LinearState) -> None:
+    assert got.count == want.count
+    for a, b in ((got.mean, want.mean), (got.var, want.var), (got.w, want.w)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    assert got.intercept == pytest.approx(want.intercept, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    X=rows,
+    data=st.data(),
+    lr=st.sampled_from([0.005, 0.05, 0.5]),
+    l2=st.sampled_from([0.0, 0.001, 0.1]),
+)
+def test_kernel_learns_exactly_as_river_learn_one(
+    X: np.ndarray, data: st.DataObject, lr: float, l2: float
+) -> None:
+    y = np.array(data.draw(st.lists(st.booleans(), min_size=len(X), max_size=len(X))))
+    cut = data.draw(st.integers(0, len(X)))  # batch boundaries must not matter
+    state = LinearState(COLS)
+    state.learn(X[:cut], y[:cut], lr=lr, l2=l2)
+    state.learn(X[cut:], y[cut:], lr=lr, l2=l2)
+    assert_same(state, river_reference(X, y, lr, l2))
+
+
+def test_kernel_handles_saturated_logits_like_river() -> None:
+    """Rows far beyond the intercept hit Log.gradient's |z| > 18 branches."""
+    X = np.array([[1e6, 0.0, 0.0, 0.0, 1.0]] * 3 + [[-1e6, 5.0, 0.0, 0.0, 1.0]] * 3)
+    y = np.array([True, True, False, False, True, False])
+    state = LinearState(COLS)
+    state.learn(X, y, lr=5.0, l2=0.0)
+    assert_same(state, river_reference(X, y, 5.0, 0.0))
+
+
+def test_state_round_trips_through_river() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, COLS)) * 10
+    y = X[:, 0] > 0
+    state = LinearState(COLS)
+    state.learn(X, y, lr=0.05, l2=0.01)
+    pipeline = state.to_river(NAMES, 0.05, 0.01)
+    assert_same(LinearState.from_river(pipeline, NAMES), state)
+    # The exported pipeline goes on learning as the kernel does.
+    more = rng.normal(size=(50, COLS))
+    for row, label in zip(more.tolist(), (more[:, 1] > 0).tolist(), strict=True):
+        pipeline.learn_one(dict(zip(NAMES, row, strict=True)), label)
+    state.learn(more, more[:, 1] > 0, lr=0.05, l2=0.01)
+    assert_same(state, LinearState.from_river(pipeline, NAMES))
+
+
+def test_model_pickled_with_a_river_estimator_still_loads() -> None:
+    """A model written when ``logreg`` learned through River resumes with the same state."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, COLS))
+    y = X[:, 0] + X[:, 1] > 0
+    model = IntentModel(ModelConfig(lr=0.05, warmup_labels=10))
+    model.learn_batch(X, y, NAMES)
+    old_style = pickle.loads(pickle.dumps(model))
+    # Rewrite it as the older layout: the River pipeline held the learned state.
+    legacy = old_style.__dict__
+    legacy["_estimator"] = model.estimator
+    del legacy["_lin"], legacy["_linear"]
+    restored = pickle.loads(pickle.dumps(old_style))
+    probe = rng.normal(size=(40, COLS))
+    np.testing.assert_allclose(
+        restored.score_batch(probe, NAMES), model.score_batch(probe, NAMES), atol=1e-12
+    )
+    restored.learn_batch(X[:50], y[:50], NAMES)
+    model.learn_batch(X[:50], y[:50], NAMES)
+    np.testing.assert_allclose(
+        restored.score_batch(probe, NAMES), model.score_batch(probe, NAMES), atol=1e-12
+    )
