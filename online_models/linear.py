@@ -36,10 +36,12 @@ from river import linear_model, optim, preprocessing, utils
 
 from intentflow.features.kernels import NUMBA_OPTIONS
 
-__all__ = ["CLIP_GRADIENT", "LinearState", "sgd_logreg_learn"]
+__all__ = ["CLIP_GRADIENT", "LinearState", "logreg_scores", "sgd_logreg_learn"]
 
 #: River's default ``clip_gradient`` of linear models.
 CLIP_GRADIENT: Final[float] = 1e12
+#: Finite values are clipped to +-MAX_ABS before scoring (as before learning).
+MAX_ABS: Final[float] = 1e12
 
 FloatArray = NDArray[np.float64]
 
@@ -97,6 +99,49 @@ def _sgd_logreg_learn(
 sgd_logreg_learn = njit(**NUMBA_OPTIONS)(_sgd_logreg_learn)
 
 
+def _logreg_scores(
+    X: FloatArray,
+    mean: FloatArray,
+    var: FloatArray,
+    w: FloatArray,
+    intercept: float,
+    clip_abs: float,
+    out: FloatArray,
+) -> None:
+    """P(True) per row as River's ``predict_proba_one``; 0 for rows with a non-finite value.
+
+    Finite values are clipped to ``+-clip_abs`` first; the logit is
+    ``sum(w * (x - mean) / sqrt(var)) + intercept`` (0 where var is 0), and
+    the sigmoid is exactly 0 below -30 and 1 above 30.
+    """
+    n_rows, n_cols = X.shape
+    for r in range(n_rows):
+        dot = 0.0
+        finite = True
+        for j in range(n_cols):
+            x = X[r, j]
+            if not math.isfinite(x):
+                finite = False
+                break
+            x = min(max(x, -clip_abs), clip_abs)
+            v = var[j]
+            if v != 0.0:
+                dot += w[j] * ((x - mean[j]) / math.sqrt(v))
+        if not finite:
+            out[r] = 0.0
+            continue
+        z = dot + intercept
+        if z < -30.0:
+            out[r] = 0.0
+        elif z > 30.0:
+            out[r] = 1.0
+        else:
+            out[r] = 1.0 / (1.0 + math.exp(-z))
+
+
+logreg_scores = njit(**NUMBA_OPTIONS)(_logreg_scores)
+
+
 class LinearState:
     """Scaler statistics, weights and intercept of one ``logreg`` model, as arrays.
 
@@ -145,15 +190,23 @@ class LinearState:
             CLIP_GRADIENT,
         )
 
-    def logits(self, X: FloatArray) -> FloatArray:
-        """The logit of every row (finite rows; standardised as River does)."""
-        std = np.sqrt(self.var)
-        out = np.zeros_like(X)
-        np.divide(X - self.mean, std, out=out, where=self.var != 0)
-        # A row-wise sum, not ``@``: BLAS would round a row differently depending on
-        # how many rows share the call, and scores must not depend on batching.
-        result: FloatArray = (out * self.w).sum(axis=1) + self._scalars[1]
-        return result
+    def scores(self, X: FloatArray) -> FloatArray:
+        """P(True) per row (one compiled call); rows with a non-finite value score 0.
+
+        Per row the result does not depend on the other rows of the call.
+        """
+        out = np.empty(X.shape[0])
+        if X.shape[0]:
+            logreg_scores(
+                np.ascontiguousarray(X, dtype=np.float64),
+                self.mean,
+                self.var,
+                self.w,
+                float(self._scalars[1]),
+                MAX_ABS,
+                out,
+            )
+        return out
 
     def to_river(self, names: Sequence[str], lr: float, l2: float) -> Any:
         """The equivalent River pipeline (a new object; learning it leaves this state alone)."""

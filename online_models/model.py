@@ -33,6 +33,7 @@ from river import forest, linear_model, optim, preprocessing, tree
 
 from intentflow.errors import SnapshotMismatchError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass
+from intentflow.online_models.linear import MAX_ABS as LINEAR_MAX_ABS
 from intentflow.online_models.linear import LinearState
 
 __all__ = [
@@ -59,9 +60,9 @@ KINDS: Final[tuple[str, ...]] = ("logreg", "hoeffding", "arf")
 #: Score calibrations: none, or online Platt scaling of the estimator's logit.
 CALIBRATIONS: Final[tuple[str, ...]] = ("none", "platt")
 
-#: Finite feature values are clipped to +-MAX_ABS before they reach River, so
-#: that a running variance never overflows.
-MAX_ABS: Final[float] = 1e12
+#: Finite feature values are clipped to +-MAX_ABS before they reach the
+#: estimator, so that a running variance never overflows.
+MAX_ABS: Final[float] = LINEAR_MAX_ABS
 
 # Platt scaling works on logit(p) with p clipped away from 0 and 1.
 _P_EPS: Final[float] = 1e-6
@@ -485,10 +486,14 @@ class IntentModel:
             self._moments = _Moments(len(bound))
         return bound
 
-    def _check(self, X: object, names: Sequence[str]) -> tuple[FloatArray, tuple[str, ...]]:
+    def _shaped(self, X: object, names: Sequence[str]) -> FloatArray:
         arr = np.asarray(X, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != len(names):
             raise ValueError(f"X: expected shape (n, {len(names)}) to match names, got {arr.shape}")
+        return arr
+
+    def _check(self, X: object, names: Sequence[str]) -> tuple[FloatArray, tuple[str, ...]]:
+        arr = self._shaped(X, names)
         if arr.size and float(np.nanmax(np.abs(arr), initial=0.0)) > MAX_ABS:
             arr = np.clip(arr, -MAX_ABS, MAX_ABS)  # inf stays out: clip maps it to MAX_ABS
             arr[~np.isfinite(np.asarray(X, dtype=np.float64))] = np.nan
@@ -497,13 +502,13 @@ class IntentModel:
     # -- scoring ----------------------------------------------------------------------------
     def _raw_scores(self, X: FloatArray, names: tuple[str, ...]) -> FloatArray:
         """The estimator's P(True) for finite rows (non-finite rows score 0)."""
+        if self._linear:  # one compiled call, values clipped to +-MAX_ABS
+            if self._lin is None:  # nothing learned, nothing bound
+                return np.zeros(X.shape[0])
+            return self._lin.scores(X)
         out = np.zeros(X.shape[0])
         finite = np.isfinite(X).all(axis=1)
-        if not finite.any():
-            return out
-        if self._linear:
-            out[finite] = _sigmoid(self._logits(X[finite], names))
-        else:
+        if finite.any():
             for i in np.flatnonzero(finite):
                 proba = self._estimator.predict_proba_one(
                     dict(zip(names, X[i].tolist(), strict=True))
@@ -551,10 +556,6 @@ class IntentModel:
         assert self._lin is not None
         return self._lin.mean, self._lin.var, self._lin.w
 
-    def _logits(self, X: FloatArray, names: tuple[str, ...]) -> FloatArray:
-        assert self._lin is not None
-        return self._lin.logits(X)
-
     def score_batch(self, X: FloatArray, names: Sequence[str]) -> FloatArray:
         """P(conversion within the horizon) per row, in [0, 1] and finite.
 
@@ -562,7 +563,10 @@ class IntentModel:
         every row, so it never reaches an alert threshold; a row with a
         non-finite value also scores 0.0. Reads state only.
         """
-        arr, bound = self._check(X, names)
+        if self._linear:  # the scoring kernel clips and checks finiteness itself
+            arr, bound = self._shaped(X, names), self._bind(names)
+        else:
+            arr, bound = self._check(X, names)
         if not self.ready:
             return np.full(arr.shape[0], COLD_SCORE)
         return self._served(arr, bound)

@@ -112,3 +112,35 @@ def test_model_pickled_with_a_river_estimator_still_loads() -> None:
     np.testing.assert_allclose(
         restored.score_batch(probe, NAMES), model.score_batch(probe, NAMES), atol=1e-12
     )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    X=hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 30), st.just(COLS)),
+        elements=st.one_of(
+            st.floats(-1e15, 1e15, allow_nan=False, allow_infinity=False),
+            st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e13]),
+        ),
+    )
+)
+def test_scoring_kernel_equals_river_predict_proba_one(X: np.ndarray) -> None:
+    """Finite values clipped to +-1e12 score as River scores them; other rows score 0."""
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(80, COLS)) * 5
+    state = LinearState(COLS)
+    state.learn(train, train[:, 0] - train[:, 2] > 0, lr=0.2, l2=0.0)
+    pipeline = state.to_river(NAMES, 0.2, 0.0)
+    want = []
+    for row in X.tolist():
+        if not all(np.isfinite(row)):
+            want.append(0.0)
+            continue
+        clipped = [min(max(v, -1e12), 1e12) for v in row]
+        want.append(pipeline.predict_proba_one(dict(zip(NAMES, clipped, strict=True)))[True])
+    got = state.scores(X)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # A row scores the same alone as in any batch.
+    alone = np.array([state.scores(X[i : i + 1])[0] for i in range(len(X))])
+    assert np.array_equal(alone, got)
