@@ -262,42 +262,54 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         ready = self.model.ready
         version = self.model.version  # the model that scored this segment
         now_ms = time.time() * 1000.0
-        labels, policy = self.labels, self.policy
-        is_conversion = self._parts.labels.is_conversion
+        labels, policy, latest = self.labels, self.policy, self._latest
+        observe, decide = labels.observe, policy.decide
+        threshold = policy.threshold
+        label_cfg = self._parts.labels
+        conversion_types = label_cfg.conversion_types
+        is_conversion = label_cfg.is_conversion
         matured = self._matured
         rules, rule_engine = self._ruleset, self.rule_engine
-        for j in range(a, b):
+        below = 0  # events whose score is below the threshold: no decision to make
+        for j, score in enumerate(scores.tolist(), a):
             ev = events[j]
+            etype = ev.type
             if rules is not None:
                 rule_engine.advance(rules, ev, self.model, now_ms, out)
-            if is_conversion(ev):
+            if etype in conversion_types or (etype == "outcome" and is_conversion(ev)):
                 matured.extend(labels.on_conversion(ev.entity_id, ev.ts_ms))
-            if ev.type == "outcome":
+            if etype == "outcome":
                 policy.feedback(ev)
                 continue
-            if only is not None and ev.type not in only:
+            if only is not None and etype not in only:
                 continue  # not a scored type (model.score_types)
-            score = float(scores[j - a])
-            self._latest[ev.entity_id] = (score, ev.ts_ms, version)
-            labels.observe(ev.entity_id, ev.ts_ms, feats[j], score)
+            row = feats[j]
+            latest[ev.entity_id] = (score, ev.ts_ms, version)
+            observe(ev.entity_id, ev.ts_ms, row, score)
             adjust = None
             if rules is not None:
-                adjust = rule_engine.on_event(rules, ev, score, feats[j], self.model, now_ms, out)
+                adjust = rule_engine.on_event(rules, ev, score, row, self.model, now_ms, out)
             if not ready:
                 continue
-            if adjust is not None and adjust.suppress:
+            if adjust is None:
+                if score < threshold:  # what Policy.decide would answer, without the call
+                    below += 1
+                    continue
+            elif adjust.suppress:
                 self._count("alerts_suppressed")
                 continue
             decided = score if adjust is None else adjust.score(score)
-            decision = policy.decide(ev, decided, feats[j], self._names)
+            decision = decide(ev, decided, row, self._names)
             if decision is not None:
-                alert = self._alert(ev, score, feats[j], decision, now_ms)
+                alert = self._alert(ev, score, row, decision, now_ms)
                 if adjust is not None:
                     alert["adjustments"] = adjust.applied
                 out.append(AlertOut(alert))
                 self._count("alerts")
                 if rules is not None:
                     rule_engine.watch(rules, alert)
+        if below:
+            policy.counts["below_threshold"] += below
 
     def _tick(self) -> None:
         """Learn every label matured so far: resolved positives and expired negatives."""

@@ -231,22 +231,29 @@ class LabelBook:
         """
         ts = int(ts_ms)
         cfg = self.config
-        if self.watermark_ms is not None and ts + cfg.horizon_ms < self.watermark_ms:
+        watermark = self.watermark_ms
+        if watermark is None or ts > watermark:
+            self.watermark_ms = ts
+        elif ts + cfg.horizon_ms < watermark:
             self.counts["late"] += 1
             return False
-        self._advance(ts)
         points = self._pending.get(entity_id)
         if points is not None:
-            if any(abs(ts - p[1]) < cfg.min_gap_ms for p in points):
-                self.counts["decimated"] += 1
-                return False
+            gap = cfg.min_gap_ms
+            for p in points:
+                if abs(ts - p[1]) < gap:
+                    self.counts["decimated"] += 1
+                    return False
             if len(points) >= cfg.max_pending_per_entity:
                 self.counts["bounded"] += 1
                 return False
         if self._n_pending >= cfg.max_pending_total:
             self.counts["bounded"] += 1
             return False
-        row = np.array(features_row, dtype=np.float64, copy=True).reshape(-1)
+        if type(features_row) is np.ndarray and features_row.ndim == 1:
+            row = features_row.astype(np.float64)  # always a copy
+        else:
+            row = np.array(features_row, dtype=np.float64, copy=True).reshape(-1)
         if self._n_features is None:
             self._n_features = row.shape[0]
         elif row.shape[0] != self._n_features:
