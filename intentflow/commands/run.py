@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import time
 
@@ -51,6 +52,11 @@ def run_config(
             config, host=metrics_address[0], port=metrics_address[1]
         )
     flow = make_flow(config, metrics, placement)
+    # Start-up objects (modules, config, compiled kernels' wrappers) live for the whole
+    # run: move them out of the collector's generations, so that collections triggered
+    # by per-batch garbage never scan them again (shorter GC pauses in the tail).
+    gc.collect()
+    gc.freeze()
     cluster = placement is not None and placement.clustered
     if cluster:
         assert placement is not None
