@@ -36,7 +36,14 @@ from river import linear_model, optim, preprocessing, utils
 
 from intentflow.features.kernels import NUMBA_OPTIONS
 
-__all__ = ["CLIP_GRADIENT", "LinearState", "logreg_scores", "sgd_logreg_learn"]
+__all__ = [
+    "CLIP_GRADIENT",
+    "MAX_ABS",
+    "LinearState",
+    "logreg_contributions",
+    "logreg_scores",
+    "sgd_logreg_learn",
+]
 
 #: River's default ``clip_gradient`` of linear models.
 CLIP_GRADIENT: Final[float] = 1e12
@@ -142,6 +149,29 @@ def _logreg_scores(
 logreg_scores = njit(**NUMBA_OPTIONS)(_logreg_scores)
 
 
+def _logreg_contributions(
+    row: FloatArray,
+    mean: FloatArray,
+    var: FloatArray,
+    w: FloatArray,
+    clip_abs: float,
+    out: FloatArray,
+) -> None:
+    """``w * (x - mean) / sqrt(var)`` per feature of one row; 0 for non-finite values
+    and zero variances; finite values clipped to ``+-clip_abs`` first."""
+    for j in range(row.shape[0]):
+        x = row[j]
+        v = var[j]
+        if not math.isfinite(x) or v == 0.0:
+            out[j] = 0.0
+        else:
+            x = min(max(x, -clip_abs), clip_abs)
+            out[j] = ((x - mean[j]) / math.sqrt(v)) * w[j]
+
+
+logreg_contributions = njit(**NUMBA_OPTIONS)(_logreg_contributions)
+
+
 class LinearState:
     """Scaler statistics, weights and intercept of one ``logreg`` model, as arrays.
 
@@ -206,6 +236,14 @@ class LinearState:
                 MAX_ABS,
                 out,
             )
+        return out
+
+    def contributions(self, row: FloatArray) -> FloatArray:
+        """Each feature's term of the logit for one row (they sum to logit - intercept)."""
+        out = np.empty(row.shape[0])
+        logreg_contributions(
+            np.ascontiguousarray(row, dtype=np.float64), self.mean, self.var, self.w, MAX_ABS, out
+        )
         return out
 
     def to_river(self, names: Sequence[str], lr: float, l2: float) -> Any:

@@ -684,6 +684,14 @@ class IntentModel:
     # -- reason codes -----------------------------------------------------------------------
     def contributions(self, x_row: FloatArray, names: Sequence[str]) -> FloatArray:
         """Per-feature contribution to the score of one row (see :meth:`explain`)."""
+        if self._lin is not None:  # one compiled call
+            row = np.asarray(x_row, dtype=np.float64).reshape(-1)
+            if row.shape[0] != len(names):
+                raise ValueError(
+                    f"X: expected shape (n, {len(names)}) to match names, got {(1, row.shape[0])}"
+                )
+            self._bind(names)
+            return self._lin.contributions(row)
         arr, bound = self._check(np.asarray(x_row, dtype=np.float64).reshape(1, -1), names)
         finite = np.isfinite(arr)
         clean = np.where(finite, arr, 0.0)

@@ -144,3 +144,33 @@ def test_scoring_kernel_equals_river_predict_proba_one(X: np.ndarray) -> None:
     # A row scores the same alone as in any batch.
     alone = np.array([state.scores(X[i : i + 1])[0] for i in range(len(X))])
     assert np.array_equal(alone, got)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    row=hnp.arrays(
+        np.float64,
+        COLS,
+        elements=st.one_of(
+            st.floats(-1e15, 1e15, allow_nan=False, allow_infinity=False),
+            st.sampled_from([np.nan, np.inf, -np.inf, 0.0]),
+        ),
+    )
+)
+def test_contribution_kernel_is_the_standardised_term_of_the_logit(row: np.ndarray) -> None:
+    rng = np.random.default_rng(13)
+    train = rng.normal(size=(60, COLS)) * 3
+    train[:, 4] = 2.0  # zero variance: contributes nothing
+    state = LinearState(COLS)
+    state.learn(train, train[:, 0] > 0, lr=0.3, l2=0.0)
+    got = state.contributions(row)
+    finite = np.isfinite(row)
+    x = np.clip(np.where(finite, row, 0.0), -1e12, 1e12)
+    safe = np.where(state.var > 0, state.var, 1.0)
+    want = np.where(finite & (state.var > 0), (x - state.mean) / np.sqrt(safe) * state.w, 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    if finite.all():  # the terms and the intercept make the logit River scores with
+        p = state.scores(row.reshape(1, -1))[0]
+        z = got.sum() + state.intercept
+        if 1e-12 < p < 1 - 1e-12 and abs(z) < 30:
+            assert z == pytest.approx(np.log(p / (1 - p)), rel=1e-6, abs=1e-6)
