@@ -1,12 +1,14 @@
-"""Encode a batch of events for the kernels: one Python pass, no per-event kernel calls.
+"""Encode a batch of events for the kernels: bulk passes, no per-event kernel calls.
 
 For each event the filters decide a route per table (which signal columns
 take 1.0, which take a numeric prop, which distinct tables take a value).
 Routes depend only on the event type and the classes of the props the
 filters read (:func:`~intentflow.features.filters.classify`), so they are
-memoised under ``(type, classes)`` and numbered; an event then costs a dict
-lookup and a few list appends (plus a prop read for valued or distinct
-features). The kernels expand the route ids.
+memoised under ``(type, classes)`` and numbered. A batch is encoded column
+by column: route ids of unfiltered types and rows of known keys come from
+one ``map`` over a dict each; only events of filtered types, new keys and
+events whose route has valued or distinct targets take a narrower second
+pass. The kernels expand the route ids.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -34,10 +37,27 @@ from intentflow.features.filters import (
 from intentflow.features.program import TableProgram
 from intentflow.features.spec import VALUE_LIMIT
 
-__all__ = ["Batch", "BatchEncoder", "Encoded", "KeyIndex", "str_hash", "value_hash"]
+__all__ = [
+    "Batch",
+    "BatchEncoder",
+    "Encoded",
+    "Ints",
+    "KeyIndex",
+    "str_hash",
+    "str_hashes",
+    "value_hash",
+]
 
 _ROUTE_LIMIT: Final = 4096
 _HASH_LIMIT: Final = 1 << 13
+#: Distinct sources whose hashes the key tables hold.
+_KEY_SOURCES: Final = frozenset({"entity_id", "account_id"})
+#: Hash state after the prefix of string values (``str_hash`` continues a copy).
+_STR_PREFIX: Final = hashlib.blake2b(b"s", digest_size=8)
+
+
+#: Integer columns of a batch: lists, or int64 arrays where built in bulk.
+Ints: TypeAlias = "list[int] | npt.NDArray[np.int64]"
 
 
 @dataclass
@@ -50,13 +70,13 @@ class Encoded:
     ``d_evt[j] == i``. Contributions of 1.0 come from the event's route.
     """
 
-    rows: list[int] = field(default_factory=list)
-    v_evt: list[int] = field(default_factory=list)
-    v_col: list[int] = field(default_factory=list)
+    rows: Ints = field(default_factory=list)
+    v_evt: Ints = field(default_factory=list)
+    v_col: Ints = field(default_factory=list)
     v_val: list[float] = field(default_factory=list)
-    d_evt: list[int] = field(default_factory=list)
-    d_tab: list[int] = field(default_factory=list)
-    d_hash: list[int] = field(default_factory=list)
+    d_evt: Ints = field(default_factory=list)
+    d_tab: Ints = field(default_factory=list)
+    d_hash: Ints = field(default_factory=list)
 
 
 @dataclass
@@ -64,21 +84,23 @@ class Batch:
     """A batch encoded for both tables: timestamps, route ids, per-table parts."""
 
     ts: list[int]
-    routes: list[int]
+    routes: Ints
     entity: Encoded
     account: Encoded
 
 
 class KeyIndex(Protocol):
-    """Key -> row of one table (``row`` allocates unseen keys); ``hashes[row]`` of each key."""
+    """Key -> row of one table; ``hashes[row]`` is the :func:`str_hash` of the row's key."""
 
     @property
     def index(self) -> dict[str, int]: ...
 
     @property
-    def hashes(self) -> Sequence[int]: ...
+    def hashes(self) -> array[int]: ...
 
-    def row(self, key: str) -> int: ...
+    def add(self, keys: Sequence[str]) -> list[int]:
+        """Allocate rows for ``keys`` (distinct, none in ``index``), in order."""
+        ...
 
 
 def value_hash(x: object) -> int | None:
@@ -112,46 +134,29 @@ def value_hash(x: object) -> int | None:
 
 def str_hash(x: str) -> int:
     """:func:`value_hash` of a string."""
-    data = b"s" + x.encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+    h = _STR_PREFIX.copy()
+    h.update(x.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest(), "little", signed=True)
+
+
+def str_hashes(keys: Iterable[str]) -> list[int]:
+    """:func:`str_hash` of each key."""
+    digests = []
+    for x in keys:
+        h = _STR_PREFIX.copy()
+        h.update(x.encode("utf-8", "surrogatepass"))
+        digests.append(h.digest())
+    return list(struct.unpack(f"<{len(digests)}q", b"".join(digests)))
 
 
 class _HashCache(dict[object, int | None]):
-    """Bounded memo of :func:`value_hash`, keyed by :func:`_hash_key`."""
+    """Bounded memo of :func:`value_hash`: strings key themselves, other scalars ``(type, x)``."""
 
     def __missing__(self, key: object) -> int | None:
         if len(self) >= _HASH_LIMIT:
             self.clear()
         h = self[key] = value_hash(key[1] if type(key) is tuple else key)
         return h
-
-
-def _hash_key(x: object) -> object:
-    """Strings key themselves, other scalars go with their type (True is not 1), others None."""
-    t = type(x)
-    if t is str:
-        return x
-    if t is int or t is float or t is bool:
-        return (t, x)
-    return None
-
-
-def _add_values(
-    i: int, props: Mapping[str, Any], valued: tuple[tuple[int, str], ...], enc: Encoded
-) -> None:
-    """Append numeric prop values: finite numbers, clamped to ±VALUE_LIMIT; others skip."""
-    for col, prop in valued:
-        raw: Any = props.get(prop)
-        t = type(raw)
-        if t is int:
-            v = float(min(max(raw, -VALUE_LIMIT), VALUE_LIMIT))
-        elif t is float and math.isfinite(raw):
-            v = min(max(raw, -VALUE_LIMIT), VALUE_LIMIT)
-        else:
-            continue
-        enc.v_evt.append(i)
-        enc.v_col.append(col)
-        enc.v_val.append(v)
 
 
 def _plan(parts: tuple[KeyPart, ...]) -> tuple[str | None, frozenset[object], tuple[KeyPart, ...]]:
@@ -199,6 +204,11 @@ class BatchEncoder:
             None,
             None,
         ]
+        self._has_extras: list[npt.NDArray[np.bool_] | None] = [None, None]
+        # types routed by one equality-only prop: (prop, {string value: route id})
+        self._by_str: dict[str, tuple[str, dict[str, int]]] = {
+            t: (prop, {}) for t, (prop, _, _) in self._plans.items() if prop is not None
+        }
 
     def _new_route(self, key: object, etype: str, props: Mapping[str, Any]) -> int:
         parts = self._parts.get(etype, self._any_parts)
@@ -210,6 +220,7 @@ class BatchEncoder:
             self._unit_ptr[t].append(len(self._unit_col[t]))
             self._extras[t].append((valued, distinct) if valued or distinct else None)
             self._tables[t] = None
+            self._has_extras[t] = None
         self._route_ids[key] = rid
         return rid
 
@@ -224,78 +235,225 @@ class BatchEncoder:
             self._tables[table] = cached
         return cached
 
-    def _extra(
-        self, i: int, ev: Event, extra: _Extra, enc: Encoded, e_hash: int, a_hash: int | None
-    ) -> None:
-        """Valued and distinct contributions; key hashes come from the tables' rows."""
-        valued, distinct = extra
-        if valued:
-            _add_values(i, ev.props, valued, enc)
-        for tab, source in distinct:
-            if source == "entity_id":
-                h: int | None = e_hash
-            elif source == "account_id":
-                h = a_hash
-            else:
-                h = self._hashes[_hash_key(ev.props.get(source))]
-            if h is not None:
-                enc.d_evt.append(i)
-                enc.d_tab.append(tab)
-                enc.d_hash.append(h)
-
     def encode(self, events: Sequence[Event], entity: KeyIndex, account: KeyIndex | None) -> Batch:
-        """Encode ``events``; rows come from ``entity`` and ``account`` (None: no accounts)."""
+        """Encode ``events``; rows come from ``entity`` and ``account`` (None: no accounts).
+
+        Columns are read in bulk; only events of filtered types, new keys and
+        routes with valued or distinct targets take a second, narrower pass.
+        """
         if len(self._route_ids) >= _ROUTE_LIMIT:
             self._reset_routes()
-        batch = Batch([], [], Encoded(), Encoded())
-        ts_append, rid_append = batch.ts.append, batch.routes.append
-        e_get, a_get = entity.index.get, (account.index.get if account else None)
-        e_hashes = entity.hashes
-        e_extras, a_extras = self._extras
-        e_append, a_append = batch.entity.rows.append, batch.account.rows.append
-        plans, any_plan = self._plans, self._any_plan
+        rids = self._routes(events)
+        rows = _rows(entity, [ev.entity_id for ev in events])
+        rid_a = np.array(rids, dtype=np.int64)
+        keys = _Keys(rows, np.array(rows, dtype=np.int64), entity.hashes, None, None, array("q"))
+        if account is not None:
+            arows = _account_rows(account, [ev.account_id for ev in events])
+            keys = keys._replace(
+                arows=arows, arow_a=np.array(arows, dtype=np.int64), a_hashes=account.hashes
+            )
+        used = set(rids)
+        e_enc, a_enc = Encoded(keys.row_a), Encoded()
+        self._add_extras(0, events, rids, rid_a, used, keys, e_enc)
+        if keys.arow_a is not None:
+            a_enc.rows = keys.arow_a
+            self._add_extras(1, events, rids, rid_a, used, keys, a_enc)
+        return Batch([ev.ts_ms for ev in events], rid_a, e_enc, a_enc)
+
+    def _routes(self, events: Sequence[Event]) -> list[int]:
+        """Route id of each event: types without filter props in bulk, the others one by one."""
         route_ids = self._route_ids
-        for i, ev in enumerate(events):
-            etype = ev.type
-            props = ev.props
-            prop, equal, parts = plans.get(etype, any_plan)
-            if prop is not None:  # one prop, equality only: the common case, inlined
-                x: Any = props.get(prop)
-                tx = type(x)
-                if tx is bool:
-                    x = BOOL_KEYS[x]
-                elif tx is not str and tx is not int and tx is not float:
-                    x = None
-                key: Any = (etype, x if x in equal else None)
-            elif not parts:
-                key = etype
-            else:
-                key = (etype, *[classify(norm(props.get(p.prop)), p) for p in parts])
-            rid = route_ids.get(key)
-            if rid is None:
-                rid = self._new_route(key, etype, props)
-            ts_append(ev.ts_ms)
-            rid_append(rid)
-            k = ev.entity_id
-            row = e_get(k)
-            if row is None:
-                row = entity.row(k)
-            e_append(row)
-            k = ev.account_id  # type: ignore[assignment]
-            arow = a_get(k) if a_get is not None and k else None
-            if arow is None and account is not None and k:
-                arow = account.row(k)
-            extra = e_extras[rid]
-            if extra is not None:
-                a_hash = None if arow is None else account.hashes[arow]  # type: ignore[union-attr]
-                self._extra(i, ev, extra, batch.entity, e_hashes[row], a_hash)
-            if account is None:
-                continue
-            if arow is None:
-                a_append(-1)
-                continue
-            a_append(arow)
-            extra = a_extras[rid]
-            if extra is not None:
-                self._extra(i, ev, extra, batch.account, e_hashes[row], account.hashes[arow])
-        return batch
+        types = [ev.type for ev in events]
+        rids: list[Any] = list(map(route_ids.get, types))  # unfiltered types: the type is the key
+        if None not in rids:
+            return rids
+        by_str = self._by_str
+        for i in [i for i, r in enumerate(rids) if r is None]:
+            etype = types[i]
+            props = events[i].props
+            memo = by_str.get(etype)
+            if memo is not None:
+                x = props.get(memo[0])
+                if type(x) is str:
+                    rid = memo[1].get(x)
+                    if rid is None:
+                        rid = self._route(etype, props)
+                        if len(memo[1]) >= _ROUTE_LIMIT:
+                            memo[1].clear()
+                        memo[1][x] = rid
+                    rids[i] = rid
+                    continue
+            rids[i] = self._route(etype, props)
+        return rids
+
+    def _route(self, etype: str, props: Mapping[str, Any]) -> int:
+        """Route id of one event, from its key ``(type, classes)``."""
+        prop, equal, parts = self._plans.get(etype, self._any_plan)
+        if prop is not None:  # one prop, equality only
+            x: Any = props.get(prop)
+            tx = type(x)
+            if tx is bool:
+                x = BOOL_KEYS[x]
+            elif tx is not str and tx is not int and tx is not float:
+                x = None
+            key: Any = (etype, x if x in equal else None)
+        elif not parts:
+            key = etype
+        else:
+            key = (etype, *[classify(norm(props.get(p.prop)), p) for p in parts])
+        rid = self._route_ids.get(key)
+        if rid is None:
+            rid = self._new_route(key, etype, props)
+        return rid
+
+    def _has(self, table: int) -> npt.NDArray[np.bool_]:
+        """Per route id: whether it has valued or distinct targets in ``table``."""
+        cached = self._has_extras[table]
+        if cached is None:
+            cached = np.array([x is not None for x in self._extras[table]], dtype=np.bool_)
+            self._has_extras[table] = cached
+        return cached
+
+    def _add_extras(
+        self,
+        table: int,
+        events: Sequence[Event],
+        rids: list[int],
+        rid_a: npt.NDArray[np.int64],
+        used: set[int],
+        keys: _Keys,
+        enc: Encoded,
+    ) -> None:
+        """Valued and distinct contributions to ``table`` (0: entity, 1: account).
+
+        A batch whose only extra here is one distinct count of a key is
+        encoded with array operations; others take a loop over the events
+        that have extras.
+        """
+        extras = self._extras[table]
+        kinds = {extras[r] for r in used}
+        mask: npt.NDArray[np.bool_] | None = None  # events to visit; None: all
+        if None in kinds:
+            kinds.discard(None)
+            if not kinds:
+                return
+            mask = self._has(table)[rid_a]
+        if table == 1:
+            mask = _and_valid(mask, keys.arow_a)
+        extra = next(iter(kinds)) if len(kinds) == 1 else None
+        if extra is not None and not extra[0] and len(extra[1]) == 1:
+            tab, source = extra[1][0]
+            if source in _KEY_SOURCES:
+                if source == "entity_id":
+                    src, hashes = keys.row_a, keys.e_hashes
+                elif keys.arow_a is None:
+                    return
+                else:
+                    src, hashes = keys.arow_a, keys.a_hashes
+                    mask = _and_valid(mask, src)
+                evt = np.arange(src.size) if mask is None else np.flatnonzero(mask)
+                if evt.size:
+                    enc.d_evt = evt
+                    enc.d_tab = np.full(evt.size, tab, dtype=np.int64)
+                    enc.d_hash = np.frombuffer(hashes, dtype=np.int64)[src[evt]]
+                return
+        v_evt: list[int] = []
+        v_col: list[int] = []
+        v_val: list[float] = []
+        d_evt: list[int] = []
+        d_tab: list[int] = []
+        d_hash: list[int] = []
+        rows, arows, e_hashes, a_hashes = keys.rows, keys.arows, keys.e_hashes, keys.a_hashes
+        memo, lim, isfinite = self._hashes, VALUE_LIMIT, math.isfinite
+        sel = range(len(rids)) if mask is None else np.flatnonzero(mask).tolist()
+        for i in sel:
+            valued, distinct = extras[rids[i]]  # type: ignore[misc]
+            props = events[i].props
+            for col, prop in valued:  # finite numbers, clamped to ±VALUE_LIMIT
+                v: Any = props.get(prop)
+                t = type(v)
+                if t is float:
+                    if not -lim <= v <= lim:
+                        if not isfinite(v):
+                            continue
+                        v = lim if v > 0 else -lim
+                elif t is int:
+                    v = float(v) if -lim <= v <= lim else (lim if v > 0 else -lim)
+                else:
+                    continue
+                v_evt.append(i)
+                v_col.append(col)
+                v_val.append(v)
+            for tab, source in distinct:
+                h: int | None
+                if source == "entity_id":
+                    h = e_hashes[rows[i]]
+                elif source == "account_id":
+                    a = -1 if arows is None else arows[i]
+                    if a < 0:
+                        continue
+                    h = a_hashes[a]
+                else:
+                    x = props.get(source)
+                    t = type(x)
+                    if t is str:
+                        h = memo[x]
+                    elif t is int or t is float or t is bool:
+                        h = memo[(t, x)]
+                    else:
+                        continue
+                    if h is None:
+                        continue
+                d_evt.append(i)
+                d_tab.append(tab)
+                d_hash.append(h)
+        enc.v_evt, enc.v_col, enc.v_val = v_evt, v_col, v_val
+        enc.d_evt, enc.d_tab, enc.d_hash = d_evt, d_tab, d_hash
+
+
+class _Keys(NamedTuple):
+    """Rows of a batch's events in both tables (-1: no account) and the tables' key hashes."""
+
+    rows: list[int]
+    row_a: npt.NDArray[np.int64]
+    e_hashes: array[int]
+    arows: list[int] | None
+    arow_a: npt.NDArray[np.int64] | None
+    a_hashes: array[int]
+
+
+def _and_valid(
+    mask: npt.NDArray[np.bool_] | None, rows: npt.NDArray[np.int64] | None
+) -> npt.NDArray[np.bool_] | None:
+    """``mask`` restricted to events with a row (None: all events)."""
+    if rows is None:
+        return mask
+    valid = rows >= 0
+    if mask is None:
+        return None if valid.all() else valid
+    return mask & valid
+
+
+def _rows(table: KeyIndex, keys: list[str]) -> list[int]:
+    """Row of each key; unseen keys get rows in order of first sight."""
+    rows: list[Any] = list(map(table.index.get, keys))
+    if None in rows:
+        miss = [i for i, r in enumerate(rows) if r is None]
+        new = list(dict.fromkeys([keys[i] for i in miss]))
+        got = dict(zip(new, table.add(new), strict=True))
+        for i in miss:
+            rows[i] = got[keys[i]]
+    return rows
+
+
+def _account_rows(table: KeyIndex, keys: list[str | None]) -> list[int]:
+    """Row of each account key, -1 for a missing (None or empty) key."""
+    index = cast("dict[str | None, int]", table.index)  # None misses; no key is empty
+    rows: list[Any] = list(map(index.get, keys))
+    if None in rows:
+        miss = [i for i, r in enumerate(rows) if r is None]
+        new = list(dict.fromkeys([k for i in miss if (k := keys[i])]))
+        got: dict[str | None, int] = dict(zip(new, table.add(new), strict=True))
+        for i in miss:
+            rows[i] = got.get(keys[i], -1)
+    return rows

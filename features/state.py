@@ -21,7 +21,7 @@ import numpy.typing as npt
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
-from intentflow.features.encode import BatchEncoder, Encoded, str_hash
+from intentflow.features.encode import BatchEncoder, Encoded, str_hashes
 from intentflow.features.program import TableProgram, compile_program
 from intentflow.features.spec import FeatureSpec
 
@@ -109,21 +109,27 @@ class _Table:
     def row(self, key: str) -> int:
         """Row of ``key``, allocated on first sight."""
         r = self.index.get(key)
-        if r is not None:
-            return r
-        h = str_hash(key)
-        if self.free:
-            r = self.free.pop()
-            self.keys[r] = key
-            self.hashes[r] = h
-        else:
-            r = len(self.keys)
-            if r == self.capacity:
-                self._grow(2 * self.capacity)
-            self.keys.append(key)
-            self.hashes.append(h)
-        self.index[key] = r
-        return r
+        return r if r is not None else self.add([key])[0]
+
+    def add(self, keys: Sequence[str]) -> list[int]:
+        """Allocate rows for ``keys`` (distinct, none held yet), in order; returns them."""
+        hashes = str_hashes(keys)
+        index, free, held = self.index, self.free, self.keys
+        out: list[int] = []
+        for key, h in zip(keys, hashes, strict=True):
+            if free:
+                r = free.pop()
+                held[r] = key
+                self.hashes[r] = h
+            else:
+                r = len(held)
+                if r == self.capacity:
+                    self._grow(2 * self.capacity)
+                held.append(key)
+                self.hashes.append(h)
+            index[key] = r
+            out.append(r)
+        return out
 
     def _grow(self, capacity: int) -> None:
         clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
@@ -246,7 +252,7 @@ class _Table:
             )
         table.clock[:n] = snap.clock
         table.keys = list(snap.keys)
-        table.hashes = array("q", [str_hash(k) for k in snap.keys])
+        table.hashes = array("q", str_hashes(snap.keys))
         table.index = {k: i for i, k in enumerate(snap.keys)}
         return table
 

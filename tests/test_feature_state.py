@@ -14,6 +14,7 @@ import pytest
 
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
+from intentflow.features.encode import str_hash, str_hashes, value_hash
 from intentflow.features.spec import DAY, HOUR, MINUTE, FeatureSpec
 from intentflow.features.state import SCHEMA_VERSION, FeatureState
 
@@ -223,6 +224,20 @@ def test_eviction_forgets_idle_keys_and_reuses_their_rows() -> None:
     row = _row(spec, state.update([_ev(T0 + 3 * DAY, entity="old", category="pricing")]).values[0])
     assert row["views__count__1h"] == 1.0
     assert row["contacts__distinct__24h"] == 2.0  # "other" and "old" under a1
+
+
+def test_distinct_value_hashes_are_stable() -> None:
+    """Snapshots hold these hashes: the same values must hash the same in every version."""
+    want = {
+        "c-000132": 4870444777438831323,
+        "": -2418767617519760922,
+        "\u00e9\ud800": 4851413169985543252,
+    }
+    assert [str_hash(k) for k in want] == str_hashes(list(want)) == list(want.values())
+    assert [value_hash(k) for k in want] == list(want.values())
+    assert (value_hash(1), value_hash(1.0)) == (8507546388639488644, 8507546388639488644)
+    assert value_hash(True) == -2667223677088944487
+    assert str_hashes([]) == []
 
 
 def _stream(n: int) -> list[Event]:
