@@ -62,28 +62,17 @@ def make_parser(
     def parse_batch(items: list[RawItem]) -> list[Event | DeadLetterOut]:
         now_ms = int(time.time() * 1000)
         out: list[Event | DeadLetterOut] = []
-        for item in items:
-            res = parse_event(
-                item.payload,
-                limits,
-                now_ms=now_ms,
-                source=item.source,
-                offset=item.offset,
-                ingest_ts=item.ingest_ts,
-                produced_ts=item.produced_ts,
-            )
+        append = out.append
+        for source, offset, payload, ingest_ts, produced_ts in items:
+            # Positional: keyword arguments cost measurably at this rate.
+            res = parse_event(payload, limits, now_ms, source, offset, ingest_ts, produced_ts)
             if isinstance(res, Rejection):
                 record = dead_letter(
-                    res,
-                    item.payload,
-                    limits,
-                    source=item.source,
-                    offset=item.offset,
-                    received_ts=item.ingest_ts,
+                    res, payload, limits, source=source, offset=offset, received_ts=ingest_ts
                 )
-                out.append(DeadLetterOut(record))
+                append(DeadLetterOut(record))
             else:
-                out.append(res)
+                append(res)
         metrics.parsed(len(items), out)
         return out
 

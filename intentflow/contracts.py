@@ -64,6 +64,8 @@ _MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 _MAX_ID_CHARS: Final = 256
 _MAX_TYPE_CHARS: Final = 64
 _MAX_INT: Final = 2**53  # integers beyond this lose precision in JSON consumers
+_MIN_INT: Final = -_MAX_INT
+_isfinite: Final = math.isfinite
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,25 +191,106 @@ def _check_outcome(props: dict[str, Any]) -> Rejection | None:
 def parse_event(
     payload: bytes | None,
     limits: Limits,
-    *,
     now_ms: int,
     source: str = "",
     offset: str = "",
     ingest_ts: float = 0.0,
     produced_ts: float | None = None,
 ) -> Event | Rejection:
-    """Decode and validate one payload; never raises on bad input."""
+    """Decode and validate one payload; never raises on bad input.
+
+    ``now_ms`` (epoch milliseconds) bounds ``ts`` from above; ``source``,
+    ``offset``, ``ingest_ts`` and ``produced_ts`` are copied into the event.
+
+    The common event (string ids, integer ``ts``, flat ``props``) is accepted
+    by a few inline tests; every other payload, valid or not, goes through
+    :func:`_validate`, which applies the rules in order and builds the exact
+    rejection. The inline tests only accept what :func:`_validate` accepts,
+    and build the same event.
+    """
     if payload is None:
         return Rejection("missing_payload", "the entry has no event field")
-    if len(payload) > limits.max_payload_bytes:
-        return Rejection(
-            "payload_too_large",
-            f"{len(payload)} bytes, limit is {limits.max_payload_bytes}",
-        )
+    size = len(payload)
+    if size > limits.max_payload_bytes:
+        return Rejection("payload_too_large", f"{size} bytes, limit is {limits.max_payload_bytes}")
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as err:
         return _classify_decode_error(payload, err)
+    # orjson builds exact built-in types, so ``type(x) is`` tests suffice.
+    # Any test that fails hands the payload to _validate. The tests are
+    # separate statements to keep the jumps short: CPython 3.11 only
+    # specializes a comparison followed by a short conditional jump.
+    try:
+        event_id = obj["event_id"]
+        entity_id = obj["entity_id"]
+        etype = obj["type"]
+        ts = obj["ts"]
+    except (KeyError, TypeError):  # a missing field, or not an object
+        return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    # A string of n characters takes at least n + 2 bytes of the payload: in
+    # a short payload no string is too long, and its length need not be read.
+    short = size <= _MAX_ID_CHARS
+    if not (
+        type(event_id) is str
+        and event_id
+        and (short or len(event_id) <= _MAX_ID_CHARS)
+        and type(entity_id) is str
+        and entity_id
+        and (short or len(entity_id) <= _MAX_ID_CHARS)
+    ):
+        return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    if not (type(etype) is str and 0 < len(etype) <= _MAX_TYPE_CHARS and etype != "outcome"):
+        return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    # ts - now_ms is usually a small int, which compares faster than ts.
+    if not (type(ts) is int and ts >= _MIN_TS_MS and ts - now_ms <= limits.max_future_ms):
+        return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    account_id = obj.get("account_id")
+    if account_id is not None and (
+        type(account_id) is not str
+        or not account_id
+        or (not short and len(account_id) > _MAX_ID_CHARS)
+    ):
+        return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    props = obj.get("props")
+    if props is None:
+        props = {}
+    elif type(props) is not dict or limits.max_depth < 2:
+        return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    else:
+        # The checks of _walk, for values that are not objects or arrays.
+        max_text = limits.max_text_chars
+        short_text = size <= max_text
+        for value in props.values():
+            kind = type(value)
+            if kind is str:
+                if short_text or len(value) <= max_text:
+                    continue
+            elif kind is float:
+                if _isfinite(value):
+                    continue
+            elif kind is int:
+                if _MIN_INT <= value <= _MAX_INT:
+                    continue
+            elif kind is bool or value is None:
+                continue
+            return _validate(obj, limits, now_ms, source, offset, ingest_ts, produced_ts)
+    # Positional in field order: keyword arguments cost several times more here.
+    return Event(
+        event_id, ts, entity_id, etype, account_id, props, source, offset, ingest_ts, produced_ts
+    )
+
+
+def _validate(
+    obj: Any,
+    limits: Limits,
+    now_ms: int,
+    source: str,
+    offset: str,
+    ingest_ts: float,
+    produced_ts: float | None,
+) -> Event | Rejection:
+    """Apply every rule, in order, to a decoded payload: the reference path."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
 

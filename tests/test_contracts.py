@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intentflow.contracts import REASONS, Limits, Rejection, dead_letter, parse_event
+from intentflow.contracts import REASONS, Limits, Rejection, _validate, dead_letter, parse_event
 from intentflow.events import KNOWN_TYPES, Event
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -210,3 +210,97 @@ def test_valid_events_are_accepted(
     assert isinstance(res, Event), res
     assert res.props == props
     assert all(math.isfinite(v) for v in props.values() if isinstance(v, float))
+
+
+FIELDS = ["event_id", "ts", "entity_id", "account_id", "type", "props"]
+EDGE_VALUES: list[Any] = [
+    "",
+    "x",
+    "x" * 64,
+    "x" * 65,
+    "x" * 256,
+    "x" * 257,
+    "outcome",
+    "page_view",
+    "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00",
+    None,
+    True,
+    0,
+    -1,
+    1.5,
+    1.5e12,
+    946_684_800_000,
+    946_684_799_999,
+    NOW + LIMITS.max_future_ms,
+    NOW + LIMITS.max_future_ms + 1,
+    2**53 + 1,
+    [],
+    [1],
+    {},
+    {"a": 1},
+]
+EDGE_PROPS: list[Any] = [
+    {"a": "y" * 8},
+    {"a": "y" * 9},
+    {"a": "y" * 65},
+    {"a": 2**53},
+    {"a": 2**53 + 1},
+    {"a": -(2**53) - 1},
+    {"a": True, "b": None, "c": 1.5, "d": -3},
+    {"a": [1]},
+    {"a": ["y" * 9]},
+    {"a": {"b": 1}},
+    {"a": [[[]]]},
+    {"alert_id": "a", "action": "call_now", "result": "accepted"},
+]
+EDGE_LIMITS = [
+    LIMITS,
+    Limits(max_text_chars=8, max_depth=2),
+    Limits(max_text_chars=64),
+    Limits(max_depth=1),
+    Limits(max_depth=0),
+]
+
+
+def same_as_full_rules(obj: dict[str, Any], limits: Limits) -> bool:
+    """parse_event's fast path decides like the reference path, _validate."""
+    payload = orjson.dumps(obj)
+    got = parse_event(payload, limits, NOW, "s", "7", 1.5, 2.5)
+    return got == _validate(orjson.loads(payload), limits, NOW, "s", "7", 1.5, 2.5)
+
+
+MINIMAL = {"event_id": "e", "ts": NOW, "entity_id": "c", "type": "t"}  # short payloads
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_fast_path_agrees_with_the_full_rules_on_edges(field: str) -> None:
+    values = EDGE_VALUES + EDGE_PROPS if field == "props" else EDGE_VALUES
+    for limits in EDGE_LIMITS:
+        missing = {k: v for k, v in good().items() if k != field}
+        assert same_as_full_rules(missing, limits), (field, limits)
+        for value in values:
+            for base in (good(), good(type="outcome", props=EDGE_PROPS[-1]), MINIMAL):
+                obj = {**base, field: value}
+                assert same_as_full_rules(obj, limits), (obj, limits)
+
+
+flat_props = st.dictionaries(
+    st.text(max_size=5),
+    json_leaf | st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, "y" * 8, "y" * 9]),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    props=flat_props | st.none() | json_value,
+    edits=st.dictionaries(
+        st.sampled_from(FIELDS), st.sampled_from(EDGE_VALUES) | json_value, max_size=2
+    ),
+    limits=st.sampled_from(EDGE_LIMITS),
+)
+def test_fast_path_agrees_with_the_full_rules(
+    props: Any, edits: dict[str, Any], limits: Limits
+) -> None:
+    assert same_as_full_rules({**good(props=props), **edits}, limits)
