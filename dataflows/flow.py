@@ -111,20 +111,27 @@ def build_flow(
     metrics.shards = shards
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
-    parsed = op.flat_map_batch("parse", raw, make_parser(config.limits, metrics))
-    split = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    events: Any = split.trues
-    dead: Any = split.falses
-
+    parse = make_parser(config.limits, metrics)
     if config.engine.affinity:  # shard i's key lands on the worker reading partition i
         from intentflow.cluster import affinity_keys, shard_index
 
         names = affinity_keys(shards)
-        keyed = op.key_on(
-            "shard", events, lambda e: names[shard_index(e.account_id or e.entity_id, shards)]
-        )
+
+        def route(e: Event) -> str:
+            return names[shard_index(e.account_id or e.entity_id, shards)]
     else:
-        keyed = op.key_on("shard", events, lambda e: shard_key(e.account_id or e.entity_id, shards))
+
+        def route(e: Event) -> str:
+            return shard_key(e.account_id or e.entity_id, shards)
+
+    def parse_and_route(items: list[RawItem]) -> list[tuple[str, Event] | DeadLetterOut]:
+        # Keying here, in the batch, saves a per-item ``key_on`` step.
+        return [(route(x), x) if type(x) is Event else x for x in parse(items)]
+
+    parsed = op.flat_map_batch("parse", raw, parse_and_route)
+    split = op.branch("valid", parsed, lambda x: type(x) is tuple)
+    keyed: Any = split.trues
+    dead: Any = split.falses
 
     def build(resume: ShardSnapshot | None) -> ShardLogic:
         return ShardLogic(parts, resume, metrics, rules)
