@@ -126,7 +126,7 @@ def build_flow(
 
     def parse_and_route(items: list[RawItem]) -> list[tuple[str, Event] | DeadLetterOut]:
         # Keying here, in the batch, saves a per-item ``key_on`` step.
-        return [(route(x), x) if type(x) is Event else x for x in parse(items)]
+        return [(route(x), x) if isinstance(x, Event) else x for x in parse(items)]
 
     parsed = op.flat_map_batch("parse", raw, parse_and_route)
     split = op.branch("valid", parsed, lambda x: type(x) is tuple)
