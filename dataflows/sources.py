@@ -167,14 +167,24 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         entries: list[tuple[bytes, dict[bytes, bytes]]] = resp[0][1]
         now = _now_ms()
         label = self._label
-        items = []
-        for entry_id, fields in entries:
-            produced = fields.get(b"produced_ts")
-            try:
-                produced_ts = float(produced) if produced is not None else None
-            except ValueError:
-                produced_ts = None
-            items.append(RawItem(label, entry_id.decode(), fields.get(b"event"), now, produced_ts))
+        try:  # one comprehension for the common case: every produced_ts absent or a number
+            items = [
+                RawItem(label, entry_id.decode(), fields.get(b"event"), now, float(produced))
+                if (produced := fields.get(b"produced_ts")) is not None
+                else RawItem(label, entry_id.decode(), fields.get(b"event"), now, None)
+                for entry_id, fields in entries
+            ]
+        except ValueError:  # a malformed produced_ts: it is only dropped, never fatal
+            items = []
+            for entry_id, fields in entries:
+                produced = fields.get(b"produced_ts")
+                try:
+                    produced_ts = float(produced) if produced is not None else None
+                except ValueError:
+                    produced_ts = None
+                items.append(
+                    RawItem(label, entry_id.decode(), fields.get(b"event"), now, produced_ts)
+                )
         self._last_id = entries[-1][0].decode()
         self._positioned = True
         self._stop.took(len(items))

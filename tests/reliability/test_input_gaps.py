@@ -151,3 +151,21 @@ def test_redis_restarted_with_and_without_persistence(persistence: bool) -> None
             assert (gaps(metrics, "reset"), gaps(metrics, "trimmed")) == (1, 0)
         else:  # Redis 6.2: the head moved past the reader, reported as trimmed
             assert (gaps(metrics, "reset"), gaps(metrics, "trimmed")) == (0, 1)
+
+
+def test_producer_timestamps_are_read_and_a_malformed_one_is_only_dropped() -> None:
+    """``produced_ts`` is optional metadata: a bad value never loses the entry."""
+    with EmbeddedRedis() as srv:
+        client = connect(srv.url)
+        client.xadd(STREAM, {b"event": b"1", b"produced_ts": b"1767225600000.5"})
+        client.xadd(STREAM, {b"event": b"2"})
+        part = reader(srv.url, Metrics())
+        first = drain(part)
+        client.xadd(STREAM, {b"event": b"3", b"produced_ts": b"1767225600001"})
+        client.xadd(STREAM, {b"event": b"4", b"produced_ts": b"not-a-number"})
+        second = drain(part)
+        client.close()
+    items = first + second
+    assert payloads(items) == [1, 2, 3, 4]
+    assert [i.produced_ts for i in items] == [1767225600000.5, None, 1767225600001.0, None]
+    assert len({i.offset for i in items}) == 4
