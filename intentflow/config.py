@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +30,7 @@ import orjson
 
 from intentflow.contracts import Limits
 from intentflow.errors import ConfigError
+from intentflow.online_models._validate import coerce_value
 
 __all__ = [
     "Config",
@@ -208,26 +207,7 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
     if key not in hints:
         known = ", ".join(sorted(hints))
         raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
-    want = hints[key]
-    if isinstance(want, types.UnionType) or typing.get_origin(want) is typing.Union:
-        want = next(a for a in typing.get_args(want) if a is not type(None))
-    if want is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if want is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if want is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if want is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
+    return coerce_value(hints[key], value, where)
 
 
 def _parse_env_value(raw: str) -> Any:

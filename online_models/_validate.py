@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from intentflow.errors import ConfigError
 
-__all__ = ["InvalidFieldError", "build_dataclass", "require_table"]
+__all__ = ["InvalidFieldError", "build_dataclass", "coerce_value", "require_table"]
 
 T = TypeVar("T")
 
@@ -36,7 +36,13 @@ def require_table(data: object, where: str) -> Mapping[str, Any]:
     return data
 
 
-def _coerce(want: Any, value: Any, where: str) -> Any:
+def coerce_value(want: Any, value: Any, where: str) -> Any:
+    """``value`` checked against the type hint ``want`` (bool, int, float, str, their
+    optionals, tuple of str); a :class:`ConfigError` names ``where`` otherwise.
+
+    >>> coerce_value(float, 3, "model.lr")
+    3.0
+    """
     optional = False
     if isinstance(want, types.UnionType) or typing.get_origin(want) is typing.Union:
         args = [a for a in typing.get_args(want) if a is not type(None)]
@@ -78,7 +84,7 @@ def build_dataclass(cls: type[T], data: object, where: str) -> T:
     for key, value in table.items():
         if key not in names:
             raise ConfigError(f"{where}: unknown key {key!r} (known keys: {', '.join(names)})")
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+        kwargs[key] = coerce_value(hints[key], value, f"{where}.{key}")
     try:
         return cls(**kwargs)
     except InvalidFieldError as err:
