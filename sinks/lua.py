@@ -5,7 +5,15 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-__all__ = ["ALERT_ONCE", "ALERT_ONCE_SHA", "RECLAIM_IDS"]
+__all__ = [
+    "ALERTS_ONCE",
+    "ALERTS_ONCE_SHA",
+    "ALERT_ONCE",
+    "ALERT_ONCE_SHA",
+    "RECLAIM_IDS",
+    "SCORES_SET",
+    "SCORES_SET_SHA",
+]
 
 #: Append an alert to the alerts stream unless its id was seen recently.
 #:
@@ -28,6 +36,54 @@ return id
 
 #: SHA1 of :data:`ALERT_ONCE`, the name EVALSHA knows it by.
 ALERT_ONCE_SHA: Final[str] = hashlib.sha1(ALERT_ONCE.encode()).hexdigest()
+
+#: :data:`ALERT_ONCE` for many alerts in one call (the single-server sink).
+#:
+#: KEYS[1] alerts stream, KEYS[2..n+1] the alerts' seen keys; ARGV[1] seen-key
+#: TTL in seconds, ARGV[2] approximate stream MAXLEN, ARGV[3..n+2] the alerts'
+#: JSON, in the order of their seen keys. Returns one reply per alert, in
+#: order: the new entry id, or 0 for a duplicate (an alert whose id appears
+#: twice in one call is appended once).
+#:
+#: Each alert is checked, appended and marked in that order, so the
+#: argument for :data:`ALERT_ONCE` holds per alert. If a command fails
+#: (the stream key holds another type), the script stops with an error
+#: after the alerts before it were appended and marked: a retry or replay
+#: finds those seen and appends the rest.
+ALERTS_ONCE: Final[str] = """\
+local out = {}
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    out[i - 1] = 0
+  else
+    out[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'alert', ARGV[i + 1])
+    redis.call('SET', KEYS[i], '1', 'EX', ARGV[1])
+  end
+end
+return out
+"""
+
+#: SHA1 of :data:`ALERTS_ONCE`.
+ALERTS_ONCE_SHA: Final[str] = hashlib.sha1(ALERTS_ONCE.encode()).hexdigest()
+
+#: Write latest-score hashes: ``HSET key score s ts t model m`` and
+#: ``EXPIRE key ttl`` for each key.
+#:
+#: KEYS[1..n] score hashes; ARGV[1] TTL in seconds, then one
+#: ``score, ts, model`` triple per key (ARGV[3i-1], ARGV[3i], ARGV[3i+1] for
+#: KEYS[i]), written as given. Returns the number of hashes written.
+SCORES_SET: Final[str] = """\
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  local j = 3 * i - 1
+  redis.call('HSET', KEYS[i], 'score', ARGV[j], 'ts', ARGV[j + 1], 'model', ARGV[j + 2])
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return #KEYS
+"""
+
+#: SHA1 of :data:`SCORES_SET`.
+SCORES_SET_SHA: Final[str] = hashlib.sha1(SCORES_SET.encode()).hexdigest()
 
 #: Claim stale pending entries of a consumer group, returning only their ids.
 #:

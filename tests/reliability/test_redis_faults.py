@@ -35,6 +35,7 @@ from enginekit import (
 from faultproxy import FaultProxy
 
 from intentflow.redisutil import EmbeddedRedis, connect
+from intentflow.sinks.lua import ALERTS_ONCE_SHA
 
 Fork = multiprocessing.context.ForkServerContext
 #: Growth of the engine's resident memory allowed across a fault (KiB).
@@ -223,7 +224,8 @@ def test_a_write_whose_reply_is_lost_is_retried_without_duplicates(
     figures: dict[str, float] = {}
 
     def fault(engine: Engine, health: str, feed: Feed) -> None:
-        proxy.lose_reply_after(b"EVALSHA", times=3)  # the sink's alert writes
+        # the sink's alert writes (its batches also run a script for the scores)
+        proxy.lose_reply_after(ALERTS_ONCE_SHA.encode(), times=3)
 
         def settled() -> bool:
             figures["dup"] = metric(health, 'intentflow_sink_records_total{kind="alert_duplicate"}')
