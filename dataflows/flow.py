@@ -107,6 +107,9 @@ def build_flow(
     if score_log is not None:
         parts = replace(parts, score_log=True)
     metrics = metrics or EngineMetrics()
+    if rules is not None:
+        reload_metrics = metrics
+        rules.on_reload = lambda ok: reload_metrics.rules_reloaded(ok=ok)
     shards = config.engine.shards
     metrics.shards = shards
     flow = Dataflow(flow_id)

@@ -235,7 +235,10 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         if not matured:
             return
         X, y = to_arrays(matured, len(self._names))
+        drifts = self.model.counts["drifts"]
         self.model.learn_batch(X, y, self._names)
+        if self.model.counts["drifts"] > drifts:
+            self._metrics.drift_detected(self.model.counts["drifts"] - drifts)
         if self._obs is not None:
             self._obs.learned(matured)
         self._count("labels", len(matured))
@@ -331,6 +334,7 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         """
         events = self._dedup(values)
         obs = self._observer(values)
+        rule_errors = self.rule_engine.state.counts.get("rule_errors", 0)
         if not events:
             obs.batch(len(values), len(values), 0, ())
             return [], StatefulBatchLogic.RETAIN
@@ -364,7 +368,13 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         if self.watermark >= self._next_housekeeping_ms:
             self._housekeeping()
         obs.batch(len(values), len(values) - len(events), late, out)
+        errors = self.rule_engine.state.counts.get("rule_errors", 0) - rule_errors
+        if errors:
+            self._metrics.rule_errors(errors)
         if obs.due():
+            decided = self.policy.counts["decisions"]
+            if decided:
+                self._metrics.exploration_ratio(self.policy.counts["explored"] / decided)
             obs.state(
                 entities=self.features.n_entities,
                 accounts=self.features.n_accounts,

@@ -417,3 +417,30 @@ def test_event_time_lag_is_wall_minus_latest_batch() -> None:
     m.parsed(1, [replace(ev[0], ts_ms=int(wall) - 5_000)])
     (_, lag2), *_ = _samples(m, "intentflow_source_event_time_lag_seconds")
     assert lag2 < 6.0
+
+
+def test_policy_and_rules_hooks_are_fed(tmp_path: Any) -> None:
+    """Exploration, rule reloads and rule errors reach the metrics from a real flow run."""
+    from intentflow.config import RulesSection
+
+    rules = tmp_path / "rules.toml"
+    # A rule whose condition fails at run time: a page path is not an integer.
+    rules.write_text(
+        '[[rules]]\nid = "page_as_int"\ntypes = ["page_view"]\n'
+        "when = 'int(props.page) > 0'\n\n[rules.alert]\naction = \"call_now\"\n",
+        encoding="utf-8",
+    )
+    cfg = demo_config(
+        engine=EngineSection(shards=SHARDS), rules=RulesSection(path=str(rules), redis_key="")
+    )
+    now = time.time() * 1000.0
+    items = [RawItem("redis:s", str(i), p, now, None) for i, p in enumerate(gen_payloads(6000))]
+    m = Metrics(process_collectors=False, shards=SHARDS)
+    out: list[Any] = []
+    run_main(build_flow(cfg, TestingSource(items, batch_size=250), TestingSink(out), metrics=m))
+    assert m.sample("intentflow_rules_reloads_total") == 1  # the initial load
+    assert (m.sample("intentflow_rules_errors_total") or 0) > 0
+    ratio = m.sample("intentflow_policy_exploration_ratio")
+    assert ratio is not None
+    assert 0.0 <= ratio <= 1.0
+    assert sum(1 for o in out if isinstance(o, AlertOut)) > 0

@@ -171,6 +171,8 @@ class RulesProvider:
         self._read_failed = False
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self.last_error: str | None = None
+        #: Told of every reload (``ok=False``: refused); the engine's metrics.
+        self.on_reload: Callable[[bool], None] | None = None
 
     @classmethod
     def from_config(
@@ -301,6 +303,8 @@ class RulesProvider:
             diff["removed"] or "-",
             diff["changed"] or "-",
         )
+        if self.on_reload is not None:
+            self.on_reload(True)
 
     def _reject(self, source: str, err: Exception) -> None:
         now_ms = int(time.time() * 1000)
@@ -315,6 +319,8 @@ class RulesProvider:
         self.history.append(record)
         self.last_error = message
         log.error("rules from %s rejected; still running %s: %s", source, self._set.version, err)
+        if self.on_reload is not None:
+            self.on_reload(False)
         if self.redis_url:
             try:
                 self._redis().xadd(
