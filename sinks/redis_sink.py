@@ -191,6 +191,14 @@ class RedisOutputWriter(OutputWriter):
                 self.retries += 1
                 delay = self._backoff_s(attempt)
                 self.backoff_s += delay
+                log.warning(
+                    "Redis sink: %s unreachable (%s); retry %d of %d in %.2fs",
+                    redact_url(self.config.url),
+                    type(exc).__name__,
+                    attempt,
+                    self.config.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
         self.connected = True
         self.alerts_written += written
