@@ -79,6 +79,9 @@ class EngineParts:
     learn_tick_ms: int = 1_000
     initial_model: IntentModel | None = None  # warm start of fresh shards (--model-file)
     score_log: bool = False  # emit a ScoreLogBatch per scored segment (--score-log)
+    #: False when the run has no recovery: Bytewax still asks every stateful step for
+    #: a snapshot at each epoch, and pickling the whole shard would be thrown away.
+    snapshots: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class ShardSnapshot:
     def damaged(self) -> bool:
         """Whether ``state`` no longer matches the checksum taken when it was written."""
         return self.crc32 != -1 and zlib.crc32(self.state) != self.crc32
+
+
+#: What a shard answers for a snapshot when the run has no recovery (nothing can
+#: resume from it: its schema version is refused by :meth:`ShardLogic._restore`).
+_NO_SNAPSHOT: Final = ShardSnapshot(0, "", "", b"")
 
 
 class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
@@ -172,6 +180,8 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         self.rule_engine = RuleEngine(state.get("rules"), schema_version=ALERT_SCHEMA_VERSION)
 
     def snapshot(self) -> ShardSnapshot:
+        if not self._parts.snapshots:
+            return _NO_SNAPSHOT
         state = {
             "features": self.features.snapshot(),
             "model": self.model,

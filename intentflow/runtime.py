@@ -157,6 +157,8 @@ def make_flow(
     from intentflow.online_models.scorelog import make_score_log
 
     parts = engine_parts(config)
+    if not config.recovery.dir:  # nothing will ever resume: skip pickling shard state
+        parts = replace(parts, snapshots=False)
     if config.engine.model_file:
         model = load_model_file(
             config.engine.model_file, spec_hash=parts.spec.spec_hash, config=parts.model

@@ -118,3 +118,22 @@ def test_resume_after_abort_equals_uninterrupted(
         # At-least-once output: a replayed alert is byte-identical in what matters.
         assert seen.setdefault(d[0], d) == d
     assert sorted(seen.values()) == sorted(decisions(reference))
+
+
+def test_without_recovery_shards_skip_pickling_and_nothing_resumes_from_it() -> None:
+    """Bytewax asks for snapshots at every epoch even without recovery: they are empty."""
+    from dataclasses import replace
+
+    from intentflow.dataflows.flow import engine_parts
+    from intentflow.dataflows.logic import ShardLogic
+    from intentflow.errors import SnapshotMismatchError
+
+    parts = engine_parts(demo_config())
+    assert parts.snapshots
+    full = ShardLogic(parts, None).snapshot()
+    assert full.state
+    assert ShardLogic(parts, full).snapshot().state  # a real snapshot resumes
+    skipped = ShardLogic(replace(parts, snapshots=False), None).snapshot()
+    assert skipped.state == b""
+    with pytest.raises(SnapshotMismatchError):
+        ShardLogic(parts, skipped)
