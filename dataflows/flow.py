@@ -127,9 +127,22 @@ def build_flow(
         def route(e: Event) -> str:
             return shard_key(e.account_id or e.entity_id, shards)
 
-    def parse_and_route(items: list[RawItem]) -> list[tuple[str, Event] | DeadLetterOut]:
-        # Keying here, in the batch, saves a per-item ``key_on`` step.
-        return [(route(x), x) if isinstance(x, Event) else x for x in parse(items)]
+    def parse_and_route(items: list[RawItem]) -> list[tuple[str, list[Event]] | DeadLetterOut]:
+        # One (shard, events) item per shard and input batch, in input order: Bytewax
+        # routes a handful of items per batch instead of one per event.
+        groups: dict[str, list[Event]] = {}
+        dead: list[tuple[str, list[Event]] | DeadLetterOut] = []
+        for x in parse(items):
+            if isinstance(x, Event):
+                key = route(x)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [x]
+                else:
+                    group.append(x)
+            else:
+                dead.append(x)
+        return [*groups.items(), *dead]
 
     parsed = op.flat_map_batch("parse", raw, parse_and_route)
     split = op.branch("valid", parsed, lambda x: type(x) is tuple)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -105,7 +105,20 @@ class ShardSnapshot:
 _NO_SNAPSHOT: Final = ShardSnapshot(0, "", "", b"")
 
 
-class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
+#: What a shard receives: events, or lists of events in order.
+ShardInput = Event | list[Event]
+
+
+def _flatten(values: Sequence[ShardInput]) -> list[Event]:
+    """The events of ``values`` in order: all events, or all lists of events."""
+    if not values or type(values[0]) is not list:
+        return values if type(values) is list else list(values)  # type: ignore[arg-type]
+    if len(values) == 1:
+        return values[0]
+    return [e for chunk in values for e in chunk]  # type: ignore[union-attr]
+
+
+class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
     """All the state and per-batch processing of one shard."""
 
     def __init__(
@@ -332,8 +345,12 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         if self.side:
             self.side.tick(self.watermark, self._names)
 
-    def on_batch(self, values: list[Event]) -> tuple[Iterable[EngineOutput], bool]:
+    def on_batch(self, values: Sequence[ShardInput]) -> tuple[Iterable[EngineOutput], bool]:
         """Process a batch exactly as if its events had arrived one by one.
+
+        ``values`` are events, or lists of events (the flow sends one list per
+        shard and input batch; the two are not mixed); either way they are
+        processed in order.
 
         The model learns at event-time *ticks* (``engine.learn_tick_s``): when
         the watermark enters a new tick, it learns every label that matured
@@ -342,11 +359,12 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
         each. Ticks depend only on event times, so results do not depend on
         batch boundaries (which differ after a resume).
         """
-        events = self._dedup(values)
-        obs = self._observer(values)
+        flat = _flatten(values)
+        events = self._dedup(flat)
+        obs = self._observer(flat)
         rule_errors = self.rule_engine.state.counts.get("rule_errors", 0)
         if not events:
-            obs.batch(len(values), len(values), 0, ())
+            obs.batch(len(flat), len(flat), 0, ())
             return [], StatefulBatchLogic.RETAIN
         self._count("events", len(events))
         current = self._rules.current() if self._rules is not None else None
@@ -377,7 +395,7 @@ class ShardLogic(StatefulBatchLogic[Event, EngineOutput, ShardSnapshot]):
             out.append(ScoreOut(entity_id, score, ts_ms, version))
         if self.watermark >= self._next_housekeeping_ms:
             self._housekeeping()
-        obs.batch(len(values), len(values) - len(events), late, out)
+        obs.batch(len(flat), len(flat) - len(events), late, out)
         errors = self.rule_engine.state.counts.get("rule_errors", 0) - rule_errors
         if errors:
             self._metrics.rule_errors(errors)

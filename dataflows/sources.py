@@ -189,7 +189,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         entries: list[list[Any]] = resp[0][1]
         now = _now_ms()
         label = self._label
-        items = []
+        items: list[RawItem] = []
         append = items.append
         for entry_id, fields in entries:
             payload, produced = _event_fields(fields)
