@@ -74,6 +74,8 @@ ALERTS_PER_CALL: Final = 50
 #: What a Lua ``redis.call`` on a read-only replica reports (Redis 6.2 wraps
 #: it in a plain script error rather than a ``READONLY`` reply).
 _READONLY_IN_SCRIPT: Final = "-READONLY "
+#: What an ACL refusal of a command inside a script reports (Redis 6.2, Redis 7).
+_NOPERM_IN_SCRIPT: Final = ("NOPERM", "can't run this command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +442,16 @@ class RedisOutputWriter(OutputWriter):
             raise result
         if isinstance(result, redis.ResponseError) and _READONLY_IN_SCRIPT in str(result):
             raise redis.exceptions.ReadOnlyError(str(result)) from result
+        if isinstance(result, redis.ResponseError) and any(
+            marker in str(result) for marker in _NOPERM_IN_SCRIPT
+        ):
+            # An ACL refusal inside a script arrives as a plain script error: name it as
+            # the refusal it is, as a direct command's NoPermissionError would.
+            raise SinkError(
+                f"Redis at {redact_url(self.config.url)} rejected a sink write:"
+                f" NoPermissionError: {result}; grant the engine's ACL user the commands"
+                " listed in docs/reliability.md (least-privilege users)"
+            ) from result
         raise SinkError(
             f"Redis at {redact_url(self.config.url)} rejected a sink write:"
             f" {type(result).__name__}: {result}"

@@ -507,3 +507,19 @@ def test_a_read_only_replica_is_retried_until_promoted(system: bool) -> None:
         }
         w.close()
         admin.close()
+
+
+def test_an_acl_refusal_inside_the_scripts_is_named_as_one() -> None:
+    """A command the ACL user may not run fails inside the script: the error says so."""
+    with EmbeddedRedis() as srv:
+        admin = connect(srv.url)
+        admin.execute_command("ACL", "SETUSER", "engine", "on", ">pw", "~*", "+@all", "-hset")
+        host_url = srv.url
+        admin.close()
+        if not host_url.startswith("unix://"):  # pragma: no cover - embedded uses a socket
+            pytest.skip("expects the embedded server's unix socket")
+        url = host_url.replace("unix://", "unix://engine:pw@", 1)
+        w = RedisOutputWriter(RedisSinkConfig(url=url, max_retries=0), seed=1)
+        with pytest.raises(SinkError, match="NoPermissionError"):
+            w.write_batch([ScoreOut("c-1", 0.5, 1, "m")])
+        w.close()
