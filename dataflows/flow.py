@@ -79,6 +79,11 @@ def make_parser(
     return parse_batch
 
 
+def _values(batch: list[tuple[str, Any]]) -> list[Any]:
+    """The values of a batch of ``(key, value)`` items."""
+    return [value for _, value in batch]
+
+
 def build_flow(
     config: Config,
     source: Source[RawItem],
@@ -153,7 +158,8 @@ def build_flow(
         return ShardLogic(parts, resume, metrics, rules)
 
     outputs = op.stateful_batch("engine", keyed, build)
-    results: Any = op.key_rm("unkey", outputs)
+    # One Python call per batch of outputs, not one per output as ``key_rm`` makes.
+    results: Any = op.flat_map_batch("unkey", outputs, _values)
     if score_log is not None:
         logged = op.branch("score_log_split", results, lambda x: isinstance(x, ScoreLogBatch))
         op.output("score_log", logged.trues, score_log)
