@@ -263,7 +263,10 @@ class _BulkHistogram:
         self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
 
     def observe_many(self, values: Iterable[float], labels: tuple[str, ...] = ()) -> None:
-        arr = np.fromiter(values, dtype=np.float64)
+        if isinstance(values, np.ndarray):
+            arr = values.astype(np.float64, copy=False).reshape(-1)
+        else:
+            arr = np.fromiter(values, dtype=np.float64)
         if arr.size == 0:
             return
         idx = np.searchsorted(self.bounds, arr, side="left")  # "le" buckets are inclusive
@@ -504,9 +507,10 @@ class Metrics(EngineMetrics):
         self.batch_size.labels("input").observe(n_items)
         events = [x for x in out if type(x) is Event]
         if events:
-            for (etype, src), n in Counter(map(_type_source, events)).items():
+            tally_in = Counter(map(_type_source, events))
+            for (etype, src), n in tally_in.items():
                 self.events.labels(type_label(etype), source_label(src)).inc(n)
-            sources = {e.source for e in events}
+            sources = {src for _, src in tally_in}
             latest: dict[str, float] = {}
             if len(sources) == 1:
                 latest[source_label(events[0].source)] = max(map(_ts_ms, events))
@@ -648,6 +652,8 @@ class _PromShardObserver(ShardObserver):
         m = self._m = metrics
         self._shard = shard
         self._processed = m.processed.labels(shard)
+        self._positive = m.labels.labels("positive")
+        self._negative = m.labels.labels("negative")
         self._next_state = 0.0
         self._alert_children: dict[tuple[str, str], Any] = {}
 
@@ -710,13 +716,20 @@ class _PromShardObserver(ShardObserver):
         if not matured:
             return
         m = self._m
-        positives = sum(1 for x in matured if x.label)
+        positives = 0
+        scores = 0.0
+        delays = np.empty(len(matured))
+        for i, x in enumerate(matured):  # one pass: this runs at every learning tick
+            if x.label:
+                positives += 1
+            scores += x.score
+            delays[i] = x.label_ts_ms - x.decision_ts_ms
         if positives:
-            m.labels.labels("positive").inc(positives)
+            self._positive.inc(positives)
         if len(matured) > positives:
-            m.labels.labels("negative").inc(len(matured) - positives)
-        m.expected.inc(max(0.0, float(sum(x.score for x in matured))))
-        m.label_delay.observe_many(x.delay_ms / 1000.0 for x in matured)
+            self._negative.inc(len(matured) - positives)
+        m.expected.inc(max(0.0, scores))
+        m.label_delay.observe_many(delays / 1000.0)
 
     def snapshotted(self, nbytes: int) -> None:
         self._m.state_bytes.labels(self._shard, "snapshot").set(nbytes)
