@@ -315,3 +315,38 @@ def test_to_arrays_stacks_in_order() -> None:
     X0, y0 = to_arrays([], 2)
     assert X0.shape == (0, 2)
     assert y0.shape == (0,)
+
+
+def test_matured_pickles_as_the_frozen_dataclass_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots hold pending matured labels: ones written by the frozen class still load."""
+    import dataclasses
+
+    from intentflow.online_models import labels as labels_mod
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Matured:  # the class as earlier versions defined it
+        entity_id: str
+        decision_ts_ms: int
+        label_ts_ms: int
+        features: np.ndarray
+        score: float
+        label: bool
+
+    Matured.__module__ = labels_mod.__name__
+    Matured.__qualname__ = "Matured"
+    current = labels_mod.Matured
+    monkeypatch.setattr(labels_mod, "Matured", Matured)
+    old_bytes = pickle.dumps(Matured("c-1", 5, 9, np.array([1.0, 2.0]), 0.25, True))
+    monkeypatch.setattr(labels_mod, "Matured", current)
+    restored = pickle.loads(old_bytes)
+    assert type(restored) is current
+    assert (restored.entity_id, restored.delay_ms, restored.score, restored.label) == (
+        "c-1",
+        4,
+        0.25,
+        True,
+    )
+    assert restored.features.tolist() == [1.0, 2.0]
+    again = pickle.loads(pickle.dumps(restored))
+    assert again.entity_id == "c-1"
+    assert again.features.tolist() == [1.0, 2.0]
