@@ -15,6 +15,7 @@ kill points, state equality, start-up and snapshot crashes and crash loops.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.context
 import os
 import random
@@ -184,7 +185,8 @@ def test_a_crash_while_initialising_leaves_no_directory_or_a_whole_one(
         child.start()
         time.sleep(rng.uniform(0.0, 1.2 * took))
         if child.pid is not None and child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may finish just before
+                os.kill(child.pid, signal.SIGKILL)
         child.join(10)
         if not rec.exists():
             outcomes["absent"] += 1
