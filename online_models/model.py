@@ -552,10 +552,6 @@ class IntentModel:
             return None
         return float(self._platt[0]), float(self._platt[1])
 
-    def _linear_parts(self, names: tuple[str, ...]) -> tuple[FloatArray, FloatArray, FloatArray]:
-        assert self._lin is not None
-        return self._lin.mean, self._lin.var, self._lin.w
-
     def score_batch(self, X: FloatArray, names: Sequence[str]) -> FloatArray:
         """P(conversion within the horizon) per row, in [0, 1] and finite.
 
@@ -684,23 +680,15 @@ class IntentModel:
     # -- reason codes -----------------------------------------------------------------------
     def contributions(self, x_row: FloatArray, names: Sequence[str]) -> FloatArray:
         """Per-feature contribution to the score of one row (see :meth:`explain`)."""
-        if self._lin is not None:  # one compiled call
-            row = np.asarray(x_row, dtype=np.float64).reshape(-1)
-            if row.shape[0] != len(names):
-                raise ValueError(
-                    f"X: expected shape (n, {len(names)}) to match names, got {(1, row.shape[0])}"
-                )
-            self._bind(names)
-            return self._lin.contributions(row)
-        arr, bound = self._check(np.asarray(x_row, dtype=np.float64).reshape(1, -1), names)
+        arr = self._shaped(np.asarray(x_row, dtype=np.float64).reshape(1, -1), names)
+        self._bind(names)
+        if self._lin is not None:  # logreg: one compiled call
+            return self._lin.contributions(arr[0])
+        arr, _ = self._check(arr, names)
         finite = np.isfinite(arr)
         clean = np.where(finite, arr, 0.0)
-        if self._linear:
-            mean, var, w = self._linear_parts(bound)
-            contrib = _standardize(clean, mean, var)[0] * w
-        else:
-            assert self._moments is not None
-            contrib = _standardize(clean, self._moments.mean, self._moments.var())[0]
+        assert self._moments is not None
+        contrib = _standardize(clean, self._moments.mean, self._moments.var())[0]
         result: FloatArray = np.where(finite[0], contrib, 0.0)
         return result
 

@@ -153,8 +153,8 @@ class RedisClusterOutputWriter(RedisOutputWriter):
         )
 
     def _write_once(self, ops: list[tuple[str, str, Any]]) -> tuple[int, int, int, int]:
-        try:
-            return super()._write_once(ops)
+        try:  # keys span hash slots: one command per write, routed by its key
+            return self._write_pipelined(self._redis(), ops)
         except _TRANSIENT as exc:  # a failover or resharding in progress: retry the batch
             raise redis.ConnectionError(f"cluster not ready: {exc}") from exc
         except (ClusterError, RedisClusterException) as exc:

@@ -289,10 +289,7 @@ class RedisOutputWriter(OutputWriter):
 
     def _write_once(self, ops: list[_Op]) -> tuple[int, int, int, int]:
         """One attempt; returns (alerts written, duplicates, scores, dead letters)."""
-        client = self._redis()
-        if isinstance(client, redis.Redis):
-            return self._write_scripted(client, ops)
-        return self._write_pipelined(client, ops)
+        return self._write_scripted(self._redis(), ops)
 
     def _calls(self, ops: list[_Op]) -> tuple[list[_Call], list[bytes]]:
         """Group a batch into script calls (alerts, then scores) and dead-letter payloads."""
