@@ -13,16 +13,16 @@ pass. The kernels expand the route ids.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
+from xxhash import xxh3_64_intdigest
 
 from intentflow.events import Event
 from intentflow.features.filters import (
@@ -52,8 +52,8 @@ _ROUTE_LIMIT: Final = 4096
 _HASH_LIMIT: Final = 1 << 13
 #: Distinct sources whose hashes the key tables hold.
 _KEY_SOURCES: Final = frozenset({"entity_id", "account_id"})
-#: Hash state after the prefix of string values (``str_hash`` continues a copy).
-_STR_PREFIX: Final = hashlib.blake2b(b"s", digest_size=8)
+#: XXH3 seed of non-string distinct values (strings use seed 0).
+_OTHER_SEED: Final = 1
 
 
 #: Integer columns of a batch: lists, or int64 arrays where built in bulk.
@@ -93,13 +93,14 @@ class KeyIndex(Protocol):
     """Key -> row of one table; ``hashes[row]`` is the :func:`str_hash` of the row's key."""
 
     @property
-    def index(self) -> dict[str, int]: ...
-
-    @property
     def hashes(self) -> array[int]: ...
 
-    def add(self, keys: Sequence[str]) -> list[int]:
-        """Allocate rows for ``keys`` (distinct, none in ``index``), in order."""
+    def rows(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Row of each key; unseen keys get rows in order of first sight."""
+        ...
+
+    def account_rows(self, keys: Sequence[str | None]) -> npt.NDArray[np.int64]:
+        """Row of each key, -1 for a missing (None or empty) key."""
         ...
 
 
@@ -108,6 +109,7 @@ def value_hash(x: object) -> int | None:
 
     Strings by their UTF-8 text, booleans apart, numbers by their float64
     value (1 and 1.0 are the same value); non-finite numbers are ignored.
+    XXH3-64: strings under seed 0, other values under seed 1.
 
     >>> value_hash("a") == value_hash("a") != value_hash("b")
     True
@@ -129,24 +131,26 @@ def value_hash(x: object) -> int | None:
         data = b"n" + struct.pack("<d", f + 0.0)
     else:
         return None
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+    return _signed(xxh3_64_intdigest(data, _OTHER_SEED))
+
+
+def _signed(h: int) -> int:
+    return h - (1 << 64) if h >= 1 << 63 else h
 
 
 def str_hash(x: str) -> int:
     """:func:`value_hash` of a string."""
-    h = _STR_PREFIX.copy()
-    h.update(x.encode("utf-8", "surrogatepass"))
-    return int.from_bytes(h.digest(), "little", signed=True)
+    return _signed(xxh3_64_intdigest(x.encode("utf-8", "surrogatepass")))
 
 
-def str_hashes(keys: Iterable[str]) -> list[int]:
+def str_hashes(keys: Sequence[str]) -> list[int]:
     """:func:`str_hash` of each key."""
-    digests = []
-    for x in keys:
-        h = _STR_PREFIX.copy()
-        h.update(x.encode("utf-8", "surrogatepass"))
-        digests.append(h.digest())
-    return list(struct.unpack(f"<{len(digests)}q", b"".join(digests)))
+    try:
+        data = list(map(str.encode, keys))
+    except UnicodeEncodeError:  # lone surrogates
+        data = [x.encode("utf-8", "surrogatepass") for x in keys]
+    h = np.fromiter(map(xxh3_64_intdigest, data), dtype=np.uint64, count=len(data))
+    return cast("list[int]", h.view(np.int64).tolist())
 
 
 class _HashCache(dict[object, int | None]):
@@ -165,6 +169,9 @@ def _plan(parts: tuple[KeyPart, ...]) -> tuple[str | None, frozenset[object], tu
         return parts[0].prop, parts[0].equal, parts
     return None, frozenset(), parts
 
+
+#: Stands for a prop value that is neither a string nor absent (never memoised).
+_OTHER: Final = object()
 
 _Extra = tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...]]
 
@@ -205,10 +212,12 @@ class BatchEncoder:
             None,
         ]
         self._has_extras: list[npt.NDArray[np.bool_] | None] = [None, None]
-        # types routed by one equality-only prop: (prop, {string value: route id})
-        self._by_str: dict[str, tuple[str, dict[str, int]]] = {
-            t: (prop, {}) for t, (prop, _, _) in self._plans.items() if prop is not None
+        # types routed by one equality-only prop: their prop, and the route id
+        # of (type, value) for string or absent values seen
+        self._prop_of: dict[str, str] = {
+            t: prop for t, (prop, _, _) in self._plans.items() if prop is not None
         }
+        self._by_value: dict[tuple[str, object], int] = {}
 
     def _new_route(self, key: object, etype: str, props: Mapping[str, Any]) -> int:
         parts = self._parts.get(etype, self._any_parts)
@@ -244,13 +253,12 @@ class BatchEncoder:
         if len(self._route_ids) >= _ROUTE_LIMIT:
             self._reset_routes()
         rids = self._routes(events)
-        rows = _rows(entity, [ev.entity_id for ev in events])
         rid_a = np.array(rids, dtype=np.int64)
-        keys = _Keys(rows, np.array(rows, dtype=np.int64), entity.hashes, None, None, array("q"))
+        keys = _Keys(entity.rows([ev.entity_id for ev in events]), entity.hashes, None, array("q"))
         if account is not None:
-            arows = _account_rows(account, [ev.account_id for ev in events])
             keys = keys._replace(
-                arows=arows, arow_a=np.array(arows, dtype=np.int64), a_hashes=account.hashes
+                arow_a=account.account_rows([ev.account_id for ev in events]),
+                a_hashes=account.hashes,
             )
         used = set(rids)
         e_enc, a_enc = Encoded(keys.row_a), Encoded()
@@ -261,29 +269,33 @@ class BatchEncoder:
         return Batch([ev.ts_ms for ev in events], rid_a, e_enc, a_enc)
 
     def _routes(self, events: Sequence[Event]) -> list[int]:
-        """Route id of each event: types without filter props in bulk, the others one by one."""
+        """Route id of each event: types without filter props in bulk, then the others.
+
+        Types routed by one equality-only prop are looked up in bulk under
+        ``(type, value)`` when the value is a string or absent; the rest go
+        one by one.
+        """
         route_ids = self._route_ids
         types = [ev.type for ev in events]
         rids: list[Any] = list(map(route_ids.get, types))  # unfiltered types: the type is the key
         if None not in rids:
             return rids
-        by_str = self._by_str
-        for i in [i for i, r in enumerate(rids) if r is None]:
-            etype = types[i]
-            props = events[i].props
-            memo = by_str.get(etype)
-            if memo is not None:
-                x = props.get(memo[0])
-                if type(x) is str:
-                    rid = memo[1].get(x)
-                    if rid is None:
-                        rid = self._route(etype, props)
-                        if len(memo[1]) >= _ROUTE_LIMIT:
-                            memo[1].clear()
-                        memo[1][x] = rid
-                    rids[i] = rid
-                    continue
-            rids[i] = self._route(etype, props)
+        miss = [i for i, r in enumerate(rids) if r is None]
+        prop_of, memo = self._prop_of, self._by_value
+        pairs = [
+            (t := types[i], x if type(x := events[i].props.get(prop_of.get(t, ""))) is str else
+             None if x is None else _OTHER)
+            for i in miss
+        ]  # fmt: skip
+        for i, pair, rid in zip(miss, pairs, map(memo.get, pairs), strict=True):
+            if rid is None:
+                etype = pair[0]
+                rid = self._route(etype, events[i].props)
+                if etype in prop_of and pair[1] is not _OTHER:
+                    if len(memo) >= _ROUTE_LIMIT:
+                        memo.clear()
+                    memo[pair] = rid
+            rids[i] = rid
         return rids
 
     def _route(self, etype: str, props: Mapping[str, Any]) -> int:
@@ -363,7 +375,9 @@ class BatchEncoder:
         d_evt: list[int] = []
         d_tab: list[int] = []
         d_hash: list[int] = []
-        rows, arows, e_hashes, a_hashes = keys.rows, keys.arows, keys.e_hashes, keys.a_hashes
+        rows = keys.row_a.tolist()
+        arows = None if keys.arow_a is None else keys.arow_a.tolist()
+        e_hashes, a_hashes = keys.e_hashes, keys.a_hashes
         memo, lim, isfinite = self._hashes, VALUE_LIMIT, math.isfinite
         sel = range(len(rids)) if mask is None else np.flatnonzero(mask).tolist()
         for i in sel:
@@ -414,10 +428,8 @@ class BatchEncoder:
 class _Keys(NamedTuple):
     """Rows of a batch's events in both tables (-1: no account) and the tables' key hashes."""
 
-    rows: list[int]
     row_a: npt.NDArray[np.int64]
     e_hashes: array[int]
-    arows: list[int] | None
     arow_a: npt.NDArray[np.int64] | None
     a_hashes: array[int]
 
@@ -432,28 +444,3 @@ def _and_valid(
     if mask is None:
         return None if valid.all() else valid
     return mask & valid
-
-
-def _rows(table: KeyIndex, keys: list[str]) -> list[int]:
-    """Row of each key; unseen keys get rows in order of first sight."""
-    rows: list[Any] = list(map(table.index.get, keys))
-    if None in rows:
-        miss = [i for i, r in enumerate(rows) if r is None]
-        new = list(dict.fromkeys([keys[i] for i in miss]))
-        got = dict(zip(new, table.add(new), strict=True))
-        for i in miss:
-            rows[i] = got[keys[i]]
-    return rows
-
-
-def _account_rows(table: KeyIndex, keys: list[str | None]) -> list[int]:
-    """Row of each account key, -1 for a missing (None or empty) key."""
-    index = cast("dict[str | None, int]", table.index)  # None misses; no key is empty
-    rows: list[Any] = list(map(index.get, keys))
-    if None in rows:
-        miss = [i for i, r in enumerate(rows) if r is None]
-        new = list(dict.fromkeys([k for i in miss if (k := keys[i])]))
-        got: dict[str | None, int] = dict(zip(new, table.add(new), strict=True))
-        for i in miss:
-            rows[i] = got.get(keys[i], -1)
-    return rows

@@ -34,7 +34,10 @@ from typing import Any, Final, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
+from llvmlite import ir
+from numba import config, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = [
     "EMPTY_TS",
@@ -45,6 +48,8 @@ __all__ = [
     "ON_TIME",
     "POLICY_CLAMP",
     "POLICY_DROP",
+    "PREFETCH_AHEAD",
+    "kernel",
     "update_table",
 ]
 
@@ -65,14 +70,50 @@ I8 = npt.NDArray[np.int8]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _kernel(fn: _F) -> _F:
+def kernel(fn: _F) -> _F:
     """Compile ``fn`` with :data:`NUMBA_OPTIONS` (lazily, on first call)."""
     return cast(_F, njit(**NUMBA_OPTIONS)(fn))
+
+
+_kernel = kernel
 
 
 def _helper(fn: _F) -> _F:
     """Compile ``fn`` to be inlined into its callers (no per-call array overhead)."""
     return cast(_F, njit(inline="always", **NUMBA_OPTIONS)(fn))
+
+
+#: Events ahead whose state rows :func:`update_table` asks the CPU to fetch early.
+PREFETCH_AHEAD: Final = 4
+_LINE: Final = 64
+
+if getattr(config, "DISABLE_JIT", False):
+
+    def _prefetch_at(a: Any, row: int, col: int) -> None:
+        """A hint only: nothing to do when the kernels run as Python."""
+
+else:
+
+    @intrinsic
+    def _prefetch_at(typingctx: Any, a: Any, row: Any, col: Any) -> Any:
+        """Hint the CPU to fetch the cache line of ``a[row, col]`` (``llvm.prefetch``)."""
+        sig = types.void(a, row, col)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aty = signature.args[0]
+            ary = context.make_array(aty)(context, builder, args[0])
+            idx = [context.cast(builder, v, t, types.intp)
+                   for v, t in zip(args[1:], signature.args[1:], strict=True)]  # fmt: skip
+            ptr = cgutils.get_item_pointer(context, builder, aty, ary, idx)  # type: ignore[no-untyped-call]
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=fnty)
+            # write access, high locality, data cache
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
 
 
 #: Timestamp of "never" (an unused row, an empty slot).
@@ -97,6 +138,16 @@ K_DSUM: Final = 7
 K_DRATE: Final = 8
 K_VELOCITY: Final = 9
 K_DISTINCT: Final = 10
+
+
+@_helper
+def _prefetch_row(a: Any, row: int) -> None:
+    """Hint the CPU to fetch row ``row`` of the 2-D array ``a``."""
+    w = a.shape[1]
+    if w > 0:
+        for k in range(0, w, max(1, _LINE // a.itemsize)):
+            _prefetch_at(a, row, k)
+        _prefetch_at(a, row, w - 1)
 
 
 @_helper
@@ -384,6 +435,7 @@ def update_table(
     # results
     out: F64,
     late: I8,
+    ahead: int = PREFETCH_AHEAD,
 ) -> None:
     """Apply a batch of encoded events to one table and write their feature rows.
 
@@ -395,7 +447,9 @@ def update_table(
     ``d_tab[j]`` for every ``j`` with ``d_evt[j] == i`` (``v_evt`` and
     ``d_evt`` ascend). Events are applied in order; the row written for event
     ``i`` includes it. ``late[i]`` receives ON_TIME, LATE_ACCEPTED,
-    LATE_CLAMPED or LATE_DROPPED.
+    LATE_CLAMPED or LATE_DROPPED. While event ``i`` is applied, the CPU is
+    asked to fetch the rows of event ``i + ahead`` (0: no prefetching), a
+    hint that changes no result.
     """
     nq = wq.shape[0]
     nt = tiers.shape[0]
@@ -412,7 +466,19 @@ def update_table(
     t_b = np.zeros(nt, dtype=np.int64)
     vp = 0
     dp = 0
-    for i in range(ev_row.shape[0]):
+    n = ev_row.shape[0]
+    clock2 = clock.reshape((clock.shape[0], 1))
+    for i in range(n):
+        if ahead > 0 and i + ahead < n and ev_row[i + ahead] >= 0:
+            # the rows of an event a few ahead: their cache misses overlap this event's work
+            nxt = ev_row[i + ahead]
+            _prefetch_row(clock2, nxt)
+            for a2 in (cnt, run):
+                _prefetch_row(a2, nxt)
+            for f2 in (sm, mn, mx, lval, dec):
+                _prefetch_row(f2, nxt)
+            for i2 in (lts, dh, dts):
+                _prefetch_row(i2, nxt)
         v_end = vp
         while v_end < v_evt.shape[0] and v_evt[v_end] == i:
             v_end += 1

@@ -13,7 +13,7 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -22,13 +22,15 @@ from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
 from intentflow.features.encode import BatchEncoder, Encoded, str_hashes
+from intentflow.features.keys import KeyTable
 from intentflow.features.program import TableProgram, compile_program
 from intentflow.features.spec import FeatureSpec
 
 __all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", "TableSnapshot"]
 
-#: Version of the snapshot layout; bumped whenever the arrays change meaning.
-SCHEMA_VERSION: Final = 1
+#: Version of the snapshot layout; bumped whenever the arrays change meaning
+#: (2: distinct values hashed with XXH3-64 instead of BLAKE2b).
+SCHEMA_VERSION: Final = 2
 
 #: name -> (dtype, fill of an empty slot, program width key)
 _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
@@ -43,6 +45,7 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "dist_ts": (np.int64, kern.EMPTY_TS, "dist"),
     "run": (np.uint32, 0, "run"),
 }
+_NONE_HASH: Final = hash(None)
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
 
 
@@ -90,12 +93,15 @@ def _frozen(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 class _Table:
-    """Rows of one key kind: a key index, a free list and struct-of-arrays state."""
+    """Rows of one key kind: a key table, a free list and struct-of-arrays state."""
 
     def __init__(self, program: TableProgram, capacity: int) -> None:
         self.program = program
-        self.index: dict[str, int] = {}
+        #: key of each row (None: free)
         self.keys: list[str | None] = []
+        #: hash -> row (:mod:`~intentflow.features.keys`); ``key_hash[row]`` is the row's hash
+        self.table = KeyTable(capacity)
+        self.key_hash = np.zeros(capacity, dtype=np.int64)
         #: value_hash of each row's key (distinct counts of entity_id / account_id)
         self.hashes = array("q")
         self.free: list[int] = []
@@ -106,32 +112,75 @@ class _Table:
             for name, (dtype, fill, w) in _ARRAYS.items()
         }
 
+    def __len__(self) -> int:
+        return len(self.table)
+
     def row(self, key: str) -> int:
         """Row of ``key``, allocated on first sight."""
-        r = self.index.get(key)
-        return r if r is not None else self.add([key])[0]
+        return int(self.rows([key])[0])
 
-    def add(self, keys: Sequence[str]) -> list[int]:
-        """Allocate rows for ``keys`` (distinct, none held yet), in order; returns them."""
+    def rows(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Row of each key; unseen keys get rows in order of first sight."""
+        return self._rows(keys, np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
+
+    def account_rows(self, keys: Sequence[str | None]) -> npt.NDArray[np.int64]:
+        """Row of each key, -1 for a missing (None or empty) key."""
+        h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+        suspect = np.flatnonzero((h == 0) | (h == _NONE_HASH))  # hash("") == 0
+        missing = [i for i in suspect.tolist() if not keys[i]]
+        if not missing:
+            return self._rows(cast("Sequence[str]", keys), h)
+        rows = np.full(len(keys), -1, dtype=np.int64)
+        keep = np.ones(len(keys), dtype=np.bool_)
+        keep[missing] = False
+        sel = np.flatnonzero(keep)
+        rows[sel] = self._rows([keys[i] for i in sel.tolist()], h[sel])  # type: ignore[misc]
+        return rows
+
+    def _rows(self, keys: Sequence[str], h: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        rows = self.table.lookup(h)
+        miss = np.flatnonzero(rows < 0)
+        if miss.size:
+            first: dict[int, str] = {}  # hash -> key, in order of first sight
+            for i, hi in zip(miss.tolist(), h[miss].tolist(), strict=True):
+                if hi not in first:
+                    first[hi] = keys[i]
+            self.add(list(first.values()), list(first))
+            rows[miss] = self.table.lookup(h[miss])
+        return rows
+
+    def add(self, keys: Sequence[str], key_hashes: Sequence[int] | None = None) -> list[int]:
+        """Allocate rows for ``keys`` (distinct, none held yet), in order; returns them.
+
+        ``key_hashes`` are the keys' ``hash`` values when the caller has them.
+        """
+        if key_hashes is None:
+            key_hashes = [hash(k) for k in keys]
         hashes = str_hashes(keys)
-        index, free, held = self.index, self.free, self.keys
-        out: list[int] = []
-        for key, h in zip(keys, hashes, strict=True):
-            if free:
-                r = free.pop()
-                held[r] = key
-                self.hashes[r] = h
-            else:
-                r = len(held)
-                if r == self.capacity:
-                    self._grow(2 * self.capacity)
-                held.append(key)
-                self.hashes.append(h)
-            index[key] = r
-            out.append(r)
+        held = self.keys
+        reuse = min(len(self.free), len(keys))
+        out = [self.free.pop() for _ in range(reuse)]
+        for r, key, h in zip(out, keys, hashes, strict=False):
+            held[r] = key
+            self.hashes[r] = h
+        if reuse < len(keys):  # the rest go to new rows at the end
+            start = len(held)
+            end = start + len(keys) - reuse
+            if end > self.capacity:
+                self._grow(max(end, 2 * self.capacity))
+            held.extend(keys[reuse:])
+            self.hashes.extend(hashes[reuse:])
+            out.extend(range(start, end))
+        got = np.array(out, dtype=np.int64)
+        kh = np.array(key_hashes, dtype=np.int64)
+        self.key_hash[got] = kh
+        self.table.insert(kh, got)
         return out
 
     def _grow(self, capacity: int) -> None:
+        key_hash = np.zeros(capacity, dtype=np.int64)
+        key_hash[: self.capacity] = self.key_hash
+        self.key_hash = key_hash
         clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
         clock[: self.capacity] = self.clock
         self.clock = clock
@@ -146,12 +195,11 @@ class _Table:
         """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
         used = self.clock[: len(self.keys)]
         rows = np.flatnonzero((used != kern.EMPTY_TS) & (used < cutoff_ms))
-        for r in rows.tolist():
-            key = self.keys[r]
-            if key is not None:
-                del self.index[key]
+        held = [r for r in rows.tolist() if self.keys[r] is not None]
+        self.table.remove(self.key_hash[held])
+        for r in held:
             self.keys[r] = None
-            self.free.append(r)
+        self.free.extend(held)
         self.clock[rows] = kern.EMPTY_TS
         for name, (_, fill, _) in _ARRAYS.items():
             self.arrays[name][rows] = fill
@@ -224,9 +272,10 @@ class _Table:
         return self.clock.nbytes + sum(x.nbytes for x in self.arrays.values())
 
     def snapshot(self) -> TableSnapshot:
-        rows = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+        keys = self.keys
+        rows = np.array([r for r, k in enumerate(keys) if k is not None], dtype=np.int64)
         return TableSnapshot(
-            keys=tuple(self.index),
+            keys=tuple(k for k in keys if k is not None),
             clock=_frozen(self.clock[rows]),
             arrays=tuple((name, _frozen(x[rows])) for name, x in self.arrays.items()),
         )
@@ -251,9 +300,9 @@ class _Table:
                 f"feature snapshot: {program.key} clock has shape {snap.clock.shape} for {n} keys"
             )
         table.clock[:n] = snap.clock
-        table.keys = list(snap.keys)
-        table.hashes = array("q", str_hashes(snap.keys))
-        table.index = {k: i for i, k in enumerate(snap.keys)}
+        table.keys = []
+        table.hashes = array("q")
+        table.add(snap.keys)
         return table
 
 
@@ -285,12 +334,12 @@ class FeatureState:
     @property
     def n_entities(self) -> int:
         """Entities held."""
-        return len(self._entities.index)
+        return len(self._entities)
 
     @property
     def n_accounts(self) -> int:
         """Accounts held."""
-        return len(self._accounts.index)
+        return len(self._accounts)
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,157 @@
+"""Key -> row maps of the feature tables, probed by compiled code a batch at a time.
+
+A Python ``dict`` of 200,000 string keys costs about four dependent cache
+misses per lookup (index, entry, stored key, stored row), which made key
+lookup the largest part of a feature update. :class:`KeyTable` stores
+``(hash, row)`` pairs in one open-addressing array (linear probing, at
+most half full), so a lookup is about one miss, and the misses of a batch
+overlap because the probes of different events do not depend on each other.
+
+Keys are identified by their 64-bit keyed hash: Python's ``hash`` of the
+string (SipHash-1-3 under a per-process random key), so equal keys always
+meet and the table is rebuilt from the keys after a restore. Two different
+keys share a row only if their hashes collide: with ``n`` keys in a table
+the chance is about ``n**2 / 2**65`` (1e-9 at 200,000 keys, 3e-6 at 10
+million), and because the key is random and secret it cannot be aimed at.
+Do not set ``PYTHONHASHSEED`` in production: a fixed key makes collisions
+reproducible. docs/features.md, "Keys", says the same.
+
+>>> import numpy as np
+>>> t = KeyTable()
+>>> t.insert(np.array([hash("c-1"), hash("c-2")]), np.array([0, 1]))
+>>> t.lookup(np.array([hash("c-2"), hash("c-3")])).tolist()
+[1, -1]
+>>> t.remove(np.array([hash("c-2")])); t.lookup(np.array([hash("c-2")])).tolist()
+[-1]
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from intentflow.features.kernels import kernel
+
+__all__ = ["KeyTable", "probe", "put", "remove"]
+
+I64 = npt.NDArray[np.int64]
+
+#: Slot row of an empty slot.
+EMPTY: Final = -1
+#: Slots start at this many and double; a table is at most half full.
+MIN_SLOTS: Final = 1024
+
+
+@kernel
+def probe(slots: I64, hashes: I64, out: I64) -> None:
+    """``out[i]``: the row stored under ``hashes[i]``, -1 when there is none."""
+    mask = slots.shape[0] - 1
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        s = h & mask
+        while True:
+            r = slots[s, 1]
+            if r == EMPTY:
+                out[i] = EMPTY
+                break
+            if slots[s, 0] == h:
+                out[i] = r
+                break
+            s = (s + 1) & mask
+
+
+@kernel
+def put(slots: I64, hashes: I64, rows: I64) -> int:
+    """Store ``rows[i]`` under ``hashes[i]``; returns how many hashes were not held before.
+
+    The row of a hash already held is replaced.
+    """
+    mask = slots.shape[0] - 1
+    added = 0
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        s = h & mask
+        while slots[s, 1] != EMPTY and slots[s, 0] != h:
+            s = (s + 1) & mask
+        if slots[s, 1] == EMPTY:
+            added += 1
+        slots[s, 0] = h
+        slots[s, 1] = rows[i]
+    return added
+
+
+@kernel
+def remove(slots: I64, hashes: I64) -> None:
+    """Forget ``hashes`` (absent ones are ignored), closing gaps by backward shift."""
+    mask = slots.shape[0] - 1
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        s = h & mask
+        while slots[s, 1] != EMPTY and slots[s, 0] != h:
+            s = (s + 1) & mask
+        if slots[s, 1] == EMPTY:
+            continue
+        # s is a hole; move up every later entry of the cluster whose home
+        # slot is not cyclically in (s, j], so no probe path crosses a hole
+        j = s
+        while True:
+            j = (j + 1) & mask
+            if slots[j, 1] == EMPTY:
+                break
+            home = slots[j, 0] & mask
+            if (home - s - 1) & mask >= (j - s) & mask:
+                slots[s, 0] = slots[j, 0]
+                slots[s, 1] = slots[j, 1]
+                s = j
+        slots[s, 1] = EMPTY
+
+
+class KeyTable:
+    """Hash -> row, in one open-addressing array that grows by doubling.
+
+    The caller owns rows and their hashes; this class only maps one to the
+    other. Not thread-safe; never pickled (rebuilt from the keys).
+    """
+
+    def __init__(self, expected: int = 0) -> None:
+        n = MIN_SLOTS
+        while n < 2 * expected:
+            n *= 2
+        self._slots = np.full((n, 2), EMPTY, dtype=np.int64)
+        self._held = 0
+
+    def __len__(self) -> int:
+        return self._held
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the slot array."""
+        return int(self._slots.nbytes)
+
+    def lookup(self, hashes: I64) -> I64:
+        """Row of each hash, -1 where none is held."""
+        out = np.empty(hashes.shape[0], dtype=np.int64)
+        probe(self._slots, hashes, out)
+        return out
+
+    def insert(self, hashes: I64, rows: I64) -> None:
+        """Hold ``rows[i]`` under ``hashes[i]`` (a later duplicate hash wins)."""
+        need = self._held + hashes.shape[0]
+        if 2 * need > self._slots.shape[0]:
+            self._grow(need)
+        self._held += int(put(self._slots, hashes, rows))
+
+    def remove(self, hashes: I64) -> None:
+        """Forget ``hashes``; each must be held."""
+        remove(self._slots, hashes)
+        self._held -= hashes.shape[0]
+
+    def _grow(self, need: int) -> None:
+        n = self._slots.shape[0]
+        while 2 * need > n:
+            n *= 2
+        old = self._slots[self._slots[:, 1] != EMPTY]
+        self._slots = np.full((n, 2), EMPTY, dtype=np.int64)
+        put(self._slots, np.ascontiguousarray(old[:, 0]), np.ascontiguousarray(old[:, 1]))
