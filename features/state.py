@@ -106,11 +106,14 @@ class _Table:
         self.hashes = array("q")
         self.free: list[int] = []
         self.capacity = capacity
-        self.clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
+        # zeroed (untouched pages take no memory); rows get their fill when allocated
+        self.clock = np.zeros(capacity, dtype=np.int64)
         self.arrays = {
-            name: np.full((capacity, program.widths[w]), fill, dtype=dtype)
-            for name, (dtype, fill, w) in _ARRAYS.items()
+            name: np.zeros((capacity, program.widths[w]), dtype=dtype)
+            for name, (dtype, _, w) in _ARRAYS.items()
         }
+        #: arrays whose empty value is not 0, with that value
+        self._filled = [(self.arrays[n], fill) for n, (_, fill, _) in _ARRAYS.items() if fill]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -171,6 +174,9 @@ class _Table:
             held.extend(keys[reuse:])
             self.hashes.extend(hashes[reuse:])
             out.extend(range(start, end))
+            self.clock[start:end] = kern.EMPTY_TS
+            for a, fill in self._filled:
+                a[start:end] = fill
         got = np.array(out, dtype=np.int64)
         kh = np.array(key_hashes, dtype=np.int64)
         self.key_hash[got] = kh
@@ -178,17 +184,20 @@ class _Table:
         return out
 
     def _grow(self, capacity: int) -> None:
+        """Reallocate for ``capacity`` rows; only rows handed out are copied."""
+        used = len(self.keys)
         key_hash = np.zeros(capacity, dtype=np.int64)
-        key_hash[: self.capacity] = self.key_hash
+        key_hash[:used] = self.key_hash[:used]
         self.key_hash = key_hash
-        clock = np.full(capacity, kern.EMPTY_TS, dtype=np.int64)
-        clock[: self.capacity] = self.clock
+        clock = np.zeros(capacity, dtype=np.int64)
+        clock[:used] = self.clock[:used]
         self.clock = clock
-        for name, (dtype, fill, _) in _ARRAYS.items():
+        for name in _ARRAYS:
             old = self.arrays[name]
-            new = np.full((capacity, old.shape[1]), fill, dtype=dtype)
-            new[: self.capacity] = old
+            new = np.zeros((capacity, old.shape[1]), dtype=old.dtype)
+            new[:used] = old[:used]
             self.arrays[name] = new
+        self._filled = [(self.arrays[n], fill) for n, (_, fill, _) in _ARRAYS.items() if fill]
         self.capacity = capacity
 
     def evict(self, cutoff_ms: int) -> int:
@@ -205,20 +214,18 @@ class _Table:
             self.arrays[name][rows] = fill
         return int(rows.size)
 
-    def run(
+    def kernel_args(
         self,
         enc: Encoded,
         ts: npt.NDArray[np.int64],
         routes: npt.NDArray[np.int64],
         route_table: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
         spec: FeatureSpec,
-        out: npt.NDArray[np.float64],
-    ) -> npt.NDArray[np.int8]:
-        """Apply an encoded batch (one kernel call); returns each event's lateness code."""
+    ) -> tuple[Any, ...]:
+        """Arguments of :func:`~intentflow.features.kernels.update_table` up to ``out``."""
         p = self.program
         a = self.arrays
-        late = np.zeros(ts.shape[0], dtype=np.int8)
-        kern.update_table(
+        return (
             np.array(enc.rows, dtype=np.int64),
             ts,
             routes,
@@ -256,10 +263,7 @@ class _Table:
             a["dist_hash"],
             a["dist_ts"],
             a["run"],
-            out,
-            late,
         )
-        return late
 
     @property
     def row_bytes(self) -> int:
@@ -284,6 +288,7 @@ class _Table:
     def restore(cls, program: TableProgram, snap: TableSnapshot, capacity: int) -> _Table:
         n = len(snap.keys)
         table = cls(program, max(capacity, n))
+        table.add(snap.keys)  # rows 0 .. n-1, in order
         arrays = dict(snap.arrays)
         for name, (dtype, _, w) in _ARRAYS.items():
             got = arrays.get(name)
@@ -300,9 +305,6 @@ class _Table:
                 f"feature snapshot: {program.key} clock has shape {snap.clock.shape} for {n} keys"
             )
         table.clock[:n] = snap.clock
-        table.keys = []
-        table.hashes = array("q")
-        table.add(snap.keys)
         return table
 
 
@@ -376,12 +378,21 @@ class FeatureState:
         except OverflowError as exc:
             raise ValueError("events: ts_ms outside the int64 range") from exc
         routes = np.array(batch.routes, dtype=np.int64)
-        e_late = ent.run(batch.entity, ts, routes, enc.route_table(0), self.spec, values)
+        e_args = ent.kernel_args(batch.entity, ts, routes, enc.route_table(0), self.spec)
+        a_args = (
+            acc.kernel_args(batch.account, ts, routes, enc.route_table(1), self.spec)
+            if with_accounts
+            else None
+        )
+        e_late = np.zeros(n, dtype=np.int8)
+        kern.update_table(*e_args, values, e_late)
+        a_late = np.zeros(n, dtype=np.int8)
+        if a_args is not None:
+            kern.update_table(*a_args, values, a_late)
         e_drop = e_late == kern.LATE_DROPPED
         late = (e_late == kern.LATE_ACCEPTED) | (e_late == kern.LATE_CLAMPED)
         clamped = e_late == kern.LATE_CLAMPED
         if with_accounts:
-            a_late = acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
             a_drop = a_late == kern.LATE_DROPPED
             accepted = ~(e_drop | a_drop)
             late |= (a_late == kern.LATE_ACCEPTED) | (a_late == kern.LATE_CLAMPED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
 import pickle
 import tracemalloc
 from typing import Any
@@ -374,3 +375,28 @@ def test_default_spec_memory_per_entity_within_budget() -> None:
     per_entity = (used - state.bytes_per_account * state.account_capacity) / n
     assert state.n_entities == n
     assert per_entity <= 2048, per_entity
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_spare_capacity_takes_no_resident_memory() -> None:
+    """Rows are filled when handed out, so unused capacity stays untouched (not resident)."""
+    spec = FeatureSpec.default()
+    FeatureState(spec).update([_ev(T0)])  # kernels loaded before measuring
+    gc.collect()
+    before = _rss()
+    state = FeatureState(spec, initial_capacity=400_000)  # about 660 MB of arrays
+    state.update([_ev(T0 + i, entity=f"c{i}", account=None) for i in range(1000)])
+    grown = _rss() - before
+    assert state.nbytes > 600 * 2**20
+    assert grown < 120 * 2**20, grown
+    # a row handed out from spare capacity starts empty, like one of a fresh state
+    row = state.update([_ev(T0 + 5_000, entity="c7", account=None)]).values[0]
+    fresh = FeatureState(spec).update(
+        [_ev(T0 + 7, entity="c7", account=None), _ev(T0 + 5_000, entity="c7", account=None)]
+    )
+    assert row.tolist() == fresh.values[1].tolist()
