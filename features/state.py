@@ -95,7 +95,7 @@ def _frozen(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
 class _Table:
     """Rows of one key kind: a key table, a free list and struct-of-arrays state."""
 
-    def __init__(self, program: TableProgram, capacity: int) -> None:
+    def __init__(self, program: TableProgram, capacity: int, prefault: bool = False) -> None:
         self.program = program
         #: key of each row (None: free)
         self.keys: list[str | None] = []
@@ -114,6 +114,9 @@ class _Table:
         }
         #: arrays whose empty value is not 0, with that value
         self._filled = [(self.arrays[n], fill) for n, (_, fill, _) in _ARRAYS.items() if fill]
+        self.prefault = prefault
+        if prefault:
+            self._prefault(0)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -183,6 +186,13 @@ class _Table:
         self.table.insert(kh, got)
         return out
 
+    def _prefault(self, start: int) -> None:
+        """Write rows ``start:`` now, so that none of their pages is first touched later."""
+        self.key_hash[start:] = 0
+        self.clock[start:] = kern.EMPTY_TS
+        for name, (_, fill, _) in _ARRAYS.items():
+            self.arrays[name][start:] = fill
+
     def _grow(self, capacity: int) -> None:
         """Reallocate for ``capacity`` rows; only rows handed out are copied."""
         used = len(self.keys)
@@ -199,6 +209,8 @@ class _Table:
             self.arrays[name] = new
         self._filled = [(self.arrays[n], fill) for n, (_, fill, _) in _ARRAYS.items() if fill]
         self.capacity = capacity
+        if self.prefault:
+            self._prefault(used)
 
     def evict(self, cutoff_ms: int) -> int:
         """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
@@ -311,14 +323,24 @@ class _Table:
 class FeatureState:
     """All feature state of one shard: entities and, keyed by account_id, accounts."""
 
-    def __init__(self, spec: FeatureSpec, *, initial_capacity: int = 1024) -> None:
+    def __init__(
+        self, spec: FeatureSpec, *, initial_capacity: int = 1024, prefault: bool = False
+    ) -> None:
+        """A state with room for ``initial_capacity`` entities (the arrays grow beyond).
+
+        The arrays are allocated zeroed and take resident memory only as rows
+        are handed out. ``prefault`` writes all capacity when it is allocated
+        (at start and when the arrays double) instead, so that no page is
+        first touched while events are processed: for a known population, at
+        the cost of the memory up front.
+        """
         if initial_capacity < 1:
             raise ValueError(f"initial_capacity must be >= 1, got {initial_capacity}")
         self.spec = spec
         self._capacity = initial_capacity
-        self._entities = _Table(compile_program(spec, "entity"), initial_capacity)
+        self._entities = _Table(compile_program(spec, "entity"), initial_capacity, prefault)
         self._accounts = _Table(
-            compile_program(spec, "account"), _account_capacity(initial_capacity)
+            compile_program(spec, "account"), _account_capacity(initial_capacity), prefault
         )
         self._encoder = BatchEncoder(self._entities.program, self._accounts.program)
         #: Events kept out of some state by the drop policy (accepted False).
