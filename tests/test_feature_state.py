@@ -400,3 +400,15 @@ def test_spare_capacity_takes_no_resident_memory() -> None:
         [_ev(T0 + 7, entity="c7", account=None), _ev(T0 + 5_000, entity="c7", account=None)]
     )
     assert row.tolist() == fresh.values[1].tolist()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_prefault_writes_the_capacity_up_front() -> None:
+    spec = FeatureSpec.default()
+    gc.collect()
+    before = _rss()
+    state = FeatureState(spec, initial_capacity=100_000, prefault=True)
+    assert _rss() - before > 0.8 * state.nbytes
+    events = [_ev(T0 + i, entity=f"c{i % 7}") for i in range(50)]
+    got = state.update(events).values
+    assert got.tolist() == FeatureState(spec).update(events).values.tolist()
