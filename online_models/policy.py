@@ -34,6 +34,7 @@ skipped: call_now (score below its 0.90), retention_call (customers only)
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,6 +198,10 @@ class Policy:
         self._acct: dict[str, dict[str, int]] = {}  # account -> action -> last alert ts
         self._owner: dict[str, tuple[int, dict[str, int]]] = {}  # owner -> (day, counts)
         self._pending: dict[str, tuple[int, str, tuple[float, ...]]] = {}  # alert id -> ...
+        # (event time something may end, key): prune visits only what is due
+        self._ent_due: list[tuple[int, str]] = []
+        self._acct_due: list[tuple[int, str]] = []
+        self._pending_due: list[tuple[int, str]] = []
         self._names: tuple[str, ...] | None = None
         self._customer_col: int | None = None
         self._programs: dict[str, Any] = {}  # compiled eligible_if, rebuilt after unpickling
@@ -227,6 +232,10 @@ class Policy:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if "_ent_due" not in state:  # written before prune was incremental: all due now
+            self._ent_due = [(0, e) for e in self._ent]
+            self._acct_due = [(0, a) for a in self._acct]
+            self._pending_due = [(0, k) for k in self._pending]
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -472,16 +481,20 @@ class Policy:
         context: tuple[float, ...],
     ) -> None:
         ts = event.ts_ms
-        state = self._touch(event.entity_id, ts)
+        entity_id = event.entity_id
+        state = self._touch(entity_id, ts)
         state.last[action.id] = max(ts, state.last.get(action.id, ts))
+        heapq.heappush(self._ent_due, (ts + action.cooldown_ms, entity_id))
         if action.daily_cap:
             if state.day != day:
                 state.day, state.today = day, {}
             state.today[action.id] = state.today.get(action.id, 0) + 1
+            heapq.heappush(self._ent_due, ((day + 1) * DAY_MS, entity_id))
         if event.account_id and action.account_cooldown_ms:
             acct = self._acct.pop(event.account_id, {})
             acct[action.id] = max(ts, acct.get(action.id, ts))
             self._acct[event.account_id] = acct
+            heapq.heappush(self._acct_due, (ts + action.account_cooldown_ms, event.account_id))
             while len(self._acct) > self.max_entities:
                 del self._acct[next(iter(self._acct))]
         if owner is not None and action.owner_daily_capacity:
@@ -490,6 +503,7 @@ class Policy:
             counts[action.id] = counts.get(action.id, 0) + 1
             self._owner[owner] = (day, counts)
         self._pending[key] = (ts, action.id, context)
+        heapq.heappush(self._pending_due, (ts + self.bandit.config.feedback_ttl_ms, key))
         while len(self._pending) > self.bandit.config.max_pending_feedback:
             del self._pending[next(iter(self._pending))]
             self.counts["feedback_expired"] += 1
@@ -547,6 +561,7 @@ class Policy:
             window = action.suppress_ms
             recent = [t for t in state.rejections.get(action_id, []) if t > ts - window]
             recent.append(ts)
+            heapq.heappush(self._ent_due, (ts + window, event.entity_id))
             if len(recent) >= action.suppress_after_rejections:
                 state.suppressed[action_id] = max(ts + window, state.suppressed.get(action_id, 0))
                 self.counts["suppressions"] += 1
@@ -559,6 +574,8 @@ class Policy:
             state_or_none = self._ent.get(event.entity_id)
             if state_or_none is not None:
                 state_or_none.rejections.pop(action_id, None)
+                if state_or_none.empty():  # nothing left to end: forget it now
+                    del self._ent[event.entity_id]
         key = props.get("alert_id")
         pending = self._pending.get(key) if isinstance(key, str) else None
         if pending is None or pending[1] != action_id:
@@ -571,12 +588,19 @@ class Policy:
 
     # -- memory ------------------------------------------------------------------------------
     def prune(self, now_ms: int) -> int:
-        """Forget limits that have ended by ``now_ms``; returns entities dropped."""
+        """Forget limits that have ended by ``now_ms``; returns entities dropped.
+
+        Only entities, accounts and decisions with something due by
+        ``now_ms`` are visited (each limit queues the event time it ends), so
+        a prune costs what ends, not what is held.
+        """
         actions = {a.id: a for a in self.catalog.actions}
         today = now_ms // DAY_MS
         dropped = 0
-        for entity_id in list(self._ent):
-            state = self._ent[entity_id]
+        for entity_id in _due(self._ent_due, now_ms):
+            state = self._ent.get(entity_id)
+            if state is None:
+                continue
             for aid in list(state.last):
                 action = actions.get(aid)
                 if action is None or state.last[aid] + action.cooldown_ms <= now_ms:
@@ -597,22 +621,59 @@ class Policy:
             if state.empty():
                 del self._ent[entity_id]
                 dropped += 1
-        for account_id in list(self._acct):
-            entry = self._acct[account_id]
+            else:  # what remains ends later (also when the catalog's limits changed)
+                heapq.heappush(self._ent_due, (_next_end(state, actions, now_ms), entity_id))
+        for account_id in _due(self._acct_due, now_ms):
+            entry = self._acct.get(account_id)
+            if entry is None:
+                continue
+            ends = []
             for aid in list(entry):
                 action = actions.get(aid)
-                if action is None or entry[aid] + action.account_cooldown_ms <= now_ms:
+                end = entry[aid] + (0 if action is None else action.account_cooldown_ms)
+                if end <= now_ms:
                     del entry[aid]
+                else:
+                    ends.append(end)
             if not entry:
                 del self._acct[account_id]
+            else:
+                heapq.heappush(self._acct_due, (min(ends), account_id))
         for owner in [o for o, (day, _) in self._owner.items() if day < today]:
             del self._owner[owner]
         ttl = self.bandit.config.feedback_ttl_ms
-        for key in [k for k, p in self._pending.items() if p[0] + ttl < now_ms]:
-            del self._pending[key]
-            self.counts["feedback_expired"] += 1
+        for key in _due(self._pending_due, now_ms):
+            p = self._pending.get(key)
+            if p is not None and p[0] + ttl < now_ms:
+                del self._pending[key]
+                self.counts["feedback_expired"] += 1
+            elif p is not None:
+                heapq.heappush(self._pending_due, (p[0] + ttl, key))
         return dropped
 
     def evict_entity(self, entity_id: str) -> bool:
         """Forget an entity's limits; True if it had any."""
         return self._ent.pop(entity_id, None) is not None
+
+
+def _due(heap: list[tuple[int, str]], now_ms: int) -> list[str]:
+    """Pop the keys due by ``now_ms`` (each once, in order of first due time)."""
+    keys: dict[str, None] = {}
+    while heap and heap[0][0] <= now_ms:
+        keys[heapq.heappop(heap)[1]] = None
+    return list(keys)
+
+
+def _next_end(state: _EntityState, actions: dict[str, Action], now_ms: int) -> int:
+    """The earliest event time after ``now_ms`` at which one of ``state``'s limits ends."""
+    ends = []
+    for aid, last in state.last.items():
+        action = actions.get(aid)
+        ends.append(last + (0 if action is None else action.cooldown_ms))
+    ends.extend(state.suppressed.values())
+    for aid, times in state.rejections.items():
+        action = actions.get(aid)
+        ends.append(min(times) + (0 if action is None else action.suppress_ms))
+    if state.today:
+        ends.append((state.day + 1) * DAY_MS)
+    return max(now_ms + 1, min(ends, default=now_ms + 1))

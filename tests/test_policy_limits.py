@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from intentflow.errors import ConfigError
 from intentflow.events import Event
@@ -231,3 +233,65 @@ def test_the_default_catalog_validates_and_decides() -> None:
     d = p.decide(ev("c2", T0, type_="email_open"), 0.95, NO_FEATURES, ())
     assert d is not None
     assert d.action_id in {"send_case_study", "nurture_email"}
+
+
+def _ended(p: Policy, now: int) -> list[str]:
+    """What a full scan would still find ended by ``now`` (the old, O(all) prune)."""
+    actions = {a.id: a for a in p.catalog.actions}
+    found = []
+    for entity_id, state in p._ent.items():
+        if any(last + actions[a].cooldown_ms <= now for a, last in state.last.items()):
+            found.append(f"cooldown {entity_id}")
+        if state.today and state.day < now // DAY_MS:
+            found.append(f"day {entity_id}")
+        if any(until <= now for until in state.suppressed.values()):
+            found.append(f"pause {entity_id}")
+        for a, times in state.rejections.items():
+            if any(t <= now - actions[a].suppress_ms for t in times):
+                found.append(f"rejection {entity_id}")
+        if state.empty():
+            found.append(f"empty {entity_id}")
+    for account_id, entry in p._acct.items():
+        if any(t + actions[a].account_cooldown_ms <= now for a, t in entry.items()):
+            found.append(f"account {account_id}")
+    ttl = p.bandit.config.feedback_ttl_ms
+    found += [f"pending {k}" for k, v in p._pending.items() if v[0] + ttl < now]
+    return found
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["decide", "reject", "prune", "pickle"]),
+            st.integers(0, 5),  # entity
+            st.integers(1, 4 * 3_600_000),  # time step
+        ),
+        max_size=60,
+    )
+)
+def test_incremental_prune_leaves_nothing_ended(ops: list[tuple[str, int, int]]) -> None:
+    catalog = ActionCatalog(
+        actions=(
+            act("call", 100.0, cooldown_s=1800.0, account_cooldown_s=3600.0, daily_cap=3),
+            act("mail", 10.0, cooldown_s=600.0, suppress_after_rejections=2, suppress_days=0.1),
+            act("note", 1.0, cooldown_s=0.0),
+        ),
+        bandit=BanditConfig(kind="none", feedback_ttl_s=5400.0),
+    )
+    p = Policy(catalog, threshold=0.5)
+    now = T0
+    for op, entity, step in ops:
+        now += step
+        name = f"c{entity}"
+        if op == "decide":
+            p.decide(ev(name, now, f"a{entity % 2}"), 0.9, NO_FEATURES, ())
+        elif op == "reject":
+            reject(p, name, "mail", now)
+        elif op == "pickle":
+            p = pickle.loads(pickle.dumps(p))
+        else:
+            p.prune(now)
+            assert _ended(p, now) == []
+    p.prune(now + 40 * DAY_MS)
+    assert (p.n_entities, len(p._acct), p.n_pending_feedback) == (0, 0, 0)
