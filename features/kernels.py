@@ -49,6 +49,7 @@ __all__ = [
     "POLICY_CLAMP",
     "POLICY_DROP",
     "PREFETCH_AHEAD",
+    "inlined",
     "kernel",
     "update_table",
 ]
@@ -78,9 +79,12 @@ def kernel(fn: _F) -> _F:
 _kernel = kernel
 
 
-def _helper(fn: _F) -> _F:
+def inlined(fn: _F) -> _F:
     """Compile ``fn`` to be inlined into its callers (no per-call array overhead)."""
     return cast(_F, njit(inline="always", **NUMBA_OPTIONS)(fn))
+
+
+_helper = inlined
 
 
 #: Events ahead whose state rows :func:`update_table` asks the CPU to fetch early.

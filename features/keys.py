@@ -32,16 +32,25 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from intentflow.features.kernels import kernel
+from intentflow.features.kernels import inlined, kernel
 
 __all__ = ["KeyTable", "probe", "put", "remove"]
 
 I64 = npt.NDArray[np.int64]
 
-#: Slot row of an empty slot.
+#: Slot row of an empty slot (also what a lookup of an absent hash returns).
 EMPTY: Final = -1
 #: Slots start at this many and double; a table is at most half full.
 MIN_SLOTS: Final = 1024
+
+
+@inlined
+def _slot(slots: I64, h: int, mask: int) -> int:
+    """The slot holding hash ``h``, or the empty slot that ends its probe run."""
+    s = h & mask
+    while slots[s, 1] != EMPTY and slots[s, 0] != h:
+        s = (s + 1) & mask
+    return s
 
 
 @kernel
@@ -49,17 +58,7 @@ def probe(slots: I64, hashes: I64, out: I64) -> None:
     """``out[i]``: the row stored under ``hashes[i]``, -1 when there is none."""
     mask = slots.shape[0] - 1
     for i in range(hashes.shape[0]):
-        h = hashes[i]
-        s = h & mask
-        while True:
-            r = slots[s, 1]
-            if r == EMPTY:
-                out[i] = EMPTY
-                break
-            if slots[s, 0] == h:
-                out[i] = r
-                break
-            s = (s + 1) & mask
+        out[i] = slots[_slot(slots, hashes[i], mask), 1]  # an empty slot's row is -1
 
 
 @kernel
@@ -71,13 +70,10 @@ def put(slots: I64, hashes: I64, rows: I64) -> int:
     mask = slots.shape[0] - 1
     added = 0
     for i in range(hashes.shape[0]):
-        h = hashes[i]
-        s = h & mask
-        while slots[s, 1] != EMPTY and slots[s, 0] != h:
-            s = (s + 1) & mask
+        s = _slot(slots, hashes[i], mask)
         if slots[s, 1] == EMPTY:
             added += 1
-        slots[s, 0] = h
+        slots[s, 0] = hashes[i]
         slots[s, 1] = rows[i]
     return added
 
@@ -87,10 +83,7 @@ def remove(slots: I64, hashes: I64) -> None:
     """Forget ``hashes`` (absent ones are ignored), closing gaps by backward shift."""
     mask = slots.shape[0] - 1
     for i in range(hashes.shape[0]):
-        h = hashes[i]
-        s = h & mask
-        while slots[s, 1] != EMPTY and slots[s, 0] != h:
-            s = (s + 1) & mask
+        s = _slot(slots, hashes[i], mask)
         if slots[s, 1] == EMPTY:
             continue
         # s is a hole; move up every later entry of the cluster whose home
