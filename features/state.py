@@ -226,18 +226,20 @@ class _Table:
             self.arrays[name][rows] = fill
         return int(rows.size)
 
-    def kernel_args(
+    def run(
         self,
         enc: Encoded,
         ts: npt.NDArray[np.int64],
         routes: npt.NDArray[np.int64],
         route_table: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
         spec: FeatureSpec,
-    ) -> tuple[Any, ...]:
-        """Arguments of :func:`~intentflow.features.kernels.update_table` up to ``out``."""
+        out: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.int8]:
+        """Apply an encoded batch (one kernel call); returns each event's lateness code."""
         p = self.program
         a = self.arrays
-        return (
+        late = np.zeros(ts.shape[0], dtype=np.int8)
+        kern.update_table(
             np.array(enc.rows, dtype=np.int64),
             ts,
             routes,
@@ -275,7 +277,10 @@ class _Table:
             a["dist_hash"],
             a["dist_ts"],
             a["run"],
+            out,
+            late,
         )
+        return late
 
     @property
     def row_bytes(self) -> int:
@@ -400,21 +405,12 @@ class FeatureState:
         except OverflowError as exc:
             raise ValueError("events: ts_ms outside the int64 range") from exc
         routes = np.array(batch.routes, dtype=np.int64)
-        e_args = ent.kernel_args(batch.entity, ts, routes, enc.route_table(0), self.spec)
-        a_args = (
-            acc.kernel_args(batch.account, ts, routes, enc.route_table(1), self.spec)
-            if with_accounts
-            else None
-        )
-        e_late = np.zeros(n, dtype=np.int8)
-        kern.update_table(*e_args, values, e_late)
-        a_late = np.zeros(n, dtype=np.int8)
-        if a_args is not None:
-            kern.update_table(*a_args, values, a_late)
+        e_late = ent.run(batch.entity, ts, routes, enc.route_table(0), self.spec, values)
         e_drop = e_late == kern.LATE_DROPPED
         late = (e_late == kern.LATE_ACCEPTED) | (e_late == kern.LATE_CLAMPED)
         clamped = e_late == kern.LATE_CLAMPED
         if with_accounts:
+            a_late = acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
             a_drop = a_late == kern.LATE_DROPPED
             accepted = ~(e_drop | a_drop)
             late |= (a_late == kern.LATE_ACCEPTED) | (a_late == kern.LATE_CLAMPED)
