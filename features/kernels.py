@@ -76,15 +76,9 @@ def kernel(fn: _F) -> _F:
     return cast(_F, njit(**NUMBA_OPTIONS)(fn))
 
 
-_kernel = kernel
-
-
 def inlined(fn: _F) -> _F:
     """Compile ``fn`` to be inlined into its callers (no per-call array overhead)."""
     return cast(_F, njit(inline="always", **NUMBA_OPTIONS)(fn))
-
-
-_helper = inlined
 
 
 #: Events ahead whose state rows :func:`update_table` asks the CPU to fetch early.
@@ -144,7 +138,7 @@ K_VELOCITY: Final = 9
 K_DISTINCT: Final = 10
 
 
-@_helper
+@inlined
 def _prefetch_row(a: Any, row: int) -> None:
     """Hint the CPU to fetch row ``row`` of the 2-D array ``a``."""
     w = a.shape[1]
@@ -154,7 +148,7 @@ def _prefetch_row(a: Any, row: int) -> None:
         _prefetch_at(a, row, w - 1)
 
 
-@_helper
+@inlined
 def _clear(row: int, r: int, first: int, steps: int, rings: I64,
            cnt: U32, sm: F64, mn: F64, mx: F64) -> None:  # fmt: skip
     """Empty ``steps`` slots of ring ``r`` from slot ``first`` on (wrapping)."""
@@ -178,7 +172,7 @@ def _clear(row: int, r: int, first: int, steps: int, rings: I64,
                 slot = 0
 
 
-@_helper
+@inlined
 def _firsts(q_b: I64, q_u: I64, rings: I64, wq: I64, out: I64) -> None:
     """First bucket of every window query at the clock whose tier buckets are ``q_b``.
 
@@ -190,7 +184,7 @@ def _firsts(q_b: I64, q_u: I64, rings: I64, wq: I64, out: I64) -> None:
         out[j] = q_b[k] - wq[j, 1] - (1 if q_u[k] < wq[j, 2] else 0)
 
 
-@_helper
+@inlined
 def _advance(row: int, old: int, new: int, old_f: I64, new_f: I64, old_b: I64, new_b: I64,
              tiers: I64, rings: I64, wq: I64, dec_hl: F64, cnt: U32, sm: F64, mn: F64,
              mx: F64, dec: F64, run: U32) -> None:  # fmt: skip
@@ -227,7 +221,7 @@ def _advance(row: int, old: int, new: int, old_f: I64, new_f: I64, old_b: I64, n
         dec[row, d] *= 2.0 ** (-dt / dec_hl[d])
 
 
-@_helper
+@inlined
 def _add_distinct(row: int, off: int, size: int, h: int, t: int, dh: I64, dts: I64) -> None:
     """Record value hash ``h`` seen at ``t``; when full, replace the oldest value."""
     oldest = -1
@@ -250,7 +244,7 @@ def _add_distinct(row: int, off: int, size: int, h: int, t: int, dh: I64, dts: I
         dts[row, oldest] = t
 
 
-@_helper
+@inlined
 def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, firsts: I64, c: int, v: float,
            rings: I64, ring_wq_ptr: I64, wq: I64, col_ring_ptr: I64, col_lts: I64,
            col_lval: I64, col_dec_ptr: I64, dec_hl: F64, cnt: U32, sm: F64, mn: F64, mx: F64,
@@ -286,7 +280,7 @@ def _apply(row: int, t: int, q: int, t_b: I64, q_b: I64, firsts: I64, c: int, v:
         dec[row, d] += v * 2.0 ** (-float(q - t) / dec_hl[d])
 
 
-@_helper
+@inlined
 def _ring_sum(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
     """Sum of ``length`` ring slots from ``start`` (wrapping) of ``a[row, off:off+slots]``."""
     total = 0.0
@@ -298,7 +292,7 @@ def _ring_sum(a: F64, row: int, off: int, start: int, length: int, slots: int) -
     return total
 
 
-@_helper
+@inlined
 def _ring_min(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
     """Minimum over ``length`` ring slots from ``start`` (wrapping)."""
     lo = np.inf
@@ -310,7 +304,7 @@ def _ring_min(a: F64, row: int, off: int, start: int, length: int, slots: int) -
     return lo
 
 
-@_helper
+@inlined
 def _ring_max(a: F64, row: int, off: int, start: int, length: int, slots: int) -> float:
     """Maximum over ``length`` ring slots from ``start`` (wrapping)."""
     hi = -np.inf
@@ -322,7 +316,7 @@ def _ring_max(a: F64, row: int, off: int, start: int, length: int, slots: int) -
     return hi
 
 
-@_helper
+@inlined
 def _windows(row: int, q_b: I64, firsts: I64, rings: I64, wq: I64, sm: F64, mn: F64, mx: F64,
              run: U32, w_cnt: I64, w_sum: F64, w_min: F64, w_max: F64) -> None:  # fmt: skip
     """Evaluate every window query of a row (counts from the running totals)."""
@@ -343,7 +337,7 @@ def _windows(row: int, q_b: I64, firsts: I64, rings: I64, wq: I64, sm: F64, mn: 
         )
 
 
-@_helper
+@inlined
 def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_cap_ms: int,
           lts: I64, lval: F64, dec: F64, dts: I64, w_cnt: I64, w_sum: F64, w_min: F64,
           w_max: F64, out: F64) -> None:  # fmt: skip
@@ -393,7 +387,7 @@ def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_ca
         out[i, outs[f, 3]] = x
 
 
-@_kernel
+@kernel
 def update_table(
     # the batch
     ev_row: I64,

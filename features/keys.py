@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from intentflow.features.kernels import inlined, kernel
 
-__all__ = ["KeyTable", "probe", "put", "remove"]
+__all__ = ["KeyTable", "drop", "probe", "put"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -79,7 +79,7 @@ def put(slots: I64, hashes: I64, rows: I64) -> int:
 
 
 @kernel
-def remove(slots: I64, hashes: I64) -> None:
+def drop(slots: I64, hashes: I64) -> None:
     """Forget ``hashes`` (absent ones are ignored), closing gaps by backward shift."""
     mask = slots.shape[0] - 1
     for i in range(hashes.shape[0]):
@@ -138,7 +138,7 @@ class KeyTable:
 
     def remove(self, hashes: I64) -> None:
         """Forget ``hashes``; each must be held."""
-        remove(self._slots, hashes)
+        drop(self._slots, hashes)
         self._held -= hashes.shape[0]
 
     def _grow(self, need: int) -> None:

@@ -92,6 +92,13 @@ def _frozen(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return a
 
 
+def _resized(a: npt.NDArray[Any], capacity: int, used: int) -> npt.NDArray[Any]:
+    """A zeroed array of ``capacity`` rows that starts with the first ``used`` rows of ``a``."""
+    new = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+    new[:used] = a[:used]
+    return new
+
+
 class _Table:
     """Rows of one key kind: a key table, a free list and struct-of-arrays state."""
 
@@ -112,11 +119,9 @@ class _Table:
             name: np.zeros((capacity, program.widths[w]), dtype=dtype)
             for name, (dtype, _, w) in _ARRAYS.items()
         }
-        #: arrays whose empty value is not 0, with that value
-        self._filled = [(self.arrays[n], fill) for n, (_, fill, _) in _ARRAYS.items() if fill]
         self.prefault = prefault
-        if prefault:
-            self._prefault(0)
+        if prefault:  # write every row now, so that no page is first touched later
+            self._empty(slice(0, capacity))
 
     def __len__(self) -> int:
         return len(self.table)
@@ -177,40 +182,28 @@ class _Table:
             held.extend(keys[reuse:])
             self.hashes.extend(hashes[reuse:])
             out.extend(range(start, end))
-            self.clock[start:end] = kern.EMPTY_TS
-            for a, fill in self._filled:
-                a[start:end] = fill
+            self._empty(slice(start, end))
         got = np.array(out, dtype=np.int64)
         kh = np.array(key_hashes, dtype=np.int64)
         self.key_hash[got] = kh
         self.table.insert(kh, got)
         return out
 
-    def _prefault(self, start: int) -> None:
-        """Write rows ``start:`` now, so that none of their pages is first touched later."""
-        self.key_hash[start:] = 0
-        self.clock[start:] = kern.EMPTY_TS
+    def _empty(self, rows: slice | npt.NDArray[np.int64]) -> None:
+        """Give ``rows`` the values of an unused row (clock "never", each array's fill)."""
+        self.clock[rows] = kern.EMPTY_TS
         for name, (_, fill, _) in _ARRAYS.items():
-            self.arrays[name][start:] = fill
+            self.arrays[name][rows] = fill
 
     def _grow(self, capacity: int) -> None:
         """Reallocate for ``capacity`` rows; only rows handed out are copied."""
         used = len(self.keys)
-        key_hash = np.zeros(capacity, dtype=np.int64)
-        key_hash[:used] = self.key_hash[:used]
-        self.key_hash = key_hash
-        clock = np.zeros(capacity, dtype=np.int64)
-        clock[:used] = self.clock[:used]
-        self.clock = clock
-        for name in _ARRAYS:
-            old = self.arrays[name]
-            new = np.zeros((capacity, old.shape[1]), dtype=old.dtype)
-            new[:used] = old[:used]
-            self.arrays[name] = new
-        self._filled = [(self.arrays[n], fill) for n, (_, fill, _) in _ARRAYS.items() if fill]
+        self.key_hash = _resized(self.key_hash, capacity, used)
+        self.clock = _resized(self.clock, capacity, used)
+        self.arrays = {name: _resized(a, capacity, used) for name, a in self.arrays.items()}
         self.capacity = capacity
         if self.prefault:
-            self._prefault(used)
+            self._empty(slice(used, capacity))
 
     def evict(self, cutoff_ms: int) -> int:
         """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
@@ -221,9 +214,7 @@ class _Table:
         for r in held:
             self.keys[r] = None
         self.free.extend(held)
-        self.clock[rows] = kern.EMPTY_TS
-        for name, (_, fill, _) in _ARRAYS.items():
-            self.arrays[name][rows] = fill
+        self._empty(rows)
         return int(rows.size)
 
     def run(

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -53,6 +53,8 @@ __all__ = ["DEFAULT_TRIGGER", "LEVER", "Decision", "Policy", "alert_id"]
 LEVER: Final[float] = 1.0
 #: The trigger id of model alerts; part of every alert id.
 DEFAULT_TRIGGER: Final[str] = "model:intent"
+#: Stale entries a due-queue may hold beyond twice the keys held before it is rebuilt.
+_COMPACT_SLACK: Final = 1024
 
 
 def alert_id(entity_id: str, trigger_id: str, event_id: str) -> str:
@@ -649,6 +651,14 @@ class Policy:
                 self.counts["feedback_expired"] += 1
             elif p is not None:
                 heapq.heappush(self._pending_due, (p[0] + ttl, key))
+        # entries of forgotten, answered or overwritten keys wait in the queues until
+        # due; when they outnumber what is held, requeue what is held (visited once)
+        for heap, held in (
+            (self._ent_due, self._ent),
+            (self._acct_due, self._acct),
+            (self._pending_due, self._pending),
+        ):
+            _compact(heap, held)
         return dropped
 
     def evict_entity(self, entity_id: str) -> bool:
@@ -662,6 +672,13 @@ def _due(heap: list[tuple[int, str]], now_ms: int) -> list[str]:
     while heap and heap[0][0] <= now_ms:
         keys[heapq.heappop(heap)[1]] = None
     return list(keys)
+
+
+def _compact(heap: list[tuple[int, str]], held: Mapping[str, object]) -> None:
+    """Replace ``heap`` by one entry due at once per held key when stale entries dominate."""
+    if len(heap) > 2 * len(held) + _COMPACT_SLACK:
+        heap[:] = [(0, key) for key in held]
+        heapq.heapify(heap)
 
 
 def _next_end(state: _EntityState, actions: dict[str, Action], now_ms: int) -> int:

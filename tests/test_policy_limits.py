@@ -295,3 +295,21 @@ def test_incremental_prune_leaves_nothing_ended(ops: list[tuple[str, int, int]])
             assert _ended(p, now) == []
     p.prune(now + 40 * DAY_MS)
     assert (p.n_entities, len(p._acct), p.n_pending_feedback) == (0, 0, 0)
+
+
+def test_due_queues_stay_bounded_by_what_is_held() -> None:
+    catalog = ActionCatalog(
+        actions=(act("call", 100.0, cooldown_s=60.0),),
+        bandit=BanditConfig(kind="none", max_pending_feedback=10),
+    )
+    p = Policy(catalog, threshold=0.5, max_entities=10)
+    for i in range(5_000):  # forgotten entities and overflowing decisions leave stale entries
+        p.decide(ev(f"c{i}", T0 + i), 0.9, NO_FEATURES, ())
+        if i % 500 == 0:
+            p.prune(T0 + i)
+    p.prune(T0 + 5_000)
+    assert p.n_entities <= 10
+    assert p.n_pending_feedback <= 10
+    assert len(p._ent_due) <= 2 * 10 + 1024
+    assert len(p._pending_due) <= 2 * 10 + 1024
+    assert _ended(p, T0 + 5_000) == []
