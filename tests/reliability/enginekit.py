@@ -56,8 +56,9 @@ def fork_context() -> multiprocessing.context.ForkServerContext:
     return ctx
 
 
-def _engine_main(argv: list[str], log_path: str) -> None:
-    """Child entry point: output to ``log_path``, then the CLI's ``main``."""
+def _engine_main(argv: list[str], log_path: str, env: dict[str, str]) -> None:
+    """Child entry point: ``env`` added, output to ``log_path``, then the CLI's ``main``."""
+    os.environ.update(env)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -109,11 +110,17 @@ class Engine:
     """One engine process; ``log`` collects its stdout and stderr."""
 
     def __init__(
-        self, ctx: multiprocessing.context.ForkServerContext, argv: list[str], log: Path
+        self,
+        ctx: multiprocessing.context.ForkServerContext,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.argv = argv
         self.log = log
-        self._proc = ctx.Process(target=_engine_main, args=(argv, str(log)), daemon=True)
+        self._proc = ctx.Process(
+            target=_engine_main, args=(argv, str(log), dict(env or {})), daemon=True
+        )
 
     def start(self) -> Engine:
         self._proc.start()

@@ -75,10 +75,17 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
     total = len(reference.decisions)
     # Three kills, each once the alert stream holds a random share of all alerts,
     # plus a random delay: the engine dies mid-batch, mid-write or mid-snapshot.
+    # Small reads make many batches, epochs and sink writes: the whole input
+    # would otherwise pass in a few batches, before the first poll sees an alert.
     marks = sorted(rng.uniform(0.05, 0.75) for _ in range(3))
     seen_at_kill = []
     for i, share in enumerate(marks):
-        engine = Engine(forkserver, engine_args(redis_url, recovery=rec, init=i == 0), log)
+        engine = Engine(
+            forkserver,
+            engine_args(redis_url, recovery=rec, init=i == 0),
+            log,
+            env={"INTENTFLOW__INPUT__BATCH_SIZE": "20"},
+        )
         engine.start()
         try:
             wait_for(
