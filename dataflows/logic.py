@@ -16,11 +16,13 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import compress
 from typing import Any, Final
 
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
+from intentflow.dataflows.dedup import SeenIds
 from intentflow.errors import RecoveryError, SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features.spec import FeatureSpec
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 ALERT_SCHEMA_VERSION: Final = "1.0"
-SNAPSHOT_SCHEMA_VERSION: Final = 2
+SNAPSHOT_SCHEMA_VERSION: Final = 3
 MODEL_TRIGGER: Final = "model:intent"
 #: What a shard emits: outputs for the sink, and score-log batches when enabled.
 EngineOutput = Output | ScoreLogBatch
@@ -138,7 +140,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
             self.labels = LabelBook(parts.labels)
             self.side = SideTargets(parts.labels, parts.model, parts.spec.spec_hash)
             self.policy = Policy(parts.catalog, parts.model.threshold)
-            self.seen: dict[str, int] = {}
+            self.seen = SeenIds()
             self.watermark = 0
             self.counters: dict[str, int] = {}
             self._next_housekeeping_ms = parts.housekeeping_interval_ms
@@ -226,13 +228,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
     # --- processing ------------------------------------------------------------------
 
     def _dedup(self, events: list[Event]) -> list[Event]:
-        seen = self.seen
-        fresh = []
-        for ev in events:
-            if ev.event_id in seen:
-                continue
-            seen[ev.event_id] = ev.ts_ms
-            fresh.append(ev)
+        new = self.seen.admit([ev.event_id for ev in events], [ev.ts_ms for ev in events])
+        fresh = list(compress(events, new.tolist()))
         dups = len(events) - len(fresh)
         if dups:
             self._count("duplicates", dups)
@@ -240,19 +237,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
 
     def _trim_seen(self) -> None:
         """Forget ids older than the de-duplication window (insertion order ≈ time)."""
-        seen = self.seen
-        cutoff = self.watermark - self._parts.dedup_window_ms
-        excess = len(seen) - self._parts.dedup_max
-        it = iter(seen.items())
-        drop = []
-        for eid, ts in it:
-            if excess > 0 or ts < cutoff:
-                drop.append(eid)
-                excess -= 1
-            else:
-                break
-        for eid in drop:
-            del seen[eid]
+        self.seen.trim(self.watermark - self._parts.dedup_window_ms, self._parts.dedup_max)
 
     def _learn(self, matured: list[Matured]) -> None:
         if not matured:

@@ -61,6 +61,8 @@ _UNIT_WORDS: Final = (("d", DAY, "day"), ("h", HOUR, "hour"), ("m", MINUTE, "min
 
 #: Bucket sizes a window may get; a window of length W gets the largest size
 #: s with W >= buckets_per_window * s (the finest size if none qualifies).
+#: Neighbouring sizes differ by at most 6x, so no window keeps more than
+#: about 6 * buckets_per_window buckets (a 30-day window: 11 three-day buckets).
 TIER_SIZES_MS: Final = (
     10 * SECOND,
     30 * SECOND,
@@ -70,6 +72,7 @@ TIER_SIZES_MS: Final = (
     HOUR,
     4 * HOUR,
     DAY,
+    3 * DAY,
 )
 MIN_WINDOW_MS: Final = MINUTE
 MAX_WINDOW_MS: Final = 30 * DAY

@@ -29,8 +29,9 @@ from intentflow.features.spec import FeatureSpec
 __all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", "TableSnapshot"]
 
 #: Version of the snapshot layout; bumped whenever the arrays change meaning
-#: (2: distinct values hashed with XXH3-64 instead of BLAKE2b).
-SCHEMA_VERSION: Final = 2
+#: (2: distinct values hashed with XXH3-64 instead of BLAKE2b; 3: 3-day
+#: buckets for windows of 18 days and more at the default 6 per window).
+SCHEMA_VERSION: Final = 3
 
 #: name -> (dtype, fill of an empty slot, program width key)
 _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {

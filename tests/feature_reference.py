@@ -169,14 +169,28 @@ class Reference:
 
     def _window(self, h: _History, d: FeatureDef, window: int) -> list[float]:
         """Values in the window: lo <= ts <= q with lo = (q - W + 1) rounded down to the grid."""
+        return [v for _, v in self._window_items(h, d, window)]
+
+    def _window_items(self, h: _History, d: FeatureDef, window: int) -> list[tuple[int, float]]:
         size = self.spec.resolution_ms(window)
         lo = (h.clock - window + 1) // size * size
-        vals = []
+        items = []
         for ts, ev in h.applied:
             v = value_of(d, ev)
             if v is not None and lo <= ts <= h.clock:
-                vals.append(v)
-        return vals
+                items.append((ts, v))
+        return items
+
+    def _window_sum(self, h: _History, d: FeatureDef, window: int) -> float:
+        """A window sum in the documented order: per bucket as applied, oldest bucket first."""
+        size = self.spec.resolution_ms(window)
+        buckets: dict[int, float] = {}
+        for ts, v in self._window_items(h, d, window):
+            buckets[ts // size] = buckets.get(ts // size, 0.0) + v
+        total = 0.0
+        for b in sorted(buckets):
+            total += buckets[b]
+        return total
 
     def _feature(self, o: OutputDef, d: FeatureDef, h: _History | None) -> tuple[float, float]:
         cap_s = self.spec.recency_cap_ms / 1000.0
@@ -189,9 +203,9 @@ class Reference:
             if agg == "count":
                 return float(len(vals)), 0.0
             if agg == "sum":
-                return sum(vals), 0.0
+                return self._window_sum(h, d, o.window_ms), 0.0
             if agg == "mean":
-                return (sum(vals) / len(vals) if vals else 0.0), 0.0
+                return (self._window_sum(h, d, o.window_ms) / len(vals) if vals else 0.0), 0.0
             if not vals:
                 return 0.0, 0.0
             return (min(vals) if agg == "min" else max(vals)), 0.0

@@ -259,13 +259,36 @@ def test_window_edges_on_the_bucket_grid(buckets: int) -> None:
     assert rows == [1.0, 2.0, 3.0, 3.0]
 
 
+def test_window_sums_add_buckets_oldest_first() -> None:
+    """A sum is each bucket's sum (in order applied), then the buckets oldest first.
+
+    Floating-point addition is not associative (0.3 + 1e15 rounds), so the
+    order is part of the definition (the reference follows it).
+    """
+    spec = FeatureSpec.from_dict(
+        {
+            "buckets_per_window": 1,
+            "x": {"types": ["page_view"], "value": "props.x", "aggregations": ["sum"],
+                  "windows": ["1m"]},
+        }
+    )  # fmt: skip
+    events = [_event(T0, x=0.3)] + [
+        Event(event_id=f"b{i}", ts_ms=T0 + MINUTE, entity_id="e1", type="page_view",
+              props={"x": 1e15})
+        for i in range(3)
+    ]  # fmt: skip
+    got = FeatureState(spec).update(events).values[-1, 0]
+    assert got == 0.3 + (1e15 + 1e15 + 1e15)
+    assert got != ((0.3 + 1e15) + 1e15) + 1e15  # what summing in event order would give
+
+
 def test_each_window_gets_its_documented_resolution() -> None:
     spec = FeatureSpec.from_dict(
         {"v": {"types": ["*"], "aggregations": ["count"], "windows": ["1m"]}}
     )
     table = {
         "1m": "10s", "5m": "30s", "15m": "1m", "1h": "5m", "2h": "15m", "6h": "1h",
-        "24h": "4h", "7d": "24h", "30d": "24h",
+        "24h": "4h", "7d": "24h", "14d": "24h", "17d": "24h", "18d": "3d", "30d": "3d",
     }  # fmt: skip
     got = {w: format_duration(spec.resolution_ms(_ms(w))) for w in table}
     assert got == table

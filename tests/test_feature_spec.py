@@ -297,7 +297,9 @@ def test_resolution_and_ring_slots() -> None:
     assert resolution_ms(HOUR, 12) == 5 * MINUTE
     assert resolution_ms(HOUR, 13) == MINUTE
     assert resolution_ms(HOUR, 1) == HOUR
-    assert resolution_ms(30 * DAY, 1) == DAY
+    assert resolution_ms(30 * DAY, 1) == 3 * DAY  # the coarsest tier
+    assert resolution_ms(30 * DAY, 10) == 3 * DAY
+    assert resolution_ms(30 * DAY, 11) == DAY
     assert resolution_ms(MINUTE, 60) == 10_000  # the finest tier when none qualifies
     # slots: buckets an interval of W ms can touch
     assert ring_slots(HOUR, 5 * MINUTE) == 13

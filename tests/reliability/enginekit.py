@@ -255,7 +255,7 @@ def comparable(states: dict[str, dict[str, Any]], probe: np.ndarray) -> dict[str
             "feature_counters": feats.counters,
             "model_version": model.version,
             "model_scores": probe_scores(model, probe).tolist(),
-            "seen": dict(st["seen"]),
+            "seen": st["seen"].items(),
             "watermark": st["watermark"],
             "counters": dict(st["counters"]),
             "pending_labels": st["labels"].n_pending,

@@ -117,7 +117,7 @@ def state_of(shard: ShardLogic) -> dict[str, Any]:
         "features": tables,
         "model": shard.model.version,
         "scores": probe_scores(shard.model, PROBE).tolist(),
-        "seen": dict(shard.seen),
+        "seen": shard.seen.items(),
         "watermark": shard.watermark,
         "counters": counters,
         "pending": shard.labels.n_pending,

@@ -1,0 +1,161 @@
+"""Event ids seen by a shard, in compact arrays: the de-duplication window.
+
+An id is kept as a 64-bit hash (XXH3-64 of its UTF-8 text under
+:data:`SEED`) in a ring of ``(hash, ts_ms)`` in the order ids were first
+seen, indexed by a compiled hash table (:class:`~intentflow.features.keys.KeyTable`).
+That is about 48 bytes per id at a million ids (16 in the ring, 32 in the
+table at most half full), against about 130 for a ``dict`` of id strings and
+integers, and a snapshot stores 16 bytes per id whatever the id's length.
+
+Two different ids are taken for one only if their hashes collide: about
+``n**2 / 2**65`` for ``n`` ids held (3e-8 at a million), and then the later
+event is counted as a duplicate. docs/contracts.md, "Duplicates", says so.
+
+>>> s = SeenIds()
+>>> s.admit(["a", "b", "a"], [1, 2, 3]).tolist()   # the second "a" repeats the first
+[True, True, False]
+>>> s.admit(["b", "c"], [4, 5]).tolist()
+[False, True]
+>>> s.trim(cutoff_ms=2, max_ids=10), len(s)   # ids first seen before ts 2 are forgotten
+(1, 2)
+>>> s.admit(["a"], [6]).tolist()
+[True]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from xxhash import xxh3_64_intdigest
+
+from intentflow.features.keys import KeyTable
+
+__all__ = ["SEED", "SeenIds", "id_hashes"]
+
+#: XXH3 seed of event-id hashes (fixed: snapshots store the hashes).
+SEED: Final = 0x5EE1D
+_MIN_RING: Final = 1024
+
+I64 = npt.NDArray[np.int64]
+
+
+def id_hashes(ids: Sequence[str]) -> I64:
+    """The 64-bit hash of each id (signed), as stored by :class:`SeenIds`."""
+    try:
+        data = [x.encode() for x in ids]
+    except UnicodeEncodeError:  # lone surrogates
+        data = [x.encode("utf-8", "surrogatepass") for x in ids]
+    h = np.fromiter((xxh3_64_intdigest(d, SEED) for d in data), dtype=np.uint64, count=len(data))
+    return h.view(np.int64)
+
+
+class SeenIds:
+    """Event ids first seen in order, forgotten oldest first (see the module docstring).
+
+    Positions in the ring are absolute sequence numbers: the id first seen
+    n-th has number n, and the table maps its hash to n.
+    """
+
+    def __init__(self) -> None:
+        self._table = KeyTable()
+        self._hash = np.zeros(_MIN_RING, dtype=np.int64)
+        self._ts = np.zeros(_MIN_RING, dtype=np.int64)
+        self._head = 0  # number of the oldest id held
+        self._tail = 0  # number the next new id gets
+
+    def __len__(self) -> int:
+        return self._tail - self._head
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the ring and the table."""
+        return int(self._hash.nbytes + self._ts.nbytes) + self._table.nbytes
+
+    def admit(self, ids: Sequence[str], ts_ms: Sequence[int]) -> npt.NDArray[np.bool_]:
+        """Record ``ids`` seen at ``ts_ms``; True where an id is new.
+
+        New: not held, and not an earlier item of ``ids`` (only the first
+        of a repeated id is recorded, with its time).
+        """
+        n = len(ids)
+        if n == 0:
+            return np.zeros(0, dtype=np.bool_)
+        h = id_hashes(ids)
+        first = np.zeros(n, dtype=np.bool_)
+        first[np.unique(h, return_index=True)[1]] = True
+        fresh = first & (self._table.lookup(h) < 0)
+        new = np.flatnonzero(fresh)
+        k = int(new.size)
+        if k:
+            self._reserve(len(self) + k)
+            seq = np.arange(self._tail, self._tail + k, dtype=np.int64)
+            pos = seq & (self._hash.shape[0] - 1)
+            self._hash[pos] = h[new]
+            self._ts[pos] = np.array([ts_ms[i] for i in new.tolist()], dtype=np.int64)
+            self._table.insert(h[new], seq)
+            self._tail += k
+        return fresh
+
+    def trim(self, cutoff_ms: int, max_ids: int) -> int:
+        """Forget the oldest ids while more than ``max_ids`` are held or the oldest is too old.
+
+        Too old: seen before ``cutoff_ms``. Ids are visited in order of first
+        sight (about event time), so an old id behind a newer one waits for
+        it. Returns how many were forgotten.
+        """
+        held = len(self)
+        if held == 0:
+            return 0
+        seq, pos = self._order()
+        excess = max(held - max_ids, 0)
+        recent = np.flatnonzero(self._ts[pos[excess:]] >= cutoff_ms)
+        k = excess + int(recent[0]) if recent.size else held
+        if k == 0:
+            return 0
+        gone_h, gone_seq = self._hash[pos[:k]], seq[:k]
+        # only entries still mapped to these numbers (a colliding later id took the mapping over)
+        mine = self._table.lookup(gone_h) == gone_seq
+        self._table.remove(np.ascontiguousarray(gone_h[mine]))
+        self._head += k
+        return k
+
+    def items(self) -> list[tuple[int, int]]:
+        """``(hash, ts_ms)`` of every id held, oldest first."""
+        _, pos = self._order()
+        return list(zip(self._hash[pos].tolist(), self._ts[pos].tolist(), strict=True))
+
+    def _order(self) -> tuple[I64, I64]:
+        """Numbers of the ids held, oldest first, and their ring positions."""
+        seq = np.arange(self._head, self._tail, dtype=np.int64)
+        return seq, seq & (self._hash.shape[0] - 1)
+
+    def _reserve(self, need: int) -> None:
+        cap = self._hash.shape[0]
+        if need <= cap:
+            return
+        new_cap = cap
+        while new_cap < need:
+            new_cap *= 2
+        seq, old = self._order()
+        new = seq & (new_cap - 1)
+        h, ts = np.zeros(new_cap, dtype=np.int64), np.zeros(new_cap, dtype=np.int64)
+        h[new], ts[new] = self._hash[old], self._ts[old]
+        self._hash, self._ts = h, ts
+
+    def __getstate__(self) -> dict[str, Any]:
+        _, pos = self._order()
+        return {"hashes": self._hash[pos], "ts": self._ts[pos]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        hashes = np.ascontiguousarray(state["hashes"], dtype=np.int64)
+        ts = np.ascontiguousarray(state["ts"], dtype=np.int64)
+        k = int(hashes.shape[0])
+        if k:
+            self._reserve(k)
+            self._hash[:k], self._ts[:k] = hashes, ts
+            self._table.insert(hashes, np.arange(k, dtype=np.int64))
+            self._tail = k

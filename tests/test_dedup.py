@@ -1,0 +1,91 @@
+"""The de-duplication window against a plain dict, the way it used to be kept."""
+
+from __future__ import annotations
+
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intentflow.dataflows.dedup import SeenIds, id_hashes
+
+
+class _DictSeen:
+    """Reference: id -> first ts, insertion-ordered, trimmed from the front."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    def admit(self, ids: list[str], ts: list[int]) -> list[bool]:
+        out = []
+        for i, t in zip(ids, ts, strict=True):
+            if i in self.seen:
+                out.append(False)
+            else:
+                self.seen[i] = t
+                out.append(True)
+        return out
+
+    def trim(self, cutoff: int, max_ids: int) -> int:
+        excess = len(self.seen) - max_ids
+        drop = []
+        for eid, t in self.seen.items():
+            if excess > 0 or t < cutoff:
+                drop.append(eid)
+                excess -= 1
+            else:
+                break
+        for eid in drop:
+            del self.seen[eid]
+        return len(drop)
+
+
+_ids = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
+_op = st.one_of(
+    st.tuples(st.just("admit"), st.lists(st.tuples(_ids, st.integers(0, 100)), max_size=40)),
+    st.tuples(st.just("trim"), st.tuples(st.integers(0, 100), st.integers(0, 30))),
+    st.tuples(st.just("pickle"), st.just(None)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_op, max_size=30))
+def test_matches_a_dict_of_ids(ops: list[tuple[str, object]]) -> None:
+    got, ref = SeenIds(), _DictSeen()
+    for kind, arg in ops:
+        if kind == "admit":
+            items = list(arg)  # type: ignore[call-overload]
+            ids = [i for i, _ in items]
+            ts = [t for _, t in items]
+            assert got.admit(ids, ts).tolist() == ref.admit(ids, ts)
+        elif kind == "trim":
+            cutoff, max_ids = arg  # type: ignore[misc]
+            assert got.trim(cutoff, max_ids) == ref.trim(cutoff, max_ids)
+        else:
+            got = pickle.loads(pickle.dumps(got))
+        assert len(got) == len(ref.seen)
+        expected = list(zip(id_hashes(list(ref.seen)).tolist(), ref.seen.values(), strict=True))
+        assert got.items() == expected
+
+
+def test_ring_and_table_grow_past_their_first_size() -> None:
+    s = SeenIds()
+    ids = [f"evt-{i}" for i in range(5000)]
+    assert s.admit(ids, list(range(5000))).all()
+    assert not s.admit(ids[::7], [0] * len(ids[::7])).any()
+    assert s.trim(cutoff_ms=4000, max_ids=10_000) == 4000
+    assert s.admit(["evt-10", "evt-4999"], [1, 2]).tolist() == [True, False]
+    restored = pickle.loads(pickle.dumps(s))
+    assert restored.items() == s.items()
+    assert restored.admit(["evt-4998", "evt-11"], [3, 4]).tolist() == [False, True]
+
+
+def test_ids_that_are_not_valid_utf8_are_hashed_too() -> None:
+    s = SeenIds()
+    assert s.admit(["a\udc80", "a\udc80", "a"], [1, 2, 3]).tolist() == [True, False, True]
+
+
+def test_a_snapshot_stores_sixteen_bytes_per_id() -> None:
+    s = SeenIds()
+    s.admit([f"https://example.com/events/{i:040d}" for i in range(10_000)], list(range(10_000)))
+    assert len(pickle.dumps(s)) < 16 * 10_000 + 1000
