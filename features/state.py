@@ -47,6 +47,8 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "run": (np.uint32, 0, "run"),
 }
 _NONE_HASH: Final = hash(None)
+#: Rows given their empty values at a time, ahead of need (one numpy call per array each).
+_FILL_AHEAD: Final = 1024
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
 
 
@@ -121,8 +123,10 @@ class _Table:
             for name, (dtype, _, w) in _ARRAYS.items()
         }
         self.prefault = prefault
+        #: rows [0, filled) hold the empty-row values or a key's state; rows beyond are zeros
+        self.filled = 0
         if prefault:  # write every row now, so that no page is first touched later
-            self._empty(slice(0, capacity))
+            self._fill_to(capacity)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -183,12 +187,18 @@ class _Table:
             held.extend(keys[reuse:])
             self.hashes.extend(hashes[reuse:])
             out.extend(range(start, end))
-            self._empty(slice(start, end))
+            if end > self.filled:  # rows never handed out are empty once filled
+                self._fill_to(min(self.capacity, max(end, self.filled + _FILL_AHEAD)))
         got = np.array(out, dtype=np.int64)
         kh = np.array(key_hashes, dtype=np.int64)
         self.key_hash[got] = kh
         self.table.insert(kh, got)
         return out
+
+    def _fill_to(self, end: int) -> None:
+        """Give the rows from ``filled`` to ``end`` the values of an unused row."""
+        self._empty(slice(self.filled, end))
+        self.filled = end
 
     def _empty(self, rows: slice | npt.NDArray[np.int64]) -> None:
         """Give ``rows`` the values of an unused row (clock "never", each array's fill)."""
@@ -203,8 +213,9 @@ class _Table:
         self.clock = _resized(self.clock, capacity, used)
         self.arrays = {name: _resized(a, capacity, used) for name, a in self.arrays.items()}
         self.capacity = capacity
+        self.filled = used  # the copy ends there; the rest is zeros
         if self.prefault:
-            self._empty(slice(used, capacity))
+            self._fill_to(capacity)
 
     def evict(self, cutoff_ms: int) -> int:
         """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
@@ -385,9 +396,11 @@ class FeatureState:
     def update(self, events: Sequence[Event]) -> FeatureBatch:
         """Apply ``events`` in order; row ``i`` includes ``events[i]`` and all before it."""
         n = len(events)
-        values = np.zeros((n, len(self.spec.names)), dtype=np.float64)
         if n == 0:
+            values = np.zeros((0, len(self.spec.names)), dtype=np.float64)
             return FeatureBatch(values, np.ones(0, dtype=np.bool_), self.spec.names)
+        # every column belongs to one table, whose kernel writes it for every event
+        values = np.empty((n, len(self.spec.names)), dtype=np.float64)
         ent, acc = self._entities, self._accounts
         with_accounts = acc.program.n_outputs > 0
         enc = self._encoder
