@@ -25,6 +25,7 @@ event is counted as a duplicate. docs/contracts.md, "Duplicates", says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
@@ -45,10 +46,11 @@ I64 = npt.NDArray[np.int64]
 def id_hashes(ids: Sequence[str]) -> I64:
     """The 64-bit hash of each id (signed), as stored by :class:`SeenIds`."""
     try:
-        data = [x.encode() for x in ids]
+        data = list(map(str.encode, ids))
     except UnicodeEncodeError:  # lone surrogates
         data = [x.encode("utf-8", "surrogatepass") for x in ids]
-    h = np.fromiter((xxh3_64_intdigest(d, SEED) for d in data), dtype=np.uint64, count=len(data))
+    n = len(data)
+    h = np.fromiter(map(xxh3_64_intdigest, data, repeat(SEED, n)), dtype=np.uint64, count=n)
     return h.view(np.int64)
 
 
@@ -84,18 +86,13 @@ class SeenIds:
         if n == 0:
             return np.zeros(0, dtype=np.bool_)
         h = id_hashes(ids)
-        first = np.zeros(n, dtype=np.bool_)
-        first[np.unique(h, return_index=True)[1]] = True
-        fresh = first & (self._table.lookup(h) < 0)
-        new = np.flatnonzero(fresh)
-        k = int(new.size)
+        self._reserve(len(self) + n)
+        fresh = self._table.insert_absent(h, self._tail)
+        k = int(np.count_nonzero(fresh))
         if k:
-            self._reserve(len(self) + k)
-            seq = np.arange(self._tail, self._tail + k, dtype=np.int64)
-            pos = seq & (self._hash.shape[0] - 1)
-            self._hash[pos] = h[new]
-            self._ts[pos] = np.array([ts_ms[i] for i in new.tolist()], dtype=np.int64)
-            self._table.insert(h[new], seq)
+            pos = np.arange(self._tail, self._tail + k, dtype=np.int64) & (self._hash.shape[0] - 1)
+            self._hash[pos] = h[fresh]
+            self._ts[pos] = np.fromiter(ts_ms, dtype=np.int64, count=n)[fresh]
             self._tail += k
         return fresh
 

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from intentflow.features.kernels import inlined, kernel
 
-__all__ = ["KeyTable", "drop", "probe", "put"]
+__all__ = ["KeyTable", "drop", "probe", "put", "put_absent"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -76,6 +76,27 @@ def put(slots: I64, hashes: I64, rows: I64) -> int:
         slots[s, 0] = hashes[i]
         slots[s, 1] = rows[i]
     return added
+
+
+@kernel
+def put_absent(slots: I64, hashes: I64, first: int, added: npt.NDArray[np.bool_]) -> int:
+    """Store ``first``, ``first + 1``, ... under the hashes not held yet, in order.
+
+    ``added[i]`` tells whether ``hashes[i]`` was stored (a hash repeated in
+    ``hashes`` is stored once, at its first place); returns how many were.
+    """
+    mask = slots.shape[0] - 1
+    k = 0
+    for i in range(hashes.shape[0]):
+        s = _slot(slots, hashes[i], mask)
+        if slots[s, 1] == EMPTY:
+            slots[s, 0] = hashes[i]
+            slots[s, 1] = first + k
+            k += 1
+            added[i] = True
+        else:
+            added[i] = False
+    return k
 
 
 @kernel
@@ -135,6 +156,15 @@ class KeyTable:
         if 2 * need > self._slots.shape[0]:
             self._grow(need)
         self._held += int(put(self._slots, hashes, rows))
+
+    def insert_absent(self, hashes: I64, first: int) -> npt.NDArray[np.bool_]:
+        """Hold ``first``, ``first + 1``, ... under the hashes not held yet; True where one was."""
+        need = self._held + hashes.shape[0]
+        if 2 * need > self._slots.shape[0]:
+            self._grow(need)
+        added = np.empty(hashes.shape[0], dtype=np.bool_)
+        self._held += int(put_absent(self._slots, hashes, first, added))
+        return added
 
     def remove(self, hashes: I64) -> None:
         """Forget ``hashes``; each must be held."""
