@@ -475,8 +475,12 @@ def update_table(
                 _prefetch_row(a2, nxt)
             for f2 in (sm, mn, mx, lval, dec):
                 _prefetch_row(f2, nxt)
-            for i2 in (lts, dh, dts):
-                _prefetch_row(i2, nxt)
+            _prefetch_row(lts, nxt)
+            per_line = _LINE // dh.itemsize
+            for k2 in range(0, min(dh.shape[1], 2 * per_line), per_line):
+                # distinct tables fill from the front: their first two lines only
+                _prefetch_at(dh, nxt, k2)
+                _prefetch_at(dts, nxt, k2)
         v_end = vp
         while v_end < v_evt.shape[0] and v_evt[v_end] == i:
             v_end += 1
