@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sqlite3
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from intentflow.cli import build_parser, main
 from intentflow.commands.common import config_from_args
 from intentflow.commands.model import read_shard_models
 from intentflow.dataflows.flow import build_flow, engine_parts
-from intentflow.dataflows.logic import ShardLogic
+from intentflow.dataflows.logic import ShardLogic, ShardSnapshot
 from intentflow.errors import ConfigError, RecoveryError, SnapshotMismatchError
 from intentflow.online_models.model import IntentModel, ModelConfig
 from intentflow.online_models.modelfile import (
@@ -117,6 +119,34 @@ def test_export_from_a_recovery_directory_and_import(
     assert main(["model", "export", str(out), "--recovery-dir", str(tmp_path)]) == 2
     with pytest.raises(RecoveryError, match="no recovery partitions"):
         read_shard_models(tmp_path)
+
+
+def _set_snapshot_schema(rec: Path, version: int) -> None:
+    """Rewrite every engine snapshot of ``rec`` as if written with schema ``version``."""
+    for part in rec.glob("part-*.sqlite3"):
+        with closing(sqlite3.connect(part)) as con, con:
+            rows = con.execute("SELECT rowid, ser_change FROM snaps WHERE ser_change IS NOT NULL")
+            for rowid, blob in rows.fetchall():
+                snap = pickle.loads(blob)
+                if isinstance(snap, ShardSnapshot):
+                    new = pickle.dumps(replace(snap, schema_version=version))
+                    con.execute("UPDATE snaps SET ser_change = ? WHERE rowid = ?", (new, rowid))
+
+
+def test_export_reads_the_previous_snapshot_schema_and_refuses_older(tmp_path: Path) -> None:
+    """An upgrade across shard schema 3 keeps the model: the old directory still exports."""
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    run_memory(demo_config(), items_of(gen_payloads(3000, seed=9)), recovery_dir=rec)
+    learned = sorted(s.model.n_learned for s in read_shard_models(rec))
+    _set_snapshot_schema(rec, 2)
+    assert sorted(s.model.n_learned for s in read_shard_models(rec)) == learned
+    out = tmp_path / "old.model"
+    assert main(["model", "export", str(out), "--recovery-dir", str(rec)]) == 0
+    assert read_header(out).spec_hash == engine_parts(demo_config()).spec.spec_hash
+    _set_snapshot_schema(rec, 1)
+    with pytest.raises(SnapshotMismatchError, match="snapshot schema 1, this version exports"):
+        read_shard_models(rec)
 
 
 def test_import_refuses_another_feature_spec(

@@ -89,14 +89,17 @@ def read_shard_models(recovery_dir: str | Path) -> list[ShardModel]:
     """
     from intentflow.dataflows.logic import SNAPSHOT_SCHEMA_VERSION
 
+    # Schema 3 changed only the de-duplication window and the feature rings: the
+    # model of a schema-2 directory still exports, so an upgrade keeps what it learned.
+    readable = (2, SNAPSHOT_SCHEMA_VERSION)
     out: list[ShardModel] = []
     for key, (epoch, blob) in sorted(_newest_snapshots(Path(recovery_dir)).items()):
         snap: Any = pickle.loads(blob)
-        if getattr(snap, "schema_version", None) != SNAPSHOT_SCHEMA_VERSION:
+        if getattr(snap, "schema_version", None) not in readable:
             raise SnapshotMismatchError(
                 f"shard {key} in {recovery_dir} has snapshot schema "
-                f"{getattr(snap, 'schema_version', '?')}, this version reads "
-                f"{SNAPSHOT_SCHEMA_VERSION}"
+                f"{getattr(snap, 'schema_version', '?')}, this version exports models "
+                f"from schemas {', '.join(map(str, readable))}"
             )
         state = pickle.loads(snap.state)
         holder = state["model"]
