@@ -39,6 +39,8 @@ __all__ = ["SEED", "SeenIds", "id_hashes"]
 #: XXH3 seed of event-id hashes (fixed: snapshots store the hashes).
 SEED: Final = 0x5EE1D
 _MIN_RING: Final = 1024
+#: Ids whose times :meth:`SeenIds.trim` reads first (the chunk doubles while all are old).
+_TRIM_STEP: Final = 4096
 
 I64 = npt.NDArray[np.int64]
 
@@ -104,15 +106,21 @@ class SeenIds:
         it. Returns how many were forgotten.
         """
         held = len(self)
-        if held == 0:
-            return 0
-        seq, pos = self._order()
-        excess = max(held - max_ids, 0)
-        recent = np.flatnonzero(self._ts[pos[excess:]] >= cutoff_ms)
-        k = excess + int(recent[0]) if recent.size else held
+        k = min(max(held - max_ids, 0), held)  # the excess goes whatever its age
+        mask = self._hash.shape[0] - 1
+        step = _TRIM_STEP
+        while k < held:  # then up to the first id that is recent enough, a chunk at a time
+            pos = np.arange(self._head + k, self._head + min(held, k + step)) & mask
+            recent = np.flatnonzero(self._ts[pos] >= cutoff_ms)
+            if recent.size:
+                k += int(recent[0])
+                break
+            k += pos.shape[0]
+            step *= 2
         if k == 0:
             return 0
-        gone_h, gone_seq = self._hash[pos[:k]], seq[:k]
+        gone_seq = np.arange(self._head, self._head + k, dtype=np.int64)
+        gone_h = self._hash[gone_seq & mask]
         # only entries still mapped to these numbers (a colliding later id took the mapping over)
         mine = self._table.lookup(gone_h) == gone_seq
         self._table.remove(np.ascontiguousarray(gone_h[mine]))

@@ -80,6 +80,21 @@ def test_ring_and_table_grow_past_their_first_size() -> None:
     assert restored.admit(["evt-4998", "evt-11"], [3, 4]).tolist() == [False, True]
 
 
+def test_trim_reads_past_its_first_chunk() -> None:
+    """Trims longer than one chunk of times (4,096) agree with the dict too."""
+    got, ref = SeenIds(), _DictSeen()
+    ids = [f"e{i}" for i in range(30_000)]
+    ts = [i // 3 for i in range(30_000)]  # non-decreasing, with repeats
+    ts[20_000] = 9_999  # an id with a later time holds back those behind it
+    assert got.admit(ids, ts).tolist() == ref.admit(ids, ts)
+    for cutoff, max_ids in ((50, 40_000), (2_000, 40_000), (8_000, 40_000), (0, 5_000)):
+        assert got.trim(cutoff, max_ids) == ref.trim(cutoff, max_ids)
+        assert got.items() == list(zip(id_hashes(list(ref.seen)).tolist(), ref.seen.values(),
+                                       strict=True))  # fmt: skip
+    assert len(got) == 5_000
+    assert got.trim(10**9, 10) == ref.trim(10**9, 10) == 5_000
+
+
 def test_ids_that_are_not_valid_utf8_are_hashed_too() -> None:
     s = SeenIds()
     assert s.admit(["a\udc80", "a\udc80", "a"], [1, 2, 3]).tolist() == [True, False, True]
