@@ -25,13 +25,12 @@ event is counted as a duplicate. docs/contracts.md, "Duplicates", says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from xxhash import xxh3_64_intdigest
 
+from intentflow.features.encode import str_hash_array
 from intentflow.features.keys import KeyTable
 
 __all__ = ["SEED", "SeenIds", "id_hashes"]
@@ -47,13 +46,7 @@ I64 = npt.NDArray[np.int64]
 
 def id_hashes(ids: Sequence[str]) -> I64:
     """The 64-bit hash of each id (signed), as stored by :class:`SeenIds`."""
-    try:
-        data = list(map(str.encode, ids))
-    except UnicodeEncodeError:  # lone surrogates
-        data = [x.encode("utf-8", "surrogatepass") for x in ids]
-    n = len(data)
-    h = np.fromiter(map(xxh3_64_intdigest, data, repeat(SEED, n)), dtype=np.uint64, count=n)
-    return h.view(np.int64)
+    return str_hash_array(ids, SEED)
 
 
 class SeenIds:
@@ -72,11 +65,6 @@ class SeenIds:
 
     def __len__(self) -> int:
         return self._tail - self._head
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the ring and the table."""
-        return int(self._hash.nbytes + self._ts.nbytes) + self._table.nbytes
 
     def admit(self, ids: Sequence[str], ts_ms: Sequence[int]) -> npt.NDArray[np.bool_]:
         """Record ``ids`` seen at ``ts_ms``; True where an id is new.

@@ -18,6 +18,7 @@ import struct
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Final, NamedTuple, Protocol, TypeAlias, cast
 
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "Ints",
     "KeyIndex",
     "str_hash",
+    "str_hash_array",
     "str_hashes",
     "value_hash",
 ]
@@ -145,12 +147,18 @@ def str_hash(x: str) -> int:
 
 def str_hashes(keys: Sequence[str]) -> list[int]:
     """:func:`str_hash` of each key."""
+    return cast("list[int]", str_hash_array(keys).tolist())
+
+
+def str_hash_array(keys: Sequence[str], seed: int = 0) -> npt.NDArray[np.int64]:
+    """Signed XXH3-64 of each key's UTF-8 text under ``seed`` (0: :func:`str_hash`)."""
     try:
         data = list(map(str.encode, keys))
     except UnicodeEncodeError:  # lone surrogates
         data = [x.encode("utf-8", "surrogatepass") for x in keys]
-    h = np.fromiter(map(xxh3_64_intdigest, data), dtype=np.uint64, count=len(data))
-    return cast("list[int]", h.view(np.int64).tolist())
+    n = len(data)
+    h = np.fromiter(map(xxh3_64_intdigest, data, repeat(seed, n)), dtype=np.uint64, count=n)
+    return h.view(np.int64)
 
 
 class _HashCache(dict[object, int | None]):

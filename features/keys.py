@@ -152,16 +152,12 @@ class KeyTable:
 
     def insert(self, hashes: I64, rows: I64) -> None:
         """Hold ``rows[i]`` under ``hashes[i]`` (a later duplicate hash wins)."""
-        need = self._held + hashes.shape[0]
-        if 2 * need > self._slots.shape[0]:
-            self._grow(need)
+        self._reserve(hashes.shape[0])
         self._held += int(put(self._slots, hashes, rows))
 
     def insert_absent(self, hashes: I64, first: int) -> npt.NDArray[np.bool_]:
         """Hold ``first``, ``first + 1``, ... under the hashes not held yet; True where one was."""
-        need = self._held + hashes.shape[0]
-        if 2 * need > self._slots.shape[0]:
-            self._grow(need)
+        self._reserve(hashes.shape[0])
         added = np.empty(hashes.shape[0], dtype=np.bool_)
         self._held += int(put_absent(self._slots, hashes, first, added))
         return added
@@ -170,6 +166,12 @@ class KeyTable:
         """Forget ``hashes``; each must be held."""
         drop(self._slots, hashes)
         self._held -= hashes.shape[0]
+
+    def _reserve(self, more: int) -> None:
+        """Room for ``more`` hashes beyond those held (at most half full)."""
+        need = self._held + more
+        if 2 * need > self._slots.shape[0]:
+            self._grow(need)
 
     def _grow(self, need: int) -> None:
         n = self._slots.shape[0]
