@@ -220,6 +220,11 @@ def test_sink_survives_a_redis_restart_between_batches() -> None:
 
 def test_replay_after_restart_of_a_persistent_redis_is_deduplicated() -> None:
     with EmbeddedRedis(persistence=True) as server:
+        # Writes reach the append-only file before the reply: with the default
+        # "everysec" a busy machine can postpone them past the kill below.
+        setup = connect(server.url)
+        setup.config_set("appendfsync", "always")
+        setup.close()
         w = RedisOutputWriter(RedisSinkConfig(url=server.url), seed=3)
         w.write_batch([alert("p1"), alert("p2")])
         server.kill()
