@@ -32,7 +32,7 @@ from intentflow.online_models.catalog import ActionCatalog
 from intentflow.online_models.champion import ModelSet
 from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
 from intentflow.online_models.model import IntentModel, ModelConfig
-from intentflow.online_models.policy import Policy, alert_id
+from intentflow.online_models.policy import DEFAULT_TRIGGER, Policy
 from intentflow.online_models.scorelog import ScoreLogBatch
 from intentflow.online_models.targets import SideTargets
 from intentflow.rules.compile import RuleSet
@@ -50,7 +50,7 @@ __all__ = [
 
 ALERT_SCHEMA_VERSION: Final = "1.0"
 SNAPSHOT_SCHEMA_VERSION: Final = 3
-MODEL_TRIGGER: Final = "model:intent"
+MODEL_TRIGGER: Final = DEFAULT_TRIGGER  # "model:intent": the trigger of every model alert
 #: What a shard emits: outputs for the sink, and score-log batches when enabled.
 EngineOutput = Output | ScoreLogBatch
 
@@ -417,7 +417,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         threshold = self._parts.model.threshold
         return {
             "schema_version": ALERT_SCHEMA_VERSION,
-            "alert_id": alert_id(ev.entity_id, MODEL_TRIGGER, ev.event_id),
+            "alert_id": decision.alert_id,  # alert_id(entity, MODEL_TRIGGER, event id)
             "entity_id": ev.entity_id,
             "account_id": ev.account_id,
             "owner": ev.props.get("owner") if isinstance(ev.props.get("owner"), str) else None,

@@ -101,8 +101,8 @@ class KeyIndex(Protocol):
         """Row of each key; unseen keys get rows in order of first sight."""
         ...
 
-    def account_rows(self, keys: Sequence[str | None]) -> npt.NDArray[np.int64]:
-        """Row of each key, -1 for a missing (None or empty) key."""
+    def account_rows(self, keys: Sequence[str | None]) -> tuple[npt.NDArray[np.int64], int]:
+        """Row of each key, -1 for a missing (None or empty) key; and how many are missing."""
         ...
 
 
@@ -215,6 +215,11 @@ class BatchEncoder:
         self._unit_ptr: tuple[list[int], list[int]] = ([0], [0])
         self._unit_col: tuple[list[int], list[int]] = ([], [])
         self._extras: tuple[list[_Extra | None], list[_Extra | None]] = ([], [])
+        # per table and route id: a small int standing for its extras (-1: None), so
+        # that a batch's distinct kinds are a set of ints, not of nested tuples
+        self._kind: tuple[list[int], list[int]] = ([], [])
+        self._kinds: tuple[dict[_Extra, int], dict[_Extra, int]] = ({}, {})
+        self._kind_extras: tuple[list[_Extra], list[_Extra]] = ([], [])  # kind -> extras
         self._tables: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None] = [
             None,
             None,
@@ -235,7 +240,14 @@ class BatchEncoder:
             units, _, valued, distinct = route_for(p.by_type.get(etype, p.any_type), values)
             self._unit_col[t].extend(units)
             self._unit_ptr[t].append(len(self._unit_col[t]))
-            self._extras[t].append((valued, distinct) if valued or distinct else None)
+            extra = (valued, distinct) if valued or distinct else None
+            self._extras[t].append(extra)
+            kind = -1
+            if extra is not None:
+                kind = self._kinds[t].setdefault(extra, len(self._kinds[t]))
+                if kind == len(self._kind_extras[t]):
+                    self._kind_extras[t].append(extra)
+            self._kind[t].append(kind)
             self._tables[t] = None
             self._has_extras[t] = None
         self._route_ids[key] = rid
@@ -262,12 +274,12 @@ class BatchEncoder:
             self._reset_routes()
         rids = self._routes(events)
         rid_a = np.array(rids, dtype=np.int64)
-        keys = _Keys(entity.rows([ev.entity_id for ev in events]), entity.hashes, None, array("q"))
+        keys = _Keys(
+            entity.rows([ev.entity_id for ev in events]), entity.hashes, None, array("q"), 0
+        )
         if account is not None:
-            keys = keys._replace(
-                arow_a=account.account_rows([ev.account_id for ev in events]),
-                a_hashes=account.hashes,
-            )
+            arows, missing = account.account_rows([ev.account_id for ev in events])
+            keys = keys._replace(arow_a=arows, a_hashes=account.hashes, a_missing=missing)
         used = set(rids)
         e_enc, a_enc = Encoded(keys.row_a), Encoded()
         self._add_extras(0, events, rids, rid_a, used, keys, e_enc)
@@ -351,16 +363,17 @@ class BatchEncoder:
         that have extras.
         """
         extras = self._extras[table]
-        kinds = {extras[r] for r in used}
+        kind = self._kind[table]
+        kinds = {kind[r] for r in used}
         mask: npt.NDArray[np.bool_] | None = None  # events to visit; None: all
-        if None in kinds:
-            kinds.discard(None)
+        if -1 in kinds:
+            kinds.discard(-1)
             if not kinds:
                 return
             mask = self._has(table)[rid_a]
-        if table == 1:
+        if table == 1 and keys.a_missing:
             mask = _and_valid(mask, keys.arow_a)
-        extra = next(iter(kinds)) if len(kinds) == 1 else None
+        extra = self._kind_extras[table][next(iter(kinds))] if len(kinds) == 1 else None
         if extra is not None and not extra[0] and len(extra[1]) == 1:
             tab, source = extra[1][0]
             if source in _KEY_SOURCES:
@@ -370,11 +383,13 @@ class BatchEncoder:
                     return
                 else:
                     src, hashes = keys.arow_a, keys.a_hashes
-                    mask = _and_valid(mask, src)
+                    if keys.a_missing:
+                        mask = _and_valid(mask, src)
                 evt = np.arange(src.size) if mask is None else np.flatnonzero(mask)
                 if evt.size:
                     enc.d_evt = evt
-                    enc.d_tab = np.full(evt.size, tab, dtype=np.int64)
+                    enc.d_tab = np.empty(evt.size, dtype=np.int64)
+                    enc.d_tab.fill(tab)
                     enc.d_hash = np.frombuffer(hashes, dtype=np.int64)[src[evt]]
                 return
         v_evt: list[int] = []
@@ -440,6 +455,7 @@ class _Keys(NamedTuple):
     e_hashes: array[int]
     arow_a: npt.NDArray[np.int64] | None
     a_hashes: array[int]
+    a_missing: int  # events without an account row (-1 in arow_a)
 
 
 def _and_valid(

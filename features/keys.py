@@ -54,11 +54,16 @@ def _slot(slots: I64, h: int, mask: int) -> int:
 
 
 @kernel
-def probe(slots: I64, hashes: I64, out: I64) -> None:
-    """``out[i]``: the row stored under ``hashes[i]``, -1 when there is none."""
+def probe(slots: I64, hashes: I64, out: I64) -> int:
+    """``out[i]``: the row stored under ``hashes[i]``, -1 when there is none; returns the -1s."""
     mask = slots.shape[0] - 1
+    missing = 0
     for i in range(hashes.shape[0]):
-        out[i] = slots[_slot(slots, hashes[i], mask), 1]  # an empty slot's row is -1
+        row = slots[_slot(slots, hashes[i], mask), 1]  # an empty slot's row is -1
+        out[i] = row
+        if row == EMPTY:
+            missing += 1
+    return missing
 
 
 @kernel
@@ -146,9 +151,12 @@ class KeyTable:
 
     def lookup(self, hashes: I64) -> I64:
         """Row of each hash, -1 where none is held."""
+        return self.lookup_counted(hashes)[0]
+
+    def lookup_counted(self, hashes: I64) -> tuple[I64, int]:
+        """:meth:`lookup`, and how many of the hashes are not held."""
         out = np.empty(hashes.shape[0], dtype=np.int64)
-        probe(self._slots, hashes, out)
-        return out
+        return out, int(probe(self._slots, hashes, out))
 
     def insert(self, hashes: I64, rows: I64) -> None:
         """Hold ``rows[i]`` under ``hashes[i]`` (a later duplicate hash wins)."""

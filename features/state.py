@@ -21,7 +21,7 @@ import numpy.typing as npt
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
-from intentflow.features.encode import BatchEncoder, Encoded, str_hashes
+from intentflow.features.encode import BatchEncoder, Encoded, Ints, str_hashes
 from intentflow.features.keys import KeyTable
 from intentflow.features.program import TableProgram, compile_program
 from intentflow.features.spec import FeatureSpec
@@ -139,24 +139,26 @@ class _Table:
         """Row of each key; unseen keys get rows in order of first sight."""
         return self._rows(keys, np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
 
-    def account_rows(self, keys: Sequence[str | None]) -> npt.NDArray[np.int64]:
-        """Row of each key, -1 for a missing (None or empty) key."""
+    def account_rows(self, keys: Sequence[str | None]) -> tuple[npt.NDArray[np.int64], int]:
+        """Row of each key, -1 for a missing (None or empty) key; and how many are missing."""
         h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
-        suspect = np.flatnonzero((h == 0) | (h == _NONE_HASH))  # hash("") == 0
-        missing = [i for i in suspect.tolist() if not keys[i]]
+        suspect = (h == 0) | (h == _NONE_HASH)  # hash("") == 0
+        missing = []
+        if suspect.any():
+            missing = [i for i in np.flatnonzero(suspect).tolist() if not keys[i]]
         if not missing:
-            return self._rows(cast("Sequence[str]", keys), h)
+            return self._rows(cast("Sequence[str]", keys), h), 0
         rows = np.full(len(keys), -1, dtype=np.int64)
         keep = np.ones(len(keys), dtype=np.bool_)
         keep[missing] = False
         sel = np.flatnonzero(keep)
         rows[sel] = self._rows([keys[i] for i in sel.tolist()], h[sel])  # type: ignore[misc]
-        return rows
+        return rows, len(missing)
 
     def _rows(self, keys: Sequence[str], h: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        rows = self.table.lookup(h)
-        miss = np.flatnonzero(rows < 0)
-        if miss.size:
+        rows, missing = self.table.lookup_counted(h)
+        if missing:
+            miss = np.flatnonzero(rows < 0)
             first: dict[int, str] = {}  # hash -> key, in order of first sight
             for i, hi in zip(miss.tolist(), h[miss].tolist(), strict=True):
                 if hi not in first:
@@ -243,17 +245,17 @@ class _Table:
         a = self.arrays
         late = np.zeros(ts.shape[0], dtype=np.int8)
         kern.update_table(
-            np.array(enc.rows, dtype=np.int64),
+            _ints(enc.rows),
             ts,
             routes,
             route_table[0],
             route_table[1],
-            np.array(enc.v_evt, dtype=np.int64),
-            np.array(enc.v_col, dtype=np.int64),
-            np.array(enc.v_val, dtype=np.float64),
-            np.array(enc.d_evt, dtype=np.int64),
-            np.array(enc.d_tab, dtype=np.int64),
-            np.array(enc.d_hash, dtype=np.int64),
+            _ints(enc.v_evt),
+            _ints(enc.v_col),
+            np.array(enc.v_val, dtype=np.float64) if enc.v_val else _NO_FLOATS,
+            _ints(enc.d_evt),
+            _ints(enc.d_tab),
+            _ints(enc.d_hash),
             spec.allowed_lateness_ms,
             kern.POLICY_CLAMP if spec.late_policy == "clamp" else kern.POLICY_DROP,
             spec.recency_cap_ms,
@@ -411,11 +413,17 @@ class FeatureState:
             raise ValueError("events: ts_ms outside the int64 range") from exc
         routes = np.array(batch.routes, dtype=np.int64)
         e_late = ent.run(batch.entity, ts, routes, enc.route_table(0), self.spec, values)
+        a_late = (
+            acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
+            if with_accounts
+            else None
+        )
+        if not (e_late.any() or (a_late is not None and a_late.any())):  # all on time
+            return FeatureBatch(values, np.ones(n, dtype=np.bool_), self.spec.names)
         e_drop = e_late == kern.LATE_DROPPED
         late = (e_late == kern.LATE_ACCEPTED) | (e_late == kern.LATE_CLAMPED)
         clamped = e_late == kern.LATE_CLAMPED
-        if with_accounts:
-            a_late = acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
+        if a_late is not None:
             a_drop = a_late == kern.LATE_DROPPED
             accepted = ~(e_drop | a_drop)
             late |= (a_late == kern.LATE_ACCEPTED) | (a_late == kern.LATE_CLAMPED)
@@ -475,6 +483,17 @@ class FeatureState:
             if name in _COUNTERS:
                 setattr(state, name, value)
         return state
+
+
+_NO_INTS: Final = np.zeros(0, dtype=np.int64)
+_NO_FLOATS: Final = np.zeros(0, dtype=np.float64)
+
+
+def _ints(x: Ints) -> npt.NDArray[np.int64]:
+    """``x`` as an int64 array for a kernel (read only there; a list is copied)."""
+    if type(x) is list:
+        return np.array(x, dtype=np.int64) if x else _NO_INTS
+    return np.asarray(x, dtype=np.int64)
 
 
 def _account_capacity(entity_capacity: int) -> int:

@@ -56,7 +56,11 @@ __all__ = [
     "ActionBandit",
     "BanditConfig",
     "decision_rng",
+    "decision_uniforms",
 ]
+
+#: Scale of a 53-bit integer to a float in [0, 1).
+_TWO_POW_M53: Final = 2.0**-53
 
 #: Bandit kinds.
 BANDIT_KINDS: Final[tuple[str, ...]] = ("linucb", "thompson", "none")
@@ -146,6 +150,26 @@ def decision_rng(
         "uinteger": 0,
     }
     return gen
+
+
+def decision_uniforms(seed: int, key: str) -> tuple[float, float]:
+    """Two uniform numbers in [0, 1) of one decision, from ``blake2b(seed, key)``.
+
+    What an ε-greedy decision draws (explore or not, then which action):
+    the 53 high bits of each half of a 16-byte digest, so the same seed and
+    key always give the same pair, without a generator to reseed.
+
+    >>> a = decision_uniforms(1, "alert-1")
+    >>> a == decision_uniforms(1, "alert-1") != decision_uniforms(2, "alert-1")
+    True
+    >>> all(0.0 <= u < 1.0 for u in a)
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=16).digest()
+    return (
+        (int.from_bytes(digest[:8], "little") >> 11) * _TWO_POW_M53,
+        (int.from_bytes(digest[8:], "little") >> 11) * _TWO_POW_M53,
+    )
 
 
 class _Posterior:

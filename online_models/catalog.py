@@ -22,6 +22,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -148,17 +149,17 @@ class Action:
             except ConfigError as err:
                 raise InvalidFieldError("eligible_if", str(err).partition(": ")[2]) from err
 
-    @property
+    @cached_property  # read at every decision: computed once
     def cooldown_ms(self) -> int:
         """The cooldown in milliseconds of event time."""
         return round(self.cooldown_s * 1000.0)
 
-    @property
+    @cached_property  # read at every decision: computed once
     def account_cooldown_ms(self) -> int:
         """The account cooldown in milliseconds of event time."""
         return round(self.account_cooldown_s * 1000.0)
 
-    @property
+    @cached_property  # read at every decision: computed once
     def suppress_ms(self) -> int:
         """The rejection window and pause in milliseconds of event time."""
         return round(self.suppress_days * DAY_MS)

@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from intentflow.events import OUTCOME_RESULTS, Event
-from intentflow.online_models.bandit import ActionBandit, decision_rng
+from intentflow.online_models.bandit import ActionBandit, decision_rng, decision_uniforms
 from intentflow.online_models.catalog import DAY_MS, Action, ActionCatalog, compile_eligibility
 
 __all__ = ["DEFAULT_TRIGGER", "LEVER", "Decision", "Policy", "alert_id"]
@@ -443,12 +443,10 @@ class Policy:
         base = [score * a.value * a.lever for a in candidates]
         eps = cfg.exploration if k > 1 else 0.0
         rng = None
-        if cfg.kind == "thompson" or eps > 0:
+        if cfg.kind == "thompson":
             if self._rng is None:
                 self._rng = np.random.Generator(np.random.PCG64(0))
             rng = decision_rng(cfg.seed, key, self._rng)
-        if cfg.kind == "thompson":
-            assert rng is not None
             draws = bandit.thompson_draws(ids, context, rng)
             winners = np.argmax(draws * np.asarray(base), axis=1)  # first max: catalog order
             greedy_share = np.bincount(winners, minlength=k) / winners.shape[0]
@@ -464,9 +462,13 @@ class Policy:
             share[greedy] = 1.0
         choice, explored = greedy, False
         if eps > 0:
-            assert rng is not None
-            if rng.random() < eps:
-                choice, explored = int(rng.integers(k)), True
+            if rng is not None:  # thompson: its generator goes on
+                if rng.random() < eps:
+                    choice, explored = int(rng.integers(k)), True
+            else:
+                explore, pick = decision_uniforms(cfg.seed, key)
+                if explore < eps:
+                    choice, explored = min(int(pick * k), k - 1), True
         probability = (1.0 - eps) * share[choice] + eps / k
         if explored:
             self.counts["explored"] += 1
