@@ -43,6 +43,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import mul
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -210,11 +211,11 @@ class _Posterior:
 
     def predict(self, x: Sequence[float]) -> tuple[float, float]:
         """Mean and variance of the expected reward at ``x``."""
-        mean = sum(m * v for m, v in zip(self.mean_list, x, strict=True))
-        var = sum(
-            xi * sum(c * v for c, v in zip(row, x, strict=True))
-            for xi, row in zip(x, self.cov_rows, strict=True)
-        )
+        if len(x) != len(self.mean_list):
+            raise ValueError(f"context: expected {len(self.mean_list)} values, got {len(x)}")
+        # the same sums in the same order as with generators, at half the cost
+        mean = sum(map(mul, self.mean_list, x))
+        var = sum(map(mul, x, [sum(map(mul, row, x)) for row in self.cov_rows]))
         return mean, var
 
 

@@ -166,14 +166,22 @@ class Action:
 
     def ineligible_because(self, event_type: str, props: Mapping[str, Any], customer: bool) -> str:
         """Why the action does not apply, or ``""`` when it does."""
+        reason = self.excluded_because(event_type, customer)
+        if reason:
+            return reason
+        if self.requires_prop is not None and props.get(self.requires_prop) in (None, "", False):
+            return f"needs {self.requires_prop}"
+        return ""
+
+    def excluded_because(self, event_type: str, customer: bool) -> str:
+        """Why ``types`` or the customer rules exclude the action, or ``""``: the part of
+        :meth:`ineligible_because` that does not depend on the event's props."""
         if self.types and event_type not in self.types:
             return f"not for {event_type} events"
         if customer and self.exclude_if_customer:
             return "not for customers"
         if not customer and self.only_if_customer:
             return "customers only"
-        if self.requires_prop is not None and props.get(self.requires_prop) in (None, "", False):
-            return f"needs {self.requires_prop}"
         return ""
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "logreg_contributions",
     "logreg_scores",
     "sgd_logreg_learn",
+    "top_abs",
 ]
 
 #: River's default ``clip_gradient`` of linear models.
@@ -170,6 +171,31 @@ def _logreg_contributions(
 
 
 logreg_contributions = njit(**NUMBA_OPTIONS)(_logreg_contributions)
+
+
+def _top_abs(values: FloatArray, out: NDArray[np.int64]) -> None:
+    """``out``: indices of the ``len(out)`` largest ``|values|``, largest first.
+
+    The order of ``np.argsort(-np.abs(values), kind="stable")``: ties keep
+    index order and NaN comes last. One pass per index taken (``len(out)``
+    is a handful of reason codes).
+    """
+    n = values.shape[0]
+    taken = np.zeros(n, dtype=np.bool_)
+    for r in range(out.shape[0]):
+        best = -1
+        best_abs = 0.0
+        for j in range(n):
+            if taken[j]:
+                continue
+            a = abs(values[j])
+            if best < 0 or a > best_abs or (math.isnan(best_abs) and not math.isnan(a)):
+                best, best_abs = j, a
+        taken[best] = True
+        out[r] = best
+
+
+top_abs = njit(**NUMBA_OPTIONS)(_top_abs)
 
 
 class LinearState:

@@ -34,7 +34,7 @@ from river import forest, linear_model, optim, preprocessing, tree
 from intentflow.errors import SnapshotMismatchError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass
 from intentflow.online_models.linear import MAX_ABS as LINEAR_MAX_ABS
-from intentflow.online_models.linear import LinearState
+from intentflow.online_models.linear import LinearState, top_abs
 
 __all__ = [
     "CALIBRATIONS",
@@ -714,7 +714,8 @@ class IntentModel:
         k = self.config.reason_top_k if top_k is None else top_k
         row = np.asarray(x_row, dtype=np.float64).reshape(-1)
         contrib = self.contributions(row, names)
-        order = np.argsort(-np.abs(contrib), kind="stable")[: max(k, 0)]
+        order = np.empty(min(max(k, 0), contrib.shape[0]), dtype=np.int64)
+        top_abs(contrib, order)  # argsort(-|contrib|), stable, first k
         return [
             Reason(
                 feature=str(names[i]),

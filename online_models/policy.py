@@ -53,6 +53,8 @@ __all__ = ["DEFAULT_TRIGGER", "LEVER", "Decision", "Policy", "alert_id"]
 LEVER: Final[float] = 1.0
 #: The trigger id of model alerts; part of every alert id.
 DEFAULT_TRIGGER: Final[str] = "model:intent"
+#: (event type, customer) pairs whose static eligibility a policy memoises.
+_STATIC_LIMIT: Final = 1024
 #: Stale entries a due-queue may hold beyond twice the keys held before it is rebuilt.
 _COMPACT_SLACK: Final = 1024
 
@@ -207,6 +209,9 @@ class Policy:
         self._names: tuple[str, ...] | None = None
         self._customer_col: int | None = None
         self._programs: dict[str, Any] = {}  # compiled eligible_if, rebuilt after unpickling
+        # (event type, customer) -> each action with why its type and customer rules
+        # exclude it ("" when they do not): derived from the catalog, rebuilt on demand
+        self._static: dict[tuple[str, bool], tuple[tuple[Action, str], ...]] = {}
         self._rng: np.random.Generator | None = None  # reseeded for every decision
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -229,11 +234,13 @@ class Policy:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_programs"] = {}  # compiled CEL programs do not pickle
+        state["_static"] = {}  # derived from the catalog
         state["_rng"] = None  # reseeded from the alert id before every use
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._static = {}
         if "_ent_due" not in state:  # written before prune was incremental: all due now
             self._ent_due = [(0, e) for e in self._ent]
             self._acct_due = [(0, a) for a in self._acct]
@@ -388,10 +395,14 @@ class Policy:
         candidates: list[Action] = []
         skipped: list[tuple[Action, str]] = []
         env: _Env | None = None
-        for action in self.catalog.actions:
-            reason = action.ineligible_because(event.type, event.props, customer)
-            if not reason and score < action.min_score:
-                reason = f"score below its {action.min_score:.2f}"
+        props = event.props
+        for action, reason in self._static_reasons(event.type, customer):
+            if not reason:
+                need = action.requires_prop
+                if need is not None and props.get(need) in (None, "", False):
+                    reason = f"needs {need}"  # as Action.ineligible_because words it
+                elif score < action.min_score:
+                    reason = f"score below its {action.min_score:.2f}"
             if not reason:
                 reason = self._blocked(action, state, account, owner, owner_counts, ts, day)
             if not reason and action.eligible_if is not None:
@@ -424,6 +435,23 @@ class Policy:
             explored,
             key,
         )
+
+    def _static_reasons(self, event_type: str, customer: bool) -> tuple[tuple[Action, str], ...]:
+        """Each action, in catalog order, with why its event types or customer rule exclude it.
+
+        :meth:`Action.excluded_because`, computed once per event type and
+        customer flag (``requires_prop`` is checked per event).
+        """
+        key = (event_type, customer)
+        found = self._static.get(key)
+        if found is None:
+            if len(self._static) >= _STATIC_LIMIT:  # event types are input: keep it bounded
+                self._static.clear()
+            found = tuple(
+                (a, a.excluded_because(event_type, customer)) for a in self.catalog.actions
+            )
+            self._static[key] = found
+        return found
 
     def _arbitrate(
         self,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intentflow.online_models.linear import LinearState
+from intentflow.online_models.linear import LinearState, top_abs
 from intentflow.online_models.model import IntentModel, ModelConfig, build_estimator
 
 COLS = 5
@@ -174,3 +174,24 @@ def test_contribution_kernel_is_the_standardised_term_of_the_logit(row: np.ndarr
         z = got.sum() + state.intercept
         if 1e-12 < p < 1 - 1e-12 and abs(z) < 30:
             assert z == pytest.approx(np.log(p / (1 - p)), rel=1e-6, abs=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=hnp.arrays(
+        np.float64,
+        st.integers(0, 30),
+        elements=st.one_of(
+            st.floats(allow_infinity=True, allow_nan=True),
+            st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0]),  # ties of |value|
+        ),
+    ),
+    k=st.integers(0, 35),
+)
+def test_top_abs_is_the_stable_argsort_of_minus_abs(values: np.ndarray, k: int) -> None:
+    """The reason codes' order: the k largest |contribution|, ties by index, NaN last."""
+    k = min(k, values.shape[0])
+    out = np.empty(k, dtype=np.int64)
+    top_abs(values, out)
+    want = np.argsort(-np.abs(values), kind="stable")[:k]
+    assert out.tolist() == want.tolist()
