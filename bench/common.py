@@ -217,6 +217,8 @@ class Engine:
     Its input streams, alert stream, dead letters and score keys live in
     ``keys``' namespace; output goes to ``log_path``. Use as a context manager:
     on exit a still-running engine is stopped with SIGINT (then SIGKILL).
+    ``source = "generator"`` runs the configuration's synthetic generator
+    instead of reading Redis streams (outputs still go to Redis).
     """
 
     def __init__(
@@ -228,8 +230,10 @@ class Engine:
         count: int = 0,
         config: str = DEMO_CONFIG,
         extra_args: Sequence[str] = (),
+        source: str = "redis",
     ) -> None:
         self.url = url
+        self.source = source
         self.keys = keys
         self.log_path = log_path
         self.count = count
@@ -248,7 +252,7 @@ class Engine:
             "--redis-url",
             self.url,
             "--source",
-            "redis",
+            self.source,
             "--partitions",
             "1",
             "--events-prefix",

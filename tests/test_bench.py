@@ -66,6 +66,12 @@ E2E_KEYS = {
     "sink_read_p99_ms",
     "dead_letters",
     "latency_startup_s",
+    "generator_eps",
+    "generator_eps_rounds",
+    "generator_seconds_rounds",
+    "generator_cpu_rounds",
+    "generator_eps_per_cpu_s",
+    "generator_startup_s",
     "naive_eps",
     "naive_eps_rounds",
     "naive_seconds_rounds",
@@ -204,6 +210,21 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     assert doc["dead_letters"] == 0
     if doc["latency_samples"] < 1000:
         assert any("p99.9" in w for w in doc["warnings"])
+
+    # the generator source went through rounds of the same size
+    assert len(doc["generator_eps_rounds"]) == len(doc["generator_seconds_rounds"]) == rounds
+    for eps, seconds in zip(
+        doc["generator_eps_rounds"], doc["generator_seconds_rounds"], strict=True
+    ):
+        assert math.isclose(eps * seconds, per_round, rel_tol=1e-9)
+    low, high = min(doc["generator_eps_rounds"]), max(doc["generator_eps_rounds"])
+    assert low <= _positive(doc, "generator_eps") <= high
+    _positive(doc, "generator_startup_s")
+    assert params["generator_polls"] >= 2
+    if sys.platform == "linux":
+        assert len(doc["generator_cpu_rounds"]) == rounds
+        assert all(c > 0 for c in doc["generator_cpu_rounds"])
+        _positive(doc, "generator_eps_per_cpu_s")
 
     # the naive flow went through the same rounds
     assert len(doc["naive_eps_rounds"]) == len(doc["naive_seconds_rounds"]) == rounds
@@ -405,3 +426,35 @@ def test_naive_decision_threshold_cooldown_and_markers() -> None:
     assert decide(last, (after, 0.95, True), cfg)[0] == T0 + 1000
     mark = Event("m", T0, "bench-round-0", "page_view", None, {})
     assert decide(None, (mark, 0.0, False), cfg) == (None, NaiveMark("bench-round-0"))
+
+
+# --- the generator phase's round boundaries --------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.floats(0.001, 5.0), st.integers(0, 5000)), min_size=1, max_size=40),
+    fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6),
+)
+def test_crossing_times_interpolate_between_polls(
+    steps: list[tuple[float, int]], fractions: list[float]
+) -> None:
+    """A counter sampled by polls: each mark's crossing time lies between the polls around it
+    and is where the line between them reaches the mark."""
+    from bench.generator_phase import crossing_times
+
+    samples = [(0.0, 0.0)]
+    for dt, dn in steps:
+        samples.append((samples[-1][0] + dt, samples[-1][1] + dn))
+    top = samples[-1][1]
+    marks = sorted(f * top for f in fractions)
+    got = crossing_times(samples, marks)
+    assert got == sorted(got)
+    for mark, t in zip(marks, got, strict=True):
+        i = next(i for i, (_, v) in enumerate(samples) if v >= mark)
+        if i == 0:
+            assert t == samples[0][0]
+            continue
+        (t0, v0), (t1, v1) = samples[i - 1], samples[i]
+        assert t0 <= t <= t1
+        assert math.isclose(v0 + (v1 - v0) * (t - t0) / (t1 - t0), mark, rel_tol=1e-9, abs_tol=1e-6)
