@@ -59,7 +59,8 @@ WINDOWING_DIFFERENCES: Final = (
     "window at clock close - 1 ms (sliding windows advance by the engine's bucket size); "
     "distinct is exact in the window and then capped at max_distinct",
     "velocity: both counts at the window's end, the short one from per-slot counts kept "
-    "in the long window (exact at close - 1 ms)",
+    "in the long window (exact at close - 1 ms), over the full window lengths (the engine "
+    "divides by at most the span of event time its table has seen)",
     "recency and last: from the matching events inside the longest window of the key "
     "kind (the engine looks back without limit; recency is capped either way)",
     "decayed_sum and decayed_rate: over the matching events inside the longest window "
@@ -243,6 +244,8 @@ class DequeFeatures:
         self._by_type: dict[str, dict[str, list[_Plan]]] = {"entity": {}, "account": {}}
         self._tables: dict[str, dict[str, _KeyState]] = {"entity": {}, "account": {}}
         self._has_accounts = bool(self._plans["account"])
+        #: per table: the earliest event time applied (a velocity's reach)
+        self._start: dict[str, int] = {}
 
     @property
     def n_entities(self) -> int:
@@ -283,6 +286,9 @@ class DequeFeatures:
             applied = ks.clock - self._lateness if self._clamp else None
         q = ks.clock
         if applied is not None:
+            start = self._start.get(kind)
+            if start is None or applied < start:
+                self._start[kind] = applied
             for plan in self._candidates(kind, ev.type):
                 got = contribution(plan.feature, ev)
                 if got is not None:
@@ -290,9 +296,10 @@ class DequeFeatures:
                     if st is None:
                         st = ks.feats[plan.index] = _FeatState(plan)
                     self._add(plan, st, q, applied, got[0], got[1])
+        span = q - self._start[kind] if kind in self._start else 0
         for plan, st in zip(plans, ks.feats, strict=True):
             if st is not None:
-                self._emit(plan, st, q, row)
+                self._emit(plan, st, q, span, row)
 
     @staticmethod
     def _add(
@@ -342,7 +349,7 @@ class DequeFeatures:
                 break
             del dist[first]
 
-    def _emit(self, plan: _Plan, st: _FeatState, q: int, row: list[float]) -> None:
+    def _emit(self, plan: _Plan, st: _FeatState, q: int, span: int, row: list[float]) -> None:
         for i, (w, size) in enumerate(plan.windows):
             lo = (q - w + 1) // size * size
             dq = st.dqs[i]
@@ -365,7 +372,12 @@ class DequeFeatures:
             elif agg == "velocity":
                 n_short, n_long = len(st.dqs[i]), len(st.dqs[j])
                 short, long = plan.windows[i][0], plan.windows[j][0]
-                row[col] = (n_short / short) / (n_long / long) if n_long else 0.0
+                if not n_long:
+                    row[col] = 0.0
+                elif span < short:  # the table has seen less than the short window
+                    row[col] = n_short / n_long
+                else:  # the long window reaches back at most as far as the table has seen
+                    row[col] = (n_short / short) / (n_long / min(long, span))
             elif agg == "last":
                 row[col] = st.lval
             elif agg == "recency":

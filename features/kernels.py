@@ -338,10 +338,14 @@ def _windows(row: int, q_b: I64, firsts: I64, rings: I64, wq: I64, sm: F64, mn: 
 
 
 @inlined
-def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_cap_ms: int,
-          lts: I64, lval: F64, dec: F64, dts: I64, w_cnt: I64, w_sum: F64, w_min: F64,
-          w_max: F64, out: F64) -> None:  # fmt: skip
-    """Write the output columns of event ``i`` from row ``row`` at clock ``q``."""
+def _emit(i: int, row: int, q: int, start: int, dtabs: I64, outs: I64, outx: F64,
+          recency_cap_ms: int, lts: I64, lval: F64, dec: F64, dts: I64, w_cnt: I64,
+          w_sum: F64, w_min: F64, w_max: F64, out: F64) -> None:  # fmt: skip
+    """Write the output columns of event ``i`` from row ``row`` at clock ``q``.
+
+    ``start`` is the earliest event time the table has applied: a velocity's
+    long window is at most the span since then.
+    """
     for f in range(outs.shape[0]):
         kind = outs[f, 0]
         a = outs[f, 1]
@@ -374,7 +378,15 @@ def _emit(i: int, row: int, q: int, dtabs: I64, outs: I64, outx: F64, recency_ca
             x = dec[row, a] * outx[f]
         elif kind == K_VELOCITY:
             if w_cnt[b] > 0:
-                x = w_cnt[a] / w_cnt[b] * outx[f]
+                # (count in S / S') / (count in L / L') with S' = min(S, span) and
+                # L' = min(L, span): the span of event time the table has seen
+                span = q - start
+                if span < outs[f, 4]:
+                    x = w_cnt[a] / w_cnt[b]  # S' = L' (1: the key's events are all in S)
+                elif span < outs[f, 5]:
+                    x = w_cnt[a] / w_cnt[b] * (span / outs[f, 4])
+                else:
+                    x = w_cnt[a] / w_cnt[b] * outx[f]
         else:  # K_DISTINCT
             lo_ts = q - b + 1
             m = 0
@@ -420,6 +432,7 @@ def update_table(
     outx: F64,
     # state
     clock: I64,
+    start: I64,
     cnt: U32,
     sm: F64,
     mn: F64,
@@ -527,6 +540,8 @@ def update_table(
             _firsts(q_b, q_u, rings, wq, firsts)
         late[i] = status
         if status != LATE_DROPPED:
+            if start[0] == EMPTY_TS or t < start[0]:
+                start[0] = t
             for k in range(nt):
                 t_b[k] = q_b[k] if t == q else t // tiers[k]
             u0 = route_ptr[ev_route[i]]
@@ -547,5 +562,5 @@ def update_table(
         vp = v_end
         dp = d_end
         _windows(row, q_b, firsts, rings, wq, sm, mn, mx, run, w_cnt, w_sum, w_min, w_max)
-        _emit(i, row, q, dtabs, outs, outx, recency_cap_ms, lts, lval, dec, dts,
+        _emit(i, row, q, start[0], dtabs, outs, outx, recency_cap_ms, lts, lval, dec, dts,
               w_cnt, w_sum, w_min, w_max, out)  # fmt: skip

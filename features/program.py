@@ -150,14 +150,15 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
             n_run += 1
         ring_wq_ptr[r + 1] += 1
     ring_wq_ptr = np.cumsum(ring_wq_ptr)
-    # Output program: (kind, a, b, output column) and a float parameter each.
-    outs: list[tuple[int, int, int, int]] = []
+    # Output program: (kind, a, b, output column, s, l) and a float parameter each;
+    # s and l are a velocity's short and long windows in ms (0 for other kinds).
+    outs: list[tuple[int, int, int, int, int, int]] = []
     outx: list[float] = []
     for col, o in enumerate(spec.outputs):
         if spec.features[o.feature].key != key:
             continue
         kind = _KIND[o.aggregation]
-        a = b = 0
+        a = b = s = long = 0
         x = 0.0
         if o.aggregation == "distinct":
             a, b = tab_of[o.feature], o.window_ms
@@ -168,6 +169,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
             if o.aggregation == "velocity":
                 b = query_id[(c, spec.resolution_ms(o.window2_ms), o.window2_ms)]
                 x = o.window2_ms / o.window_ms
+                s, long = o.window_ms, o.window2_ms
             elif o.aggregation in ("decayed_sum", "decayed_rate"):
                 a = dec_id[(c, o.half_life_ms)]
                 x = math.log(2.0) * HOUR / o.half_life_ms
@@ -175,7 +177,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
                 a = int(col_lts[c])
             elif o.aggregation == "last":
                 a, b = int(col_lval[c]), int(col_lts[c])
-        outs.append((kind, a, b, col))
+        outs.append((kind, a, b, col, s, long))
         outx.append(x)
     by_type, any_type = _groups(spec, col_of, tab_of)
     return TableProgram(
@@ -201,7 +203,7 @@ def compile_program(spec: FeatureSpec, key: str) -> TableProgram:
         dtabs=dtabs,
         ring_wq_ptr=ring_wq_ptr.astype(np.int64),
         wq=wq,
-        outs=np.array(outs, dtype=np.int64).reshape(-1, 4),
+        outs=np.array(outs, dtype=np.int64).reshape(-1, 6),
         outx=np.array(outx, dtype=np.float64),
         by_type=by_type,
         any_type=any_type,

@@ -31,7 +31,7 @@ __all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", 
 #: Version of the snapshot layout; bumped whenever the arrays change meaning
 #: (2: distinct values hashed with XXH3-64 instead of BLAKE2b; 3: 3-day
 #: buckets for windows of 18 days and more at the default 6 per window).
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 #: name -> (dtype, fill of an empty slot, program width key)
 _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
@@ -76,6 +76,8 @@ class TableSnapshot:
     keys: tuple[str, ...]
     clock: npt.NDArray[np.int64]
     arrays: tuple[tuple[str, npt.NDArray[Any]], ...]
+    #: earliest event time the table applied (EMPTY_TS: none); velocities read it
+    start: int = kern.EMPTY_TS
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class _Table:
         self.capacity = capacity
         # zeroed (untouched pages take no memory); rows get their fill when allocated
         self.clock = np.zeros(capacity, dtype=np.int64)
+        #: the earliest event time applied to any row, ever (evictions keep it)
+        self.start = np.full(1, kern.EMPTY_TS, dtype=np.int64)
         self.arrays = {
             name: np.zeros((capacity, program.widths[w]), dtype=dtype)
             for name, (dtype, _, w) in _ARRAYS.items()
@@ -272,6 +276,7 @@ class _Table:
             p.outs,
             p.outx,
             self.clock,
+            self.start,
             a["cnt"],
             a["sum"],
             a["min"],
@@ -304,6 +309,7 @@ class _Table:
             keys=tuple(k for k in keys if k is not None),
             clock=_frozen(self.clock[rows]),
             arrays=tuple((name, _frozen(x[rows])) for name, x in self.arrays.items()),
+            start=int(self.start[0]),
         )
 
     @classmethod
@@ -327,6 +333,7 @@ class _Table:
                 f"feature snapshot: {program.key} clock has shape {snap.clock.shape} for {n} keys"
             )
         table.clock[:n] = snap.clock
+        table.start[0] = snap.start
         return table
 
 

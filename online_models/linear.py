@@ -12,7 +12,9 @@ the kernel against River's own ``learn_one`` (to 1e-9).
 
 Per row, in River's order: the scaler learns the row (count, running mean,
 running population variance), the row is standardised with the updated
-statistics (0 where the variance is 0), the logistic loss gradient of the
+statistics (0 where the variance is 0, and with ``min_spread`` > 0 also
+where the standard deviation is below ``min_spread × (|mean| + 1)``: River's
+scaler with that rule is :class:`SpreadScaler`), the logistic loss gradient of the
 logit (``Log.gradient``, clipped to ``clip``) updates the intercept by
 ``intercept_lr × g`` and every weight by ``lr × (x_std × g + l2 × w)``.
 
@@ -40,6 +42,7 @@ __all__ = [
     "CLIP_GRADIENT",
     "MAX_ABS",
     "LinearState",
+    "SpreadScaler",
     "logreg_contributions",
     "logreg_scores",
     "sgd_logreg_learn",
@@ -54,6 +57,34 @@ MAX_ABS: Final[float] = 1e12
 FloatArray = NDArray[np.float64]
 
 
+class SpreadScaler(preprocessing.StandardScaler):
+    """River's ``StandardScaler`` that standardises a feature to 0 while it barely varies.
+
+    Barely: its running standard deviation is below ``min_spread × (|running
+    mean| + 1)``. A feature that was (nearly) constant while the scaler
+    learned it would otherwise standardise its first real movements to huge
+    values, and move every score at once.
+
+    >>> s = SpreadScaler(0.01)
+    >>> for x in (100.0, 100.0, 100.001, 100.0):
+    ...     s.learn_one({"a": x, "b": x - 100.0})
+    >>> s.transform_one({"a": 101.0, "b": 1.0})["a"]
+    0.0
+    """
+
+    def __init__(self, min_spread: float = 0.01) -> None:
+        super().__init__()
+        self.min_spread = min_spread
+
+    def transform_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
+        means, vars_, k = self.means, self.vars, self.min_spread
+        out: dict[Any, Any] = {}
+        for i, xi in x.items():
+            m, v = means[i], vars_[i]
+            out[i] = (xi - m) / v**0.5 if v and v**0.5 >= k * (abs(m) + 1.0) else 0.0
+        return out
+
+
 def _sgd_logreg_learn(
     X: FloatArray,
     y: NDArray[np.bool_],
@@ -64,8 +95,13 @@ def _sgd_logreg_learn(
     lr: float,
     l2: float,
     clip: float,
+    min_spread: float,
 ) -> None:
-    """Learn the rows of ``X`` in order; ``scalars`` is ``[count, intercept]`` (in place)."""
+    """Learn the rows of ``X`` in order; ``scalars`` is ``[count, intercept]`` (in place).
+
+    A feature standardises to 0 while its standard deviation is below
+    ``min_spread × (|mean| + 1)`` (0: only while its variance is 0).
+    """
     n_rows, n_cols = X.shape
     z = np.empty(n_cols)
     count = scalars[0]
@@ -80,7 +116,10 @@ def _sgd_logreg_learn(
         dot = 0.0
         for j in range(n_cols):
             v = var[j]
-            zj = (X[r, j] - mean[j]) / math.sqrt(v) if v != 0.0 else 0.0
+            sd = math.sqrt(v)
+            zj = 0.0
+            if v != 0.0 and sd >= min_spread * (abs(mean[j]) + 1.0):
+                zj = (X[r, j] - mean[j]) / sd
             z[j] = zj
             dot += w[j] * zj
         raw = dot + intercept
@@ -114,13 +153,15 @@ def _logreg_scores(
     w: FloatArray,
     intercept: float,
     clip_abs: float,
+    min_spread: float,
     out: FloatArray,
 ) -> None:
     """P(True) per row as River's ``predict_proba_one``; 0 for rows with a non-finite value.
 
     Finite values are clipped to ``+-clip_abs`` first; the logit is
-    ``sum(w * (x - mean) / sqrt(var)) + intercept`` (0 where var is 0), and
-    the sigmoid is exactly 0 below -30 and 1 above 30.
+    ``sum(w * z) + intercept`` with ``z = (x - mean) / sqrt(var)`` (0 where var
+    is 0 or the standard deviation is below ``min_spread × (|mean| + 1)``),
+    and the sigmoid is exactly 0 below -30 and 1 above 30.
     """
     n_rows, n_cols = X.shape
     for r in range(n_rows):
@@ -134,7 +175,9 @@ def _logreg_scores(
             x = min(max(x, -clip_abs), clip_abs)
             v = var[j]
             if v != 0.0:
-                dot += w[j] * ((x - mean[j]) / math.sqrt(v))
+                sd = math.sqrt(v)
+                if sd >= min_spread * (abs(mean[j]) + 1.0):
+                    dot += w[j] * ((x - mean[j]) / sd)
         if not finite:
             out[r] = 0.0
             continue
@@ -156,14 +199,16 @@ def _logreg_contributions(
     var: FloatArray,
     w: FloatArray,
     clip_abs: float,
+    min_spread: float,
     out: FloatArray,
 ) -> None:
-    """``w * (x - mean) / sqrt(var)`` per feature of one row; 0 for non-finite values
-    and zero variances; finite values clipped to ``+-clip_abs`` first."""
+    """``w * (x - mean) / sqrt(var)`` per feature of one row; 0 for non-finite values,
+    zero variances and standard deviations below ``min_spread × (|mean| + 1)``; finite
+    values clipped to ``+-clip_abs`` first."""
     for j in range(row.shape[0]):
         x = row[j]
         v = var[j]
-        if not math.isfinite(x) or v == 0.0:
+        if not math.isfinite(x) or v == 0.0 or math.sqrt(v) < min_spread * (abs(mean[j]) + 1.0):
             out[j] = 0.0
         else:
             x = min(max(x, -clip_abs), clip_abs)
@@ -230,7 +275,15 @@ class LinearState:
         """The intercept (bias) of the logit."""
         return float(self._scalars[1])
 
-    def learn(self, X: FloatArray, y: NDArray[np.bool_], *, lr: float, l2: float) -> None:
+    def learn(
+        self,
+        X: FloatArray,
+        y: NDArray[np.bool_],
+        *,
+        lr: float,
+        l2: float,
+        min_spread: float = 0.0,
+    ) -> None:
         """Learn the finite rows of ``X`` with labels ``y``, in order (one compiled call)."""
         if X.shape[0] == 0:
             return
@@ -244,9 +297,10 @@ class LinearState:
             float(lr),
             float(l2),
             CLIP_GRADIENT,
+            float(min_spread),
         )
 
-    def scores(self, X: FloatArray) -> FloatArray:
+    def scores(self, X: FloatArray, min_spread: float = 0.0) -> FloatArray:
         """P(True) per row (one compiled call); rows with a non-finite value score 0.
 
         Per row the result does not depend on the other rows of the call.
@@ -260,22 +314,29 @@ class LinearState:
                 self.w,
                 float(self._scalars[1]),
                 MAX_ABS,
+                float(min_spread),
                 out,
             )
         return out
 
-    def contributions(self, row: FloatArray) -> FloatArray:
+    def contributions(self, row: FloatArray, min_spread: float = 0.0) -> FloatArray:
         """Each feature's term of the logit for one row (they sum to logit - intercept)."""
         out = np.empty(row.shape[0])
         logreg_contributions(
-            np.ascontiguousarray(row, dtype=np.float64), self.mean, self.var, self.w, MAX_ABS, out
+            np.ascontiguousarray(row, dtype=np.float64),
+            self.mean,
+            self.var,
+            self.w,
+            MAX_ABS,
+            float(min_spread),
+            out,
         )
         return out
 
-    def to_river(self, names: Sequence[str], lr: float, l2: float) -> Any:
+    def to_river(self, names: Sequence[str], lr: float, l2: float, min_spread: float = 0.0) -> Any:
         """The equivalent River pipeline (a new object; learning it leaves this state alone)."""
         count = self.count
-        scaler = preprocessing.StandardScaler()
+        scaler = SpreadScaler(min_spread) if min_spread > 0 else preprocessing.StandardScaler()
         if count:
             for i, name in enumerate(names):
                 scaler.counts[name] = count
@@ -293,8 +354,12 @@ class LinearState:
 
     @classmethod
     def from_river(cls, pipeline: Any, names: Sequence[str]) -> LinearState:
-        """The state of a River ``StandardScaler | LogisticRegression`` pipeline."""
-        scaler = pipeline["StandardScaler"]
+        """The state of a River ``StandardScaler | LogisticRegression`` pipeline.
+
+        The scaler may be a :class:`SpreadScaler` (its ``min_spread`` is not
+        part of the state: the model's configuration holds it).
+        """
+        scaler = next(iter(pipeline.steps.values()))
         model = pipeline["LogisticRegression"]
         state = cls(len(names))
         weights = model.weights

@@ -34,7 +34,7 @@ from river import forest, linear_model, optim, preprocessing, tree
 from intentflow.errors import SnapshotMismatchError
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass
 from intentflow.online_models.linear import MAX_ABS as LINEAR_MAX_ABS
-from intentflow.online_models.linear import LinearState, top_abs
+from intentflow.online_models.linear import LinearState, SpreadScaler, top_abs
 
 __all__ = [
     "CALIBRATIONS",
@@ -88,7 +88,12 @@ class ModelConfig:
 
     ``kind``: ``logreg`` (``StandardScaler | LogisticRegression(SGD(lr))``),
     ``hoeffding`` (Hoeffding adaptive tree) or ``arf`` (adaptive random forest
-    of ``n_models`` trees). ``lr`` and ``l2`` apply to ``logreg`` only.
+    of ``n_models`` trees). ``lr``, ``l2`` and ``min_spread`` apply to
+    ``logreg`` only: a feature counts (standardises to a non-zero value) only
+    once its running standard deviation reaches ``min_spread × (|mean| + 1)``
+    (0: once its variance is not 0, as River's ``StandardScaler``), so that a
+    feature that barely varied while the scaler learned it cannot swing every
+    score when it starts to move (River: :class:`SpreadScaler`).
     ``threshold`` is the alert threshold on the score, ``reason_top_k`` the
     number of reason codes per alert. The model stays cold (scores
     :data:`COLD_SCORE`) until it has learned ``warmup_labels`` rows including
@@ -113,6 +118,7 @@ class ModelConfig:
     kind: str = "logreg"
     lr: float = 0.005
     l2: float = 0.0
+    min_spread: float = 0.01
     seed: int = 42
     threshold: float = 0.7
     reason_top_k: int = 3
@@ -137,6 +143,10 @@ class ModelConfig:
         if self.calibration not in CALIBRATIONS:
             raise InvalidFieldError(
                 "calibration", f"{self.calibration!r} is not one of {', '.join(CALIBRATIONS)}"
+            )
+        if not (math.isfinite(self.min_spread) and self.min_spread >= 0.0):
+            raise InvalidFieldError(
+                "min_spread", f"must be a finite number >= 0 (0: off), got {self.min_spread!r}"
             )
         if not 0.0 < self.learn_fraction <= 1.0:
             raise InvalidFieldError(
@@ -216,9 +226,12 @@ class ModelConfig:
 def build_estimator(config: ModelConfig) -> Any:
     """A fresh River estimator for ``config`` (the model factory)."""
     if config.kind == "logreg":
-        return preprocessing.StandardScaler() | linear_model.LogisticRegression(
+        model = linear_model.LogisticRegression(
             optimizer=optim.SGD(config.lr), l2=config.l2, intercept_lr=config.lr
         )
+        if config.min_spread > 0:
+            return SpreadScaler(config.min_spread) | model
+        return preprocessing.StandardScaler() | model
     if config.kind == "hoeffding":
         return tree.HoeffdingAdaptiveTreeClassifier(seed=config.seed)
     return forest.ARFClassifier(n_models=config.n_models, seed=config.seed)
@@ -464,7 +477,9 @@ class IntentModel:
             return self._estimator
         if self._lin is None or self._names is None:
             return build_estimator(self.config)
-        return self._lin.to_river(self._names, self.config.lr, self.config.l2)
+        return self._lin.to_river(
+            self._names, self.config.lr, self.config.l2, self.config.min_spread
+        )
 
     def _bind(self, names: Sequence[str]) -> tuple[str, ...]:
         if self._names is not None:
@@ -505,7 +520,7 @@ class IntentModel:
         if self._linear:  # one compiled call, values clipped to +-MAX_ABS
             if self._lin is None:  # nothing learned, nothing bound
                 return np.zeros(X.shape[0])
-            return self._lin.scores(X)
+            return self._lin.scores(X, self.config.min_spread)
         out = np.zeros(X.shape[0])
         finite = np.isfinite(X).all(axis=1)
         if finite.any():
@@ -610,7 +625,8 @@ class IntentModel:
         else:
             learn_labels = labels
         if self._lin is not None:
-            self._lin.learn(rows, learn_labels, lr=self.config.lr, l2=self.config.l2)
+            cfg = self.config
+            self._lin.learn(rows, learn_labels, lr=cfg.lr, l2=cfg.l2, min_spread=cfg.min_spread)
         else:
             learn_one = self._estimator.learn_one
             for row, label in zip(rows.tolist(), learn_labels.tolist(), strict=True):
@@ -683,7 +699,7 @@ class IntentModel:
         arr = self._shaped(np.asarray(x_row, dtype=np.float64).reshape(1, -1), names)
         self._bind(names)
         if self._lin is not None:  # logreg: one compiled call
-            return self._lin.contributions(arr[0])
+            return self._lin.contributions(arr[0], self.config.min_spread)
         arr, _ = self._check(arr, names)
         finite = np.isfinite(arr)
         clean = np.where(finite, arr, 0.0)

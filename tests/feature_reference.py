@@ -108,24 +108,32 @@ class Reference:
         self.late_accepted = 0
         self.late_clamped = 0
         self.late_dropped_account = 0
+        #: per table ("entity", "account"): the earliest time applied, ever
+        self.start: dict[str, int] = {}
 
     def _apply(self, kind: str, key: str, ev: Event) -> str:
+        status, ts = self._place(kind, key, ev)
+        if status != "dropped":
+            self.start[kind] = min(ts, self.start.get(kind, ts))
+        return status
+
+    def _place(self, kind: str, key: str, ev: Event) -> tuple[str, int]:
         h = self.keys.get((kind, key))
         lateness = self.spec.allowed_lateness_ms
         if h is None:
             self.keys[(kind, key)] = _History(ev.ts_ms, [(ev.ts_ms, ev)])
-            return "on_time"
+            return "on_time", ev.ts_ms
         if ev.ts_ms >= h.clock:
             h.clock = ev.ts_ms
             h.applied.append((ev.ts_ms, ev))
-            return "on_time"
+            return "on_time", ev.ts_ms
         if ev.ts_ms >= h.clock - lateness:
             h.applied.append((ev.ts_ms, ev))
-            return "late"
+            return "late", ev.ts_ms
         if self.spec.late_policy == "clamp":
             h.applied.append((h.clock - lateness, ev))
-            return "clamped"
-        return "dropped"
+            return "clamped", h.clock - lateness
+        return "dropped", ev.ts_ms
 
     def update(
         self, events: list[Event]
@@ -153,7 +161,7 @@ class Reference:
                 d = self.spec.features[o.feature]
                 key = ev.entity_id if d.key == "entity" else ev.account_id
                 h = self.keys.get((d.key, key)) if key else None
-                value, scale = self._feature(o, d, h)
+                value, scale = self._feature(o, d, h, self.start.get(d.key))
                 row.append(value)
                 tol.append(scale)
             rows.append(row)
@@ -192,7 +200,10 @@ class Reference:
             total += buckets[b]
         return total
 
-    def _feature(self, o: OutputDef, d: FeatureDef, h: _History | None) -> tuple[float, float]:
+    def _feature(
+        self, o: OutputDef, d: FeatureDef, h: _History | None, start: int | None
+    ) -> tuple[float, float]:
+        """Value and tolerance; ``start`` is the earliest time the key's table applied."""
         cap_s = self.spec.recency_cap_ms / 1000.0
         if h is None:
             return (cap_s if o.aggregation == "recency" else 0.0), 0.0
@@ -214,7 +225,12 @@ class Reference:
             long = len(self._window(h, d, o.window2_ms))
             if long == 0:
                 return 0.0, 0.0
-            value = (short / o.window_ms) / (long / o.window2_ms)
+            assert start is not None  # the key has events, so its table has a start
+            span = q - start  # the event time the table has seen: the windows' reach
+            if span < o.window_ms:  # S' = L' = span (0 on the table's first event)
+                value = short / long
+            else:
+                value = (short / o.window_ms) / (long / min(o.window2_ms, span))
             return value, 1e-12 * value
         if agg == "distinct":
             latest: dict[Any, int] = {}

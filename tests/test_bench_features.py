@@ -257,7 +257,12 @@ def test_deque_baseline_default_spec_counts_by_hand() -> None:
     assert rows[1][col["pricing_views__recency_s"]] == 600.0
     assert rows[3][col["account_contacts__distinct__24h"]] == 2.0
     assert rows[3][col["purchases__count__30d"]] == 1.0
-    assert rows[3][col["purchases__velocity__7d_30d"]] == 30 / 7
+    # velocity: the entity table has seen 71 minutes of event time, less than 7 days, so
+    # both windows reach back that far and the ratio is that of the counts (not 30 / 7,
+    # which every key would read in a fresh table's first week)
+    assert rows[3][col["purchases__velocity__7d_30d"]] == 1.0
+    # 5 minutes against 24 hours at 70 minutes: the long window reaches 70 minutes back
+    assert math.isclose(rows[2][col["activity__velocity__5m_24h"]], (1 / 5) / (3 / 70))
     assert rows[3][col["purchase_amount__last"]] == 100.0
 
 

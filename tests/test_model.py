@@ -73,6 +73,8 @@ def test_config_defaults_and_from_dict() -> None:
         ({"seed": 1.5}, "model.seed"),
         ({"reason_top_k": -1}, "model.reason_top_k"),
         ({"metrics_window": 0}, "model.metrics_window"),
+        ({"min_spread": -0.1}, "model.min_spread"),
+        ({"min_spread": float("nan")}, "model.min_spread"),
         ({"colour": "red"}, "colour"),
     ],
 )
@@ -84,6 +86,53 @@ def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
 def test_config_error_uses_given_location() -> None:
     with pytest.raises(ConfigError, match=r"^engine\.model\.l2: "):
         ModelConfig.from_dict({"l2": -1.0}, where="engine.model")
+
+
+# --- near-constant features (model.min_spread) ----------------------------------------------
+
+
+def _near_constant_model(min_spread: float) -> tuple[IntentModel, np.ndarray]:
+    """Learned while ``a`` sat at 288 but for two rows a little off; ``b`` is the signal."""
+    rng = np.random.default_rng(11)
+    X = np.zeros((400, len(NAMES)))
+    X[:, 0] = 288.0
+    X[[37, 211], 0] = [288.5, 287.5]  # a few late events: a tiny spread
+    X[:, 1] = rng.normal(size=400)
+    X[:, 2:] = rng.normal(size=(400, 2))
+    y = X[:, 1] + 0.3 * rng.normal(size=400) > 1.0
+    y[[37, 211]] = [False, True]  # one label each way: a weight for ``a`` is noise
+    model = IntentModel(ModelConfig(lr=0.05, warmup_labels=10, min_spread=min_spread))
+    model.learn_batch(X, y, NAMES)
+    return model, X
+
+
+def test_a_near_constant_feature_that_starts_to_move_does_not_swing_the_scores() -> None:
+    """Once ``a`` spreads out (288 -> 260), the scores stay those of the signal."""
+    model, X = _near_constant_model(0.01)
+    probe = X[-50:].copy()
+    moved = probe.copy()
+    moved[:, 0] = 260.0
+    np.testing.assert_array_equal(model.score_batch(moved, NAMES), model.score_batch(probe, NAMES))
+    # the same rows explain themselves without ``a``
+    assert all(r["feature"] != "a" for r in model.explain(moved[0], NAMES, NAMES, top_k=3))
+
+
+def test_without_min_spread_the_same_movement_swings_every_score() -> None:
+    """River's plain scaler: 28 units on a 0.04 standard deviation is ~700 sigmas."""
+    model, X = _near_constant_model(0.0)
+    probe = X[-50:].copy()
+    moved = probe.copy()
+    moved[:, 0] = 260.0
+    shift = np.abs(model.score_batch(moved, NAMES) - model.score_batch(probe, NAMES))
+    assert np.median(shift) > 0.2
+
+
+def test_a_model_pickled_before_min_spread_existed_uses_the_default() -> None:
+    model = IntentModel(ModelConfig(lr=0.05, warmup_labels=10))
+    state = pickle.loads(pickle.dumps(model))
+    del state.config.__dict__["min_spread"]  # the attribute older pickles lack
+    again = pickle.loads(pickle.dumps(state))
+    assert again.config.min_spread == ModelConfig().min_spread == 0.01
 
 
 # --- scoring before and after learning ------------------------------------------------------

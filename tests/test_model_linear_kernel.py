@@ -33,8 +33,10 @@ rows = hnp.arrays(
 )
 
 
-def river_reference(X: np.ndarray, y: np.ndarray, lr: float, l2: float) -> LinearState:
-    pipeline = build_estimator(ModelConfig(lr=lr, l2=l2))
+def river_reference(
+    X: np.ndarray, y: np.ndarray, lr: float, l2: float, min_spread: float = 0.0
+) -> LinearState:
+    pipeline = build_estimator(ModelConfig(lr=lr, l2=l2, min_spread=min_spread))
     for row, label in zip(X.tolist(), y.tolist(), strict=True):
         pipeline.learn_one(dict(zip(NAMES, row, strict=True)), label)
     return LinearState.from_river(pipeline, NAMES)
@@ -53,16 +55,17 @@ def assert_same(got: LinearState, want: LinearState) -> None:
     data=st.data(),
     lr=st.sampled_from([0.005, 0.05, 0.5]),
     l2=st.sampled_from([0.0, 0.001, 0.1]),
+    min_spread=st.sampled_from([0.0, 0.01, 0.5]),
 )
 def test_kernel_learns_exactly_as_river_learn_one(
-    X: np.ndarray, data: st.DataObject, lr: float, l2: float
+    X: np.ndarray, data: st.DataObject, lr: float, l2: float, min_spread: float
 ) -> None:
     y = np.array(data.draw(st.lists(st.booleans(), min_size=len(X), max_size=len(X))))
     cut = data.draw(st.integers(0, len(X)))  # batch boundaries must not matter
     state = LinearState(COLS)
-    state.learn(X[:cut], y[:cut], lr=lr, l2=l2)
-    state.learn(X[cut:], y[cut:], lr=lr, l2=l2)
-    assert_same(state, river_reference(X, y, lr, l2))
+    state.learn(X[:cut], y[:cut], lr=lr, l2=l2, min_spread=min_spread)
+    state.learn(X[cut:], y[cut:], lr=lr, l2=l2, min_spread=min_spread)
+    assert_same(state, river_reference(X, y, lr, l2, min_spread))
 
 
 def test_kernel_handles_saturated_logits_like_river() -> None:
