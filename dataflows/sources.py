@@ -151,6 +151,9 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._positioned = resumed
         self._reported = (0, 0)  # newest deleted id already reported as a gap
         self._vanished = False  # the stream was found missing and reported
+        # an idle single stream waits in Redis for its next entry (no polling)
+        self._block_ms = int(src.idle_block_ms) if src.partitions == 1 else 0
+        self._idle = False  # the last read returned nothing
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
@@ -161,6 +164,12 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 # XREAD parsing (a dict per entry, in Python) costs more than the engine's
                 # parse step; this client is private to the partition.
                 self._client.set_response_callback("XREAD", _raw_reply)
+            if self._idle and self._block_ms > 0 and self._last_id != "$":
+                # Wait (up to the block) for an entry after the position. The read
+                # below takes it, with the gap check, which therefore also runs at
+                # least once per block while idle: a deleted or recreated stream
+                # (whose new ids may be behind the position) is still noticed.
+                self._client.xread({self._key: self._last_id}, count=1, block=self._block_ms)
             resp: Any = self._read(self._client, self._stop.budget(self._src.batch_size))
         except (redis.ConnectionError, redis.TimeoutError) as err:
             # Jittered exponential backoff: uniform in [d/2, d], d doubling up to 2 s.
@@ -183,8 +192,13 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             got = resp[0][1] if resp else []
             self._probe.polled(self._client, got[-1][0] if got else self._last_id, len(got))
         if not resp:
-            self._awake = datetime.now(UTC) + timedelta(milliseconds=self._src.poll_idle_ms)
+            self._idle = True
+            if self._block_ms > 0:
+                self._awake = None  # the next call waits in XREAD BLOCK
+            else:
+                self._awake = datetime.now(UTC) + timedelta(milliseconds=self._src.poll_idle_ms)
             return []
+        self._idle = False
         self._awake = None
         entries: list[list[Any]] = resp[0][1]
         now = _now_ms()
@@ -309,6 +323,10 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     partitions: int = 1
     batch_size: int = 1000
     poll_idle_ms: float = 1.0
+    #: With a single partition, an idle reader waits in ``XREAD BLOCK`` up to this
+    #: many ms for the next entry instead of polling every ``poll_idle_ms`` (0: poll).
+    #: Several partitions share a worker's loop, so they always poll.
+    idle_block_ms: int = 50
     start_id: str = "0-0"
     duration_s: float = 0.0
     count: int = 0

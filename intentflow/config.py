@@ -61,6 +61,8 @@ class InputSection:
     events_prefix: str = "intentflow:events:"
     batch_size: int = 1000
     poll_idle_ms: float = 1.0
+    # with one Redis stream, an idle reader waits in XREAD BLOCK up to this long (0: poll)
+    idle_block_ms: int = 50
     start_id: str = "0-0"  # where a fresh (not resumed) run starts reading each stream
     path: str = ""  # JSONL file(s) for source=file, comma separated
     rate: float = 0.0  # events/s per partition for file/generator; 0 = as fast as possible

@@ -80,6 +80,7 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
             partitions=inp.partitions,
             batch_size=inp.batch_size,
             poll_idle_ms=inp.poll_idle_ms,
+            idle_block_ms=inp.idle_block_ms,
             start_id=inp.start_id,
             duration_s=inp.duration_s,
             count=inp.count,
