@@ -164,7 +164,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 # XREAD parsing (a dict per entry, in Python) costs more than the engine's
                 # parse step; this client is private to the partition.
                 self._client.set_response_callback("XREAD", _raw_reply)
-            if self._idle and self._block_ms > 0 and self._last_id != "$":
+            if self._idle and self._blocks():
                 # Wait (up to the block) for an entry after the position. The read
                 # below takes it, with the gap check, which therefore also runs at
                 # least once per block while idle: a deleted or recreated stream
@@ -193,7 +193,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             self._probe.polled(self._client, got[-1][0] if got else self._last_id, len(got))
         if not resp:
             self._idle = True
-            if self._block_ms > 0:
+            if self._blocks():
                 self._awake = None  # the next call waits in XREAD BLOCK
             else:
                 self._awake = datetime.now(UTC) + timedelta(milliseconds=self._src.poll_idle_ms)
@@ -218,6 +218,14 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._positioned = True
         self._stop.took(len(items))
         return items
+
+    def _blocks(self) -> bool:
+        """Whether an idle read waits in ``XREAD BLOCK`` (else it is polled again later).
+
+        Not from ``$``: a blocking read from there waits only for entries added
+        after the call, so the poll timer keeps its meaning.
+        """
+        return self._block_ms > 0 and self._last_id != "$"
 
     def _read(self, client: redis.Redis, count: int) -> Any:
         """``XINFO STREAM`` and ``XREAD`` in one transaction, so a gap is seen before a read."""
