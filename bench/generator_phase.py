@@ -25,6 +25,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import redis
 
 from bench.common import DEMO_CONFIG, BenchError, Context, Engine, Keys
@@ -175,8 +176,8 @@ def measure_generator(
         raise BenchError("generator phase: a round took no measurable time (poll more often)")
     eps_rounds = [events / s for s in seconds]
     engine_cpu: list[float] = []
-    if len(cpu) >= 2:
-        used = _interpolate(cpu, at)
+    if len(cpu) >= 2:  # the engine's CPU seconds at the rounds' ends (linear, clamped)
+        used = np.interp(at, [t for t, _ in cpu], [c for _, c in cpu]).tolist()
         engine_cpu = [(u1 - u0) / s for (u0, u1), s in zip(pairwise(used), seconds, strict=True)]
     return GeneratorRun(
         eps=statistics.median(eps_rounds),
@@ -188,15 +189,3 @@ def measure_generator(
         poll_s=poll_s,
         exit_code=code,
     )
-
-
-def _interpolate(series: list[tuple[float, float]], times: list[float]) -> list[float]:
-    """The value of a sampled, non-decreasing series at each of ``times`` (linear, clamped)."""
-    out: list[float] = []
-    for t in times:
-        j = 0
-        while j < len(series) - 1 and series[j + 1][0] < t:
-            j += 1
-        (t0, v0), (t1, v1) = series[j], series[min(j + 1, len(series) - 1)]
-        out.append(v0 if t1 <= t0 else v0 + (v1 - v0) * min(max((t - t0) / (t1 - t0), 0.0), 1.0))
-    return out

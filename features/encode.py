@@ -218,7 +218,6 @@ class BatchEncoder:
         # per table and route id: a small int standing for its extras (-1: None), so
         # that a batch's distinct kinds are a set of ints, not of nested tuples
         self._kind: tuple[list[int], list[int]] = ([], [])
-        self._kinds: tuple[dict[_Extra, int], dict[_Extra, int]] = ({}, {})
         self._kind_extras: tuple[list[_Extra], list[_Extra]] = ([], [])  # kind -> extras
         self._tables: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None] = [
             None,
@@ -242,12 +241,10 @@ class BatchEncoder:
             self._unit_ptr[t].append(len(self._unit_col[t]))
             extra = (valued, distinct) if valued or distinct else None
             self._extras[t].append(extra)
-            kind = -1
-            if extra is not None:
-                kind = self._kinds[t].setdefault(extra, len(self._kinds[t]))
-                if kind == len(self._kind_extras[t]):
-                    self._kind_extras[t].append(extra)
-            self._kind[t].append(kind)
+            kinds = self._kind_extras[t]
+            if extra is not None and extra not in kinds:  # a handful of kinds per spec
+                kinds.append(extra)
+            self._kind[t].append(-1 if extra is None else kinds.index(extra))
             self._tables[t] = None
             self._has_extras[t] = None
         self._route_ids[key] = rid

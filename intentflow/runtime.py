@@ -156,8 +156,11 @@ def make_flow(
     from intentflow.dataflows.flow import engine_parts
     from intentflow.online_models.modelfile import load_model_file
     from intentflow.online_models.scorelog import make_score_log
+    from intentflow.warmup import compile_kernels
 
     parts = engine_parts(config)
+    # every kernel now, not at its first use in the middle of the stream
+    log.info("kernels ready in %.1f s", compile_kernels(parts.spec, parts.model))
     if not config.recovery.dir:  # nothing will ever resume: skip pickling shard state
         parts = replace(parts, snapshots=False)
     if config.engine.model_file:

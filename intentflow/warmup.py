@@ -5,8 +5,9 @@ cache). Without this, the feature kernels compiled with the first batch,
 the learning kernel at the first learning tick, the scoring kernel when the
 model became ready and the reason-code kernel with the first alert: each
 one stalled the stream for up to seconds, in the middle of a run. The
-engine calls :func:`compile_kernels` before its dataflow starts, with the
-argument types its own calls use, so none of them compiles later.
+production dataflow (:func:`intentflow.runtime.make_flow`, for ``intentflow
+run`` and ``bytewax.run``) calls :func:`compile_kernels` while it is built,
+with the argument types the engine's own calls use, so none compiles later.
 
 >>> from intentflow.features.spec import FeatureSpec
 >>> from intentflow.online_models.model import ModelConfig

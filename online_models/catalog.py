@@ -166,9 +166,10 @@ class Action:
 
     def ineligible_because(self, event_type: str, props: Mapping[str, Any], customer: bool) -> str:
         """Why the action does not apply, or ``""`` when it does."""
-        reason = self.excluded_because(event_type, customer)
-        if reason:
-            return reason
+        return self.excluded_because(event_type, customer) or self.missing_prop(props)
+
+    def missing_prop(self, props: Mapping[str, Any]) -> str:
+        """``"needs {requires_prop}"`` when the event lacks the required prop, else ``""``."""
         if self.requires_prop is not None and props.get(self.requires_prop) in (None, "", False):
             return f"needs {self.requires_prop}"
         return ""

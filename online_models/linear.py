@@ -36,7 +36,7 @@ from numba import njit
 from numpy.typing import NDArray
 from river import linear_model, optim, preprocessing, utils
 
-from intentflow.features.kernels import NUMBA_OPTIONS
+from intentflow.features.kernels import NUMBA_OPTIONS, inlined
 
 __all__ = [
     "CLIP_GRADIENT",
@@ -80,9 +80,26 @@ class SpreadScaler(preprocessing.StandardScaler):
         means, vars_, k = self.means, self.vars, self.min_spread
         out: dict[Any, Any] = {}
         for i, xi in x.items():
-            m, v = means[i], vars_[i]
-            out[i] = (xi - m) / v**0.5 if v and v**0.5 >= k * (abs(m) + 1.0) else 0.0
+            m = means[i]
+            sd = _scale(vars_[i], m, k)
+            out[i] = (xi - m) / sd if sd else 0.0
         return out
+
+
+def _scale(var: float, mean: float, min_spread: float) -> float:
+    """The standard deviation a feature is divided by; 0 when it does not count (yet).
+
+    It does not count while its variance is 0 or its standard deviation is
+    below ``min_spread × (|mean| + 1)``: River's ``StandardScaler`` with the
+    rule of :class:`SpreadScaler` (``min_spread = 0``: the plain scaler).
+    """
+    if var == 0.0:
+        return 0.0
+    sd = math.sqrt(var)
+    return sd if sd >= min_spread * (abs(mean) + 1.0) else 0.0
+
+
+_scale_nb = inlined(_scale)
 
 
 def _sgd_logreg_learn(
@@ -115,11 +132,8 @@ def _sgd_logreg_learn(
             var[j] = var[j] + ((xj - old) * (xj - mean[j]) - var[j]) / count
         dot = 0.0
         for j in range(n_cols):
-            v = var[j]
-            sd = math.sqrt(v)
-            zj = 0.0
-            if v != 0.0 and sd >= min_spread * (abs(mean[j]) + 1.0):
-                zj = (X[r, j] - mean[j]) / sd
+            sd = _scale_nb(var[j], mean[j], min_spread)
+            zj = (X[r, j] - mean[j]) / sd if sd != 0.0 else 0.0
             z[j] = zj
             dot += w[j] * zj
         raw = dot + intercept
@@ -173,11 +187,9 @@ def _logreg_scores(
                 finite = False
                 break
             x = min(max(x, -clip_abs), clip_abs)
-            v = var[j]
-            if v != 0.0:
-                sd = math.sqrt(v)
-                if sd >= min_spread * (abs(mean[j]) + 1.0):
-                    dot += w[j] * ((x - mean[j]) / sd)
+            sd = _scale_nb(var[j], mean[j], min_spread)
+            if sd != 0.0:
+                dot += w[j] * ((x - mean[j]) / sd)
         if not finite:
             out[r] = 0.0
             continue
@@ -207,12 +219,12 @@ def _logreg_contributions(
     values clipped to ``+-clip_abs`` first."""
     for j in range(row.shape[0]):
         x = row[j]
-        v = var[j]
-        if not math.isfinite(x) or v == 0.0 or math.sqrt(v) < min_spread * (abs(mean[j]) + 1.0):
+        sd = _scale_nb(var[j], mean[j], min_spread)
+        if not math.isfinite(x) or sd == 0.0:
             out[j] = 0.0
         else:
             x = min(max(x, -clip_abs), clip_abs)
-            out[j] = ((x - mean[j]) / math.sqrt(v)) * w[j]
+            out[j] = ((x - mean[j]) / sd) * w[j]
 
 
 logreg_contributions = njit(**NUMBA_OPTIONS)(_logreg_contributions)

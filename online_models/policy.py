@@ -397,12 +397,10 @@ class Policy:
         env: _Env | None = None
         props = event.props
         for action, reason in self._static_reasons(event.type, customer):
-            if not reason:
-                need = action.requires_prop
-                if need is not None and props.get(need) in (None, "", False):
-                    reason = f"needs {need}"  # as Action.ineligible_because words it
-                elif score < action.min_score:
-                    reason = f"score below its {action.min_score:.2f}"
+            if not reason and action.requires_prop is not None:
+                reason = action.missing_prop(props)
+            if not reason and score < action.min_score:
+                reason = f"score below its {action.min_score:.2f}"
             if not reason:
                 reason = self._blocked(action, state, account, owner, owner_counts, ts, day)
             if not reason and action.eligible_if is not None:

@@ -51,11 +51,6 @@ def run_config(
         metrics, server = serve_engine_metrics(
             config, host=metrics_address[0], port=metrics_address[1]
         )
-    from intentflow.dataflows.flow import engine_parts
-    from intentflow.warmup import compile_kernels
-
-    parts = engine_parts(config)
-    log.info("kernels ready in %.1f s", compile_kernels(parts.spec, parts.model))
     flow = make_flow(config, metrics, placement)
     # Start-up objects (modules, config, compiled kernels' wrappers) live for the whole
     # run: move them out of the collector's generations, so that collections triggered
