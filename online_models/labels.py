@@ -14,12 +14,16 @@ True
 False
 >>> book.observe("c-2", 10, np.array([0.0, 0.0]), 0.1)
 True
->>> [(m.entity_id, m.label, m.delay_ms) for m in book.on_conversion("c-1", 400)]
-[('c-1', True, 400)]
+>>> book.on_conversion("c-1", 400)  # a positive of the first horizon: held
+[]
 >>> book.next_deadline_ms()
-1011
+1001
 >>> [(m.entity_id, m.label, m.delay_ms) for m in book.expire(1_011)]
-[('c-2', False, 1000)]
+[('c-1', True, 400), ('c-2', False, 1000)]
+>>> book.observe("c-3", 1_100, np.array([0.5, 0.5]), 0.6)
+True
+>>> [(m.entity_id, m.label, m.delay_ms) for m in book.on_conversion("c-3", 1_300)]
+[('c-3', True, 200)]
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ class LabelConfig:
     journey still labels its early decision points, while negatives mature
     soon enough to be learned during a short run.
 
+    ``hold_first_horizon``: a positive whose decision point falls in the
+    book's first horizon (from its first decision point) is held back until
+    that point's horizon has passed, when the negatives of its time mature
+    too. Without it, a fresh shard learns only positives for one horizon
+    (negatives cannot mature earlier), and its model scores nearly every
+    entity above the threshold once it becomes ready.
+
     ``name`` names the definition (the model's target). ``conversion_actions``
     restricts outcome conversions to outcomes of these actions (empty: any).
     ``extra`` holds further definitions that run side by side, each with
@@ -69,6 +80,7 @@ class LabelConfig:
     min_gap_ms: int = 60_000
     name: str = "converts"
     conversion_actions: tuple[str, ...] = ()
+    hold_first_horizon: bool = True
     extra: tuple[LabelConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -175,6 +187,8 @@ def to_arrays(matured: Sequence[Matured], n_features: int) -> tuple[FloatArray, 
 
 # (seq, decision ts, feature row, score): one pending decision point.
 _Point = tuple[int, int, FloatArray, float]
+# (decision ts, seq, positive): a positive held until its horizon has passed.
+_Held = tuple[int, int, Matured]
 
 
 class LabelBook:
@@ -185,9 +199,14 @@ class LabelBook:
     back. Points expire (become negatives) when ``ts + horizon_ms <
     watermark``; a point whose horizon already ended when it arrives is
     refused as late.
+
+    With ``hold_first_horizon`` (the default), positives of points from the
+    first horizon after the book's first point are returned by
+    :meth:`expire` once the point's own horizon has passed, in decision
+    order with the negatives, instead of by :meth:`on_conversion`.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     def __init__(self, config: LabelConfig | None = None) -> None:
         self.config = config if config is not None else LabelConfig()
@@ -207,17 +226,35 @@ class LabelBook:
                 "negatives",
                 "evicted",
                 "late_conversions",
+                "held",
             ),
             0,
         )
         self._delays = np.zeros(DELAY_WINDOW, dtype=np.int64)
         self._delay_next = 0
         self._delay_size = 0
+        self._started = False  # a point was observed
+        # points with a smaller decision time have their positives held (None: none)
+        self._hold_until: int | None = None
+        self._held: list[_Held] = []  # a heap
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_held" not in state:  # schema 2: written before positives could be held
+            self._started = True
+            self._hold_until = None
+            self._held = []
+            self.counts.setdefault("held", 0)
 
     @property
     def n_pending(self) -> int:
         """Decision points waiting for a label."""
         return self._n_pending
+
+    @property
+    def n_held(self) -> int:
+        """Positives held until their horizon has passed (``hold_first_horizon``)."""
+        return len(self._held)
 
     @property
     def n_entities(self) -> int:
@@ -270,6 +307,10 @@ class LabelBook:
             raise ValueError(
                 f"features_row: expected {self._n_features} values, got {row.shape[0]}"
             )
+        if not self._started:
+            self._started = True
+            if cfg.hold_first_horizon:
+                self._hold_until = max(ts, self.watermark_ms or ts) + cfg.horizon_ms
         seq = self._seq
         self._seq += 1
         self._pending.setdefault(entity_id, []).append((seq, ts, row, float(score)))
@@ -303,7 +344,18 @@ class LabelBook:
             self._delays[self._delay_next] = ts - p[1]
             self._delay_next = (self._delay_next + 1) % DELAY_WINDOW
         self._delay_size = min(DELAY_WINDOW, self._delay_size + len(hit))
-        return [Matured(entity_id, p[1], ts, p[2], p[3], True) for p in hit]
+        until = self._hold_until
+        if until is None or hit[0][1] >= until:
+            return [Matured(entity_id, p[1], ts, p[2], p[3], True) for p in hit]
+        out: list[Matured] = []
+        for p in hit:
+            m = Matured(entity_id, p[1], ts, p[2], p[3], True)
+            if p[1] < until:
+                heapq.heappush(self._held, (p[1], p[0], m))
+                self.counts["held"] += 1
+            else:
+                out.append(m)
+        return out
 
     def delay_stats(self) -> dict[str, float]:
         """Label delay of the last :data:`DELAY_WINDOW` positives (conversion minus
@@ -335,13 +387,17 @@ class LabelBook:
         """Negatives: points with ``ts + horizon < watermark``, oldest first.
 
         ``now_ms`` is the shard's latest event time; it advances the watermark.
+        Held positives whose horizon has passed come with them, in decision
+        order (ties: the order the points were observed).
         """
         self._advance(int(now_ms))
-        assert self.watermark_ms is not None
+        watermark = self.watermark_ms
+        assert watermark is not None
         horizon = self.config.horizon_ms
         out: list[Matured] = []
+        seqs: list[int] = []
         heap = self._heap
-        while heap and heap[0][0] + horizon < self.watermark_ms:
+        while heap and heap[0][0] + horizon < watermark:
             ts, seq, entity_id = heapq.heappop(heap)
             point = self._live(seq, entity_id)
             if point is None:
@@ -351,17 +407,38 @@ class LabelBook:
             if not points:
                 del self._pending[entity_id]
             out.append(Matured(entity_id, ts, ts + horizon, point[2], point[3], False))
+            seqs.append(seq)
         self._n_pending -= len(out)
         self.counts["negatives"] += len(out)
         self._compact()
+        if self._hold_until is not None:
+            out = self._release(out, seqs, watermark - horizon, self._hold_until)
         return out
+
+    def _release(
+        self, negatives: list[Matured], seqs: list[int], before: int, until: int
+    ) -> list[Matured]:
+        """``negatives`` and the held positives with decision time below ``before``,
+        in decision order (ties: observation order)."""
+        held = self._held
+        if held and held[0][0] < before:
+            released: list[_Held] = []
+            while held and held[0][0] < before:
+                released.append(heapq.heappop(held))
+            keyed = zip([m.decision_ts_ms for m in negatives], seqs, negatives, strict=True)
+            merged = heapq.merge(keyed, released, key=lambda x: (x[0], x[1]))
+            negatives = [m for _, _, m in merged]
+        if not held and before >= until:  # every point of the first horizon is labelled
+            self._hold_until = None
+        return negatives
 
     def next_deadline_ms(self) -> int | None:
         """The smallest watermark at which :meth:`expire` matures something."""
         self._drop_stale_top()
-        if not self._heap:
+        tops = [q[0][0] for q in (self._heap, self._held) if q]
+        if not tops:
             return None
-        return self._heap[0][0] + self.config.horizon_ms + 1
+        return min(tops) + self.config.horizon_ms + 1
 
     def evict_entity(self, entity_id: str) -> int:
         """Forget an entity's pending points (unlabelled); returns how many."""
@@ -380,5 +457,11 @@ class LabelBook:
             heapq.heapify(self._heap)
 
     def stats(self) -> dict[str, int]:
-        """Counters since creation plus the current ``pending`` and ``entities``."""
-        return {**self.counts, "pending": self._n_pending, "entities": len(self._pending)}
+        """Counters since creation plus the current ``pending``, ``entities`` and
+        ``holding`` (positives held, see ``hold_first_horizon``)."""
+        return {
+            **self.counts,
+            "pending": self._n_pending,
+            "entities": len(self._pending),
+            "holding": len(self._held),
+        }

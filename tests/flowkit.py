@@ -18,10 +18,20 @@ from intentflow.dataflows.sources import RawItem
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut
 
+#: demo.toml with ``labels.hold_first_horizon = false``, for tests whose short
+#: streams must alert early (see the file's comment).
+SHORT_RUN_TOML = str(Path(__file__).with_name("short-run.toml"))
 
-def demo_config(**sections: Any) -> Config:
-    """The packaged demo settings (short label horizon), plus overrides."""
-    text = resources.files("intentflow").joinpath("defaults/demo.toml").read_text()
+
+def demo_config(*, short_run: bool = False, **sections: Any) -> Config:
+    """The packaged demo settings (short label horizon), plus overrides.
+
+    ``short_run``: :data:`SHORT_RUN_TOML`'s settings instead.
+    """
+    if short_run:
+        text = Path(SHORT_RUN_TOML).read_text()
+    else:
+        text = resources.files("intentflow").joinpath("defaults/demo.toml").read_text()
     data = tomllib.loads(text)
     cfg = load_config(None, env={})
     cfg = replace(cfg, labels=data["labels"], model=data["model"])

@@ -13,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import redis
 from bytewax.dataflow import Dataflow
 from bytewax.run import cli_main
 from bytewax.testing import TestingSource
-from flowkit import decisions, demo_config, gen_payloads, items_of, run_memory
+from flowkit import SHORT_RUN_TOML, decisions, demo_config, gen_payloads, items_of, run_memory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,12 +45,12 @@ from intentflow.config import Config
 from intentflow.dataflows.sources import RedisStreamSource, partition_for
 from intentflow.errors import ConfigError, RecoveryError
 
-DEMO_TOML = str(resources.files("intentflow").joinpath("defaults/demo.toml"))
+DEMO_TOML = SHORT_RUN_TOML  # the runs must alert early
 DIVISORS_840 = [w for w in range(1, 841) if AFFINITY_MODULUS % w == 0]
 
 
 def cfg_with(shards: int, *, affinity: bool, **recovery: Any) -> Config:
-    cfg = demo_config()
+    cfg = demo_config(short_run=True)
     cfg = replace(cfg, engine=replace(cfg.engine, shards=shards, affinity=affinity))
     if recovery:
         cfg = replace(cfg, recovery=replace(cfg.recovery, **recovery))

@@ -16,11 +16,11 @@ import jsonschema
 import orjson
 import pytest
 import redis
-from flowkit import decisions, demo_config, gen_payloads, items_of, run_memory
+from flowkit import SHORT_RUN_TOML, decisions, demo_config, gen_payloads, items_of, run_memory
 
 from intentflow.commands.produce import Producer
 
-DEMO_TOML = str(resources.files("intentflow").joinpath("defaults/demo.toml"))
+DEMO_TOML = SHORT_RUN_TOML  # the runs must alert early
 ALERTS = jsonschema.Draft202012Validator(
     json.loads(resources.files("intentflow").joinpath("schemas/alert.schema.json").read_text())
 )
@@ -119,7 +119,8 @@ def test_kill_9_and_resume_loses_and_duplicates_nothing(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     payloads = gen_payloads(15000, seed=21, poison_fraction=0.005)
-    expected = {d[0] for d in decisions(run_memory(demo_config(), items_of(payloads)))}
+    out = run_memory(demo_config(short_run=True), items_of(payloads))
+    expected = {d[0] for d in decisions(out)}
     assert len(expected) > 50
 
     producer = Producer(redis_client, "intentflow:events:", 2)

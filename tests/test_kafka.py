@@ -99,7 +99,7 @@ def consume_all(brokers: str, topic: str) -> dict[int, list[Any]]:
 
 
 def kafka_cfg(shards: int = PARTITIONS) -> Config:
-    cfg = demo_config()
+    cfg = demo_config(short_run=True)
     return replace(cfg, engine=replace(cfg.engine, shards=shards, affinity=True))
 
 

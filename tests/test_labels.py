@@ -19,9 +19,11 @@ H = 10_000  # horizon used by most tests
 ROW = np.array([1.0, 2.0])
 
 
-def book(**kw: int) -> LabelBook:
-    cfg = {"horizon_ms": H, "min_gap_ms": 100, **kw}
-    return LabelBook(LabelConfig(**cfg))  # type: ignore[arg-type]
+def book(**kw: Any) -> LabelBook:
+    """A book whose positives come at their conversion, from the first point on
+    (``hold_first_horizon`` off: its tests are at the end of this module)."""
+    cfg = {"horizon_ms": H, "min_gap_ms": 100, "hold_first_horizon": False, **kw}
+    return LabelBook(LabelConfig(**cfg))
 
 
 def summary(matured: list[Matured]) -> list[tuple[str, int, bool, int]]:
@@ -173,7 +175,8 @@ def test_next_deadline_follows_the_oldest_live_point() -> None:
     assert len(b.expire(deadline)) == 1
 
 
-def test_pickle_mid_stream_continues_identically() -> None:
+@pytest.mark.parametrize("hold", [False, True])
+def test_pickle_mid_stream_continues_identically(hold: bool) -> None:
     rng = np.random.default_rng(0)
     ops = []
     for ts in range(0, 60_000, 37):
@@ -196,12 +199,13 @@ def test_pickle_mid_stream_continues_identically() -> None:
             ]
         return out
 
-    whole = book()
+    whole = book(hold_first_horizon=hold)
     expected = run(whole, ops)
-    half = book()
-    first = run(half, ops[:800])
+    half = book(hold_first_horizon=hold)
+    first = run(half, ops[:250])  # with hold: mid first horizon, positives held
+    assert half.n_held > 0 if hold else half.n_held == 0
     restored = pickle.loads(pickle.dumps(half))
-    assert first + run(restored, ops[800:]) == expected
+    assert first + run(restored, ops[250:]) == expected
     assert restored.stats() == whole.stats()
     assert any(e[2] for e in expected)
     assert not all(e[2] for e in expected)
@@ -219,31 +223,52 @@ def test_pickle_mid_stream_continues_identically() -> None:
             st.integers(0, 3 * H),
         ),
         max_size=60,
-    )
+    ),
+    st.booleans(),
 )
 def test_every_point_is_labelled_once_by_the_horizon_rule(
-    ops: list[tuple[str, str, int]],
+    ops: list[tuple[str, str, int]], hold: bool
 ) -> None:
-    """In event-time order: positive iff the entity converts in (ts, ts + H]."""
+    """In event-time order: positive iff the entity converts in (ts, ts + H].
+
+    With ``hold_first_horizon``, a positive of a point from the first horizon
+    (decision time below the first point's + H) comes from ``expire`` once the
+    watermark is past its decision time + H, in decision order with that
+    call's negatives; every other positive comes from its conversion.
+    """
     ops = sorted(ops, key=lambda op: op[2])
-    b = LabelBook(LabelConfig(horizon_ms=H, min_gap_ms=0, max_pending_per_entity=1000))
+    cfg = LabelConfig(
+        horizon_ms=H, min_gap_ms=0, max_pending_per_entity=1000, hold_first_horizon=hold
+    )
+    b = LabelBook(cfg)
     accepted: list[tuple[str, int]] = []
-    matured: list[Matured] = []
+    matured: list[tuple[Matured, str, int]] = []  # (label, returned by, watermark then)
     for kind, entity, ts in ops:
         if kind == "conv":
-            matured += b.on_conversion(entity, ts)
+            matured += [(m, "conv", ts) for m in b.on_conversion(entity, ts)]
         elif b.observe(entity, ts, ROW, 0.0):
             accepted.append((entity, ts))
-        matured += b.expire(ts)
-    matured += b.expire(10 * H)
+        expired = b.expire(ts)
+        assert [m.decision_ts_ms for m in expired] == sorted(m.decision_ts_ms for m in expired)
+        matured += [(m, "expire", ts) for m in expired]
+    matured += [(m, "expire", 10 * H) for m in b.expire(10 * H)]
     assert b.n_pending == 0
-    assert sorted((m.entity_id, m.decision_ts_ms) for m in matured) == sorted(accepted)
+    assert b.n_held == 0
+    assert sorted((m.entity_id, m.decision_ts_ms) for m, _, _ in matured) == sorted(accepted)
     conversions = [(e, ts) for kind, e, ts in ops if kind == "conv"]
-    for m in matured:
+    until = accepted[0][1] + H if accepted else 0
+    for m, by, watermark in matured:
         later = [c for e, c in conversions if e == m.entity_id and m.decision_ts_ms < c]
         within = [c for c in later if c <= m.decision_ts_ms + H]
         assert m.label == bool(within)
         assert m.label_ts_ms == (min(within) if within else m.decision_ts_ms + H)
+        if not m.label:
+            assert by == "expire"
+        elif hold and m.decision_ts_ms < until:
+            assert by == "expire"
+            assert watermark > m.decision_ts_ms + H
+        else:
+            assert by == "conv"
 
 
 # --- learning from delayed labels -----------------------------------------------------------
@@ -350,3 +375,71 @@ def test_matured_pickles_as_the_frozen_dataclass_it_was(monkeypatch: pytest.Monk
     again = pickle.loads(pickle.dumps(restored))
     assert again.entity_id == "c-1"
     assert again.features.tolist() == [1.0, 2.0]
+
+
+# --- the first horizon: positives wait for the negatives of their time ----------------------
+
+
+def test_a_fresh_book_holds_first_horizon_positives_until_their_horizon_passes() -> None:
+    b = LabelBook(LabelConfig(horizon_ms=H, min_gap_ms=0))  # hold_first_horizon: the default
+    assert b.observe("x", 1_000, ROW, 0.9)
+    assert b.observe("y", 2_000, ROW, 0.1)
+    assert b.on_conversion("x", 3_000) == []  # labelled, but held
+    assert (b.n_pending, b.n_held, b.stats()["holding"], b.stats()["held"]) == (1, 1, 1, 1)
+    assert b.next_deadline_ms() == 1_000 + H + 1
+    assert b.expire(1_000 + H) == []
+    got = b.expire(2_000 + H + 1)  # both horizons passed: in decision order
+    assert summary(got) == [("x", 1_000, True, 2_000), ("y", 2_000, False, H)]
+    assert b.n_held == 0
+    # a point after the first horizon: its positive comes at the conversion
+    assert b.observe("z", 1_000 + H, ROW, 0.5)
+    assert summary(b.on_conversion("z", 2_000 + H)) == [("z", 1_000 + H, True, 1_000)]
+
+
+def test_without_the_hold_a_fresh_book_returns_positives_long_before_any_negative() -> None:
+    """Why the hold exists: the first labels a fresh shard learns are all positive."""
+
+    def first_labels(hold: bool) -> list[bool]:
+        b = book(min_gap_ms=0, hold_first_horizon=hold)
+        out: list[Matured] = []
+        for i in range(200):  # a point every 100 ms; one in ten converts 1 s later
+            ts = i * 100
+            b.observe(f"c{i}", ts, ROW, 0.5)
+            if i >= 10 and (i - 10) % 10 == 0:
+                out += b.on_conversion(f"c{i - 10}", ts)
+            out += b.expire(ts)
+        return [m.label for m in out]
+
+    unheld = first_labels(hold=False)
+    assert len(unheld) > 10
+    assert all(unheld[:10])  # the first ten labels: positives only
+    held = first_labels(hold=True)
+    assert 0 < sum(held) < len(held)  # both classes from the first label on ...
+    assert sum(held[:20]) <= 3  # ... at the stream's rate (one in ten)
+
+
+def test_a_book_pickled_before_the_hold_existed_holds_nothing() -> None:
+    b = book(hold_first_horizon=True)
+    assert b.observe("x", 0, ROW, 0.5)
+    state = dict(b.__dict__)
+    for key in ("_started", "_hold_until", "_held"):
+        del state[key]
+    state["counts"] = {k: v for k, v in state["counts"].items() if k != "held"}
+    old = LabelBook.__new__(LabelBook)
+    old.__setstate__(state)
+    assert summary(old.on_conversion("x", 10)) == [("x", 0, True, 10)]
+    assert old.stats()["held"] == 0
+
+
+def test_the_short_run_test_config_is_the_demo_config_without_the_hold() -> None:
+    """tests/short-run.toml (tests that need alerts early) may differ in that key only."""
+    import tomllib
+    from importlib import resources
+
+    from flowkit import SHORT_RUN_TOML
+
+    demo = tomllib.loads(resources.files("intentflow").joinpath("defaults/demo.toml").read_text())
+    with open(SHORT_RUN_TOML, "rb") as f:
+        short = tomllib.load(f)
+    assert short == {**demo, "labels": {**demo["labels"], "hold_first_horizon": False}}
+    assert LabelConfig.from_dict(short["labels"]).hold_first_horizon is False

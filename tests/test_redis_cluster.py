@@ -210,7 +210,7 @@ def test_the_engine_writes_its_alerts_to_the_cluster(
     rc: RedisCluster, cluster: LocalCluster
 ) -> None:
     payloads = gen_payloads(4000, seed=8)
-    cfg = demo_config()
+    cfg = demo_config(short_run=True)
     expected = decisions(run_memory(cfg, items_of(payloads)))
     assert len(expected) > 10
     cfg = cfg.with_overrides({"output.sink": "redis-cluster", "output.cluster_url": cluster.url})
@@ -225,7 +225,7 @@ def test_the_engine_writes_its_alerts_to_the_cluster(
 
 
 def test_a_missing_cluster_url_or_a_plain_server_is_refused(cluster: LocalCluster) -> None:
-    cfg = demo_config().with_overrides({"output.sink": "redis-cluster"})
+    cfg = demo_config(short_run=True).with_overrides({"output.sink": "redis-cluster"})
     with pytest.raises(ConfigError, match="cluster_url"):
         make_output(cfg)
     with contextlib.ExitStack() as stack:

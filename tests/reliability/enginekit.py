@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ import redis
 from intentflow.commands.model import _newest_snapshots
 from intentflow.errors import RecoveryError
 
-DEMO_TOML = str(resources.files("intentflow").joinpath("defaults/demo.toml"))
+#: tests/short-run.toml (flowkit.SHORT_RUN_TOML): the runs must alert early
+DEMO_TOML = str(Path(__file__).resolve().parents[1] / "short-run.toml")
 
 #: Modules the fork server imports once; every engine child inherits them.
 PRELOAD = [
@@ -353,7 +353,7 @@ def build_reference(rec: Path) -> Reference:
     )
 
     payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
-    out = run_memory(demo_config(), items_of(payloads), recovery_dir=rec)
+    out = run_memory(demo_config(short_run=True), items_of(payloads), recovery_dir=rec)
     last = {s.entity_id: (repr(float(s.score)), s.model) for s in scores(out)}
     states = shard_states(rec)
     return Reference(

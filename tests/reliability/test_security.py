@@ -18,6 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import orjson
@@ -362,7 +363,8 @@ def test_a_snapshot_from_another_spec_or_model_is_refused(
     config = tmp_path / "changed.toml"
     base = Path(DEMO_TOML).read_text()
     if change.startswith("[features"):
-        defaults = Path(DEMO_TOML).with_name("features.toml").read_text()
+        packaged = resources.files("intentflow").joinpath("defaults/features.toml")
+        defaults = packaged.read_text()
         config.write_text(base + "\n" + defaults + "\n" + change)
     else:
         config.write_text(base.replace("[model]\n", change.rstrip("\n") + "\n", 1))
