@@ -41,8 +41,8 @@ WHERE: list[list[str]] = [
 GAPS = [0, 1, 999, 1_000, 9_999, 10_000, 29_999, 60_000, 299_999, HOUR, 4 * HOUR, DAY, 7 * DAY]
 BACKS = [1, 30_000, 60_000, 5 * MINUTE, HOUR, 2 * HOUR, DAY]
 X_VALUES: list[Any] = [0, 1, 2.5, -3.25, 7, "9", None, math.nan, math.inf, 1e20, -1e20, True]
-CAT_VALUES: list[Any] = ["a", "b", True, 1, 1.0, 0, None]
-PAGE_VALUES: list[Any] = ["p1", "p2", "p3", "p4", "p5", 1, 1.0, math.nan, None]
+CAT_VALUES: list[Any] = ["a", "b", True, 1, 1.0, 0, None, ["a"], {"a": 1}]
+PAGE_VALUES: list[Any] = ["p1", "p2", "p3", "p4", "p5", 1, 1.0, math.nan, None, ["p1"]]
 
 
 def _ms(text: str) -> int:
