@@ -394,6 +394,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 feature_bytes=self.features.nbytes,
                 dedup_ids=len(self.seen),
                 pending_labels=self.labels.n_pending,
+                held_labels=self.labels.n_held,
                 model=self.model.metrics(),
             )
         if self._logged:

@@ -180,6 +180,7 @@ class ShardObserver:
         dedup_ids: int,
         pending_labels: int,
         model: Mapping[str, float],
+        held_labels: int = 0,
     ) -> None:
         """Shard state sizes and the model's progressive-validation figures."""
 
@@ -419,6 +420,11 @@ class Metrics(EngineMetrics):
         )
         self.pending_labels = gauge(
             "intentflow_labels_pending", "Decision points waiting for their label.", ("shard",)
+        )
+        self.held_labels = gauge(
+            "intentflow_labels_held",
+            "Positives of the first horizon held until their horizon has passed.",
+            ("shard",),
         )
         # model and policy
         self.auc = gauge(
@@ -700,6 +706,7 @@ class _PromShardObserver(ShardObserver):
         dedup_ids: int,
         pending_labels: int,
         model: Mapping[str, float],
+        held_labels: int = 0,
     ) -> None:
         m, s = self._m, self._shard
         m.entities.labels(s).set(entities)
@@ -707,6 +714,7 @@ class _PromShardObserver(ShardObserver):
         m.state_bytes.labels(s, "features").set(feature_bytes)
         m.dedup_ids.labels(s).set(dedup_ids)
         m.pending_labels.labels(s).set(pending_labels)
+        m.held_labels.labels(s).set(held_labels)
         m.auc.labels(s).set(model.get("auc", math.nan))
         m.log_loss.labels(s).set(model.get("log_loss", math.nan))
         m.brier.labels(s).set(model.get("brier", math.nan))

@@ -92,6 +92,7 @@ def test_summarize_rates_and_gauges() -> None:
         dedup_ids=70,
         pending_labels=3,
         model={"auc": 0.8, "log_loss": 0.3, "brier": 0.1, "window": 500.0},
+        held_labels=4,
     )
     m.shard("s1").state(
         entities=1,
@@ -101,6 +102,8 @@ def test_summarize_rates_and_gauges() -> None:
         pending_labels=1,
         model={"auc": 0.6, "log_loss": 0.5, "brier": 0.2, "window": 500.0},
     )
+    assert m.sample("intentflow_labels_held", {"shard": "s0"}) == 4
+    assert m.sample("intentflow_labels_held", {"shard": "s1"}) == 0  # not given: none held
     b = parse_scrape(m.exposition().decode(), at=102.0)
     fig = summarize(a, b)
     assert fig.interval_s == 2.0
