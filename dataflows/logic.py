@@ -78,7 +78,7 @@ class EngineParts:
     dedup_window_ms: int = 86_400_000
     dedup_max: int = 1_000_000
     housekeeping_interval_ms: int = 60_000
-    learn_tick_ms: int = 1_000
+    learn_tick_ms: int = 5_000
     initial_model: IntentModel | None = None  # warm start of fresh shards (--model-file)
     score_log: bool = False  # emit a ScoreLogBatch per scored segment (--score-log)
     #: False when the run has no recovery: Bytewax still asks every stateful step for

@@ -96,7 +96,7 @@ class EngineSection:
     dedup_window_s: float = 86400.0
     dedup_max_per_shard: int = 1_000_000
     housekeeping_interval_s: float = 60.0  # event time between evictions/trims
-    learn_tick_s: float = 1.0  # event time between model updates from matured labels
+    learn_tick_s: float = 5.0  # event time between model updates from matured labels
     model_file: str = ""  # warm-start every fresh shard's model from this exported model file
     affinity: bool = False  # one input partition per shard, read where it is owned (scaling.md)
 
