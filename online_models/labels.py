@@ -233,7 +233,6 @@ class LabelBook:
         self._delays = np.zeros(DELAY_WINDOW, dtype=np.int64)
         self._delay_next = 0
         self._delay_size = 0
-        self._started = False  # a point was observed
         # points with a smaller decision time have their positives held (None: none)
         self._hold_until: int | None = None
         self._held: list[_Held] = []  # a heap
@@ -241,7 +240,6 @@ class LabelBook:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if "_held" not in state:  # schema 2: written before positives could be held
-            self._started = True
             self._hold_until = None
             self._held = []
             self.counts.setdefault("held", 0)
@@ -307,11 +305,10 @@ class LabelBook:
             raise ValueError(
                 f"features_row: expected {self._n_features} values, got {row.shape[0]}"
             )
-        if not self._started:
-            self._started = True
-            if cfg.hold_first_horizon:
-                self._hold_until = max(ts, self.watermark_ms or ts) + cfg.horizon_ms
         seq = self._seq
+        if seq == 0 and cfg.hold_first_horizon:  # the book's first point
+            now = ts if watermark is None else max(ts, watermark)  # the new watermark
+            self._hold_until = now + cfg.horizon_ms
         self._seq += 1
         self._pending.setdefault(entity_id, []).append((seq, ts, row, float(score)))
         heapq.heappush(self._heap, (ts, seq, entity_id))

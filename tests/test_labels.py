@@ -422,7 +422,7 @@ def test_a_book_pickled_before_the_hold_existed_holds_nothing() -> None:
     b = book(hold_first_horizon=True)
     assert b.observe("x", 0, ROW, 0.5)
     state = dict(b.__dict__)
-    for key in ("_started", "_hold_until", "_held"):
+    for key in ("_hold_until", "_held"):
         del state[key]
     state["counts"] = {k: v for k, v in state["counts"].items() if k != "held"}
     old = LabelBook.__new__(LabelBook)
