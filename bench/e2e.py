@@ -14,7 +14,10 @@ seconds while this process reads the alert stream with blocking ``XREAD``.
 Latency is the reader's wall time when ``XREAD`` returned minus the
 producer's ``produced_ts`` of the triggering event (``trace.produced_ts``).
 It is measured at 25 %, 50 % and 75 % of ``eps`` (``--loads``), each with a
-fresh engine; the top-level latency keys are those of the 50 % run.
+fresh engine; the top-level latency keys are those of the 50 % run. Among
+the live events the producer sends latency probes (``--probe-rate``), on
+which one rule (``bench/probe-rules.toml``) alerts: in steady state the
+model alerts on few events of the synthetic stream.
 
 Also, in the same run: the naive Bytewax + River flow of :mod:`bench.naive`
 through the same throughput rounds (``naive_eps``, ``ratio_vs_naive``), the
@@ -74,6 +77,14 @@ LOADS: Final = (25, 50, 75)
 MAIN_LOAD: Final = 50
 #: The rules in force in the stage profile by default (five example rules).
 EXAMPLE_RULES: Final = Path(__file__).resolve().parents[1] / "examples" / "rules.toml"
+#: The latency engines' one rule: it alerts on every latency probe.
+PROBE_RULES: Final = Path(__file__).resolve().parent / "probe-rules.toml"
+#: The probes' rule id, event type and contacts (``bench-probe-00`` ...).
+PROBE_RULE: Final = "bench_latency_probe"
+PROBE_TYPE: Final = "bench_probe"
+PROBE_CONTACTS: Final = 64
+#: Latency probes per second of the live phase (``--probe-rate``).
+PROBE_RATE: Final = 50.0
 #: ... within these bounds (events/s).
 RATE_BOUNDS: Final = (100.0, 20_000.0)
 #: Warn when the engine got less of a core than this in a throughput round ...
@@ -83,6 +94,10 @@ BACKLOG_WARN_S: Final = 1.0
 #: Below this many samples p99.9 is not meaningful.
 MIN_SAMPLES: Final = 1000
 _SEND_BATCH: Final = 1000
+#: The live producer sends what is due this often (seconds). Each send is a
+#: round trip to Redis, which cost the producer about 0.2 ms of CPU on the
+#: 2-core machine of bench/README.md: at 1 ms it took a fifth of a core.
+_LIVE_EVERY_S: Final = 0.002
 _READY_TIMEOUT_S: Final = 300.0
 
 
@@ -100,9 +115,11 @@ class Sizes:
     memory_entities: int = 1_000_000  # distinct entities of the memory measurement
 
 
-# The warm-up spans more event time than the demo's one-minute label horizon,
-# so that the models have learned from matured labels and alert.
-FULL: Final = Sizes(events=100_000, rounds=3, warmup=20_000, duration_s=60.0, event_time_rate=200.0)
+# The warm-up spans 200 s of event time: past the demo's one-minute label horizon
+# (the models have learned from matured labels and alert), and past the second
+# horizon, in which a fresh model alerts in a burst (docs/models.md, "The first
+# horizon"), so that throughput rounds and live phases see the steady state.
+FULL: Final = Sizes(events=100_000, rounds=3, warmup=40_000, duration_s=60.0, event_time_rate=200.0)
 QUICK: Final = Sizes(
     events=10_000,
     rounds=1,
@@ -119,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of this scenario (defaults depend on ``--quick``)."""
     p.add_argument("--events", type=int, help="events per throughput round (100000; quick 10000)")
     p.add_argument("--rounds", type=int, help="throughput rounds (3; quick 1)")
-    p.add_argument("--warmup", type=int, help="warm-up events per engine (20000; quick 12000)")
+    p.add_argument("--warmup", type=int, help="warm-up events per engine (40000; quick 12000)")
     p.add_argument(
         "--duration", type=float, help="seconds of live production per load (60; quick 3)"
     )
@@ -128,6 +145,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="offered events/s of the 50%% run (default: 50%% of the measured eps, within "
         "100..20000); the other loads are scaled from it",
+    )
+    p.add_argument(
+        "--probe-rate",
+        type=float,
+        default=PROBE_RATE,
+        metavar="R",
+        help=f"latency probes per second among the live events ({PROBE_RATE:g}; 0: none)",
     )
     p.add_argument(
         "--loads",
@@ -238,6 +262,35 @@ class _Sender:
         self.sent += len(payloads)
 
 
+#: Appends ARGV[2..] to the stream KEYS[1] as entries ``event`` = ARGV[i],
+#: ``produced_ts`` = ARGV[1]: the live producer's batches, one command each.
+_XADD_MANY: Final = """
+local ts = ARGV[1]
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[i], 'produced_ts', ts)
+end
+return #ARGV - 1
+"""
+
+
+class _ScriptSender(_Sender):
+    """:class:`_Sender` whose batch is one script call: the live producer's.
+
+    The same entries; on the client one command per batch instead of one per
+    event, so that the producer takes less of the CPU the engine needs (with
+    one XADD each it took about three quarters of a core at 16,000 events/s).
+    """
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        super().__init__(client, stream)
+        self._script = client.register_script(_XADD_MANY)
+
+    def send(self, payloads: list[bytes]) -> None:
+        now = repr(time.time() * 1000.0).encode()
+        self._script(keys=[self.stream], args=[now, *payloads])
+        self.sent += len(payloads)
+
+
 def _send(producer: _Sender, payloads: list[bytes]) -> int:
     """XADD ``payloads`` in pipelined batches; returns the event time of the last one."""
     for i in range(0, len(payloads), _SEND_BATCH):
@@ -255,6 +308,34 @@ def _engine_args(ctx: Context, snapshot_interval_s: float, tag: str) -> list[str
     rec = ctx.workdir / f"recovery-{tag}"
     interval = f"{snapshot_interval_s:g}"
     return ["--recovery-dir", str(rec), "--init-recovery", "--snapshot-interval", interval]
+
+
+def probe_payload(n: int, ts_ms: int) -> bytes:
+    """The ``n``-th latency probe of a live phase, at event time ``ts_ms``.
+
+    >>> orjson.loads(probe_payload(65, 1000))["entity_id"]
+    'bench-probe-01'
+    """
+    return orjson.dumps(
+        {
+            "event_id": f"bench-probe-{n}",
+            "entity_id": f"bench-probe-{n % PROBE_CONTACTS:02d}",
+            "type": PROBE_TYPE,
+            "ts": ts_ms,
+        }
+    )
+
+
+def is_probe_alert(alert: dict[str, Any]) -> bool:
+    """Whether ``alert`` is the probe rule's.
+
+    >>> is_probe_alert({"trigger": {"kind": "rule", "rule_id": PROBE_RULE}})
+    True
+    >>> is_probe_alert({"trigger": {"kind": "model", "id": "model"}})
+    False
+    """
+    trigger = alert.get("trigger") or {}
+    return trigger.get("kind") == "rule" and trigger.get("rule_id") == PROBE_RULE
 
 
 def _preload_and_start(
@@ -423,6 +504,9 @@ class Latency:
     queue: list[float]  # ingest_ts - produced_ts
     engine: list[float]  # emit_ts - ingest_ts
     sink_read: list[float]  # read time - emit_ts
+    probe: list[bool]  # whether each sample is a probe's alert (else the model's)
+    probes: int  # probes sent
+    probe_rate: float  # probes per second asked for
     dead_letters: int
     startup_s: float
     backlog_s: float  # from the producer's end until the engine had scored its last event
@@ -437,31 +521,50 @@ def _produce_live(
     snapshot: Any,
     rate: float,
     duration_s: float,
-    out: Queue[tuple[int, float, int]],
+    probe_rate: float,
+    out: Queue[tuple[int, float, int, int]],
 ) -> None:
     """Producer process: XADD at ``rate`` for ``duration_s``, then a sentinel.
 
-    Sends whatever is due about every millisecond (pipelined, one ``produced_ts``
-    per pipeline) and puts ``(sent, seconds, last event time)`` on ``out``.
+    Generates every event first (``rate × duration_s`` and a margin; not
+    timed), then sends whatever is due every :data:`_LIVE_EVERY_S` (one script
+    call, one ``produced_ts`` per batch), with the latency probes due at
+    ``probe_rate`` at the end of a batch (at the event time of its last
+    generated event), and puts ``(events sent, seconds, last event time,
+    probes sent)`` on ``out``.
     """
     gen = BuyerJourneyGenerator.restore(cfg, snapshot)
+    ready = gen.next_payloads(int(rate * duration_s * 1.02) + 1000)
     client = connect(url)
-    producer = _Sender(client, f"{prefix}0")
+    producer = _ScriptSender(client, f"{prefix}0")
     last_ts = 0
+    probes = 0
+    made = 0
+    next_at = 0.0
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < duration_s:
-        due = int(elapsed * rate) - producer.sent
-        if due <= 0:
-            time.sleep(0.0005)
+        if elapsed < next_at:
+            time.sleep(next_at - elapsed)
             continue
-        payloads = gen.next_payloads(min(due, 500))
-        producer.send(payloads)
+        next_at = elapsed + _LIVE_EVERY_S
+        due = int(elapsed * rate) - made
+        if due <= 0:
+            continue
+        n = min(due, 2000)
+        if made + n > len(ready):
+            ready.extend(gen.next_payloads(max(n, 10_000)))
+        payloads = ready[made : made + n]
+        made += n
         last_ts = int(orjson.loads(payloads[-1])["ts"])
+        while probes < int(elapsed * probe_rate):
+            payloads.append(probe_payload(probes, last_ts))
+            probes += 1
+        producer.send(payloads)
     seconds = time.monotonic() - start
-    sent = producer.sent
+    sent = made
     producer.send([sentinel_payload("live-end", last_ts)])
     client.close()
-    out.put((sent, seconds, last_ts))
+    out.put((sent, seconds, last_ts, probes))
 
 
 @dataclass
@@ -492,7 +595,11 @@ class LatencyEngine:
             ctx.url,
             keys,
             ctx.workdir / f"engine-latency-{tag}.log",
-            extra_args=_engine_args(ctx, snap_s, f"latency-{tag}"),
+            extra_args=[
+                *_engine_args(ctx, snap_s, f"latency-{tag}"),
+                "--rules",
+                str(PROBE_RULES),
+            ],
         )
         return cls(keys, gen, engine, _preload_and_start(client, engine, gen, sizes.warmup))
 
@@ -509,7 +616,12 @@ class LatencyEngine:
 
 
 def measure_latency(
-    ctx: Context, client: redis.Redis, sizes: Sizes, rate: float, warm: LatencyEngine
+    ctx: Context,
+    client: redis.Redis,
+    sizes: Sizes,
+    rate: float,
+    warm: LatencyEngine,
+    probe_rate: float = PROBE_RATE,
 ) -> Latency:
     """Live production at ``rate`` against a warm engine; see the module docstring.
 
@@ -517,7 +629,7 @@ def measure_latency(
     """
     keys, gen, engine, startup_s = warm.keys, warm.gen, warm.engine, warm.startup_s
     mp = multiprocessing.get_context("spawn")
-    results: Queue[tuple[int, float, int]] = mp.Queue()
+    results: Queue[tuple[int, float, int, int]] = mp.Queue()
     reader = connect(ctx.url)
     producer: Any = None
     try:
@@ -536,6 +648,7 @@ def measure_latency(
                 gen.snapshot(),
                 rate,
                 sizes.duration_s,
+                probe_rate,
                 results,
             ),
             name="bench-producer",
@@ -546,8 +659,9 @@ def measure_latency(
         lat: list[float] = []
         at_s: list[float] = []
         stages: tuple[list[float], list[float], list[float]] = ([], [], [])
+        probe: list[bool] = []
         alerts = 0
-        summary: tuple[int, float, int] | None = None
+        summary: tuple[int, float, int, int] | None = None
         produced_until = backlog_s = math.nan
         end_key = keys.score_key("bench-live-end")
         deadline = time.monotonic() + sizes.duration_s + _READY_TIMEOUT_S
@@ -583,6 +697,7 @@ def measure_latency(
                     continue  # not caused by a live event: no latency sample
                 lat.append(read_ts - produced)
                 at_s.append((produced - live_from) / 1000.0)
+                probe.append(is_probe_alert(alert))
                 stages[0].append(alert["ingest_ts"] - produced)
                 stages[1].append(alert["emit_ts"] - alert["ingest_ts"])
                 stages[2].append(read_ts - alert["emit_ts"])
@@ -590,7 +705,7 @@ def measure_latency(
         cpu1, rcpu1, t1 = engine.cpu_seconds(), redis_cpu_seconds(client), time.monotonic()
         engine_cpu, redis_cpu = _share(cpu0, cpu1, t1 - t0), _share(rcpu0, rcpu1, t1 - t0)
         producer.join(timeout=10)
-        sent, seconds, _ = summary
+        sent, seconds, _, probes = summary
         dead = int(client.xlen(keys.dlq)) if client.exists(keys.dlq) else 0
     finally:
         if producer is not None and producer.is_alive():
@@ -608,6 +723,9 @@ def measure_latency(
         queue=stages[0],
         engine=stages[1],
         sink_read=stages[2],
+        probe=probe,
+        probes=probes,
+        probe_rate=probe_rate,
         dead_letters=dead,
         startup_s=startup_s,
         backlog_s=backlog_s,
@@ -633,6 +751,7 @@ def default_rate(eps: float, share: float = RATE_SHARE) -> float:
 
 def load_figures(lt: Latency) -> dict[str, Any]:
     """The figures of one latency run (an entry of ``by_load``)."""
+    model = [v for v, p in zip(lt.latencies, lt.probe, strict=True) if not p]
     return {
         "offered_rate": lt.offered_rate,
         "achieved_rate": lt.achieved_rate,
@@ -640,6 +759,11 @@ def load_figures(lt: Latency) -> dict[str, Any]:
         "alerts": lt.alerts,
         "latency_samples": len(lt.latencies),
         **latency_figures(lt.latencies),
+        "probe_rate": lt.probe_rate,
+        "probes": lt.probes,
+        "probe_samples": len(lt.latencies) - len(model),
+        "model_samples": len(model),
+        **{f"model_{k}": v for k, v in _p50_p99(model).items()},
         **{f"queue_{k}": v for k, v in _p50_p99(lt.queue).items()},
         **{f"engine_{k}": v for k, v in _p50_p99(lt.engine).items()},
         **{f"sink_read_{k}": v for k, v in _p50_p99(lt.sink_read).items()},
@@ -693,7 +817,7 @@ def _latency_runs(
                 ready[load] = start(load).wait(client)
             else:
                 ctx.console.print(f"latency at {load}% of eps:")
-            runs[load] = measure_latency(ctx, client, sizes, rate, ready[load])
+            runs[load] = measure_latency(ctx, client, sizes, rate, ready[load], args.probe_rate)
     finally:
         for warm in ready.values():
             warm.close(client)  # idempotent: measured engines are closed already
@@ -756,6 +880,8 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
     loads = _loads(args.loads)
     if args.rate is not None and args.rate <= 0:
         raise BenchError("--rate must be positive")
+    if not 0 <= args.probe_rate <= 1000:
+        raise BenchError("--probe-rate must be between 0 and 1000 probes per second")
     rules_path = Path(args.profile_rules) if args.profile_rules else None
     if rules_path is not None and not rules_path.is_file():
         raise BenchError(f"--profile-rules: {rules_path} is not a file")
@@ -832,6 +958,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             "other processes were using the machine; generator_eps is understated"
         )
     stages = prof.figures()
+    main = load_figures(lt)
     figures: dict[str, Any] = {
         "eps": tp.eps,
         "eps_rounds": tp.eps_rounds,
@@ -867,6 +994,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "alerts": lt.alerts,
         "latency_samples": len(lt.latencies),
         **latency_figures(lt.latencies),
+        **{k: main[k] for k in _PROBE_KEYS},
         **{f"queue_{k}": v for k, v in _p50_p99(lt.queue).items()},
         **{f"engine_{k}": v for k, v in _p50_p99(lt.engine).items()},
         **{f"sink_read_{k}": v for k, v in _p50_p99(lt.sink_read).items()},
@@ -885,6 +1013,8 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             "duration_s": sizes.duration_s,
             "rate_from": "--rate" if args.rate else f"{RATE_SHARE:.0%} of eps",
             "loads": list(loads),
+            "probe_rate": args.probe_rate,
+            "probe_rules": str(PROBE_RULES.relative_to(PROBE_RULES.parents[1])),
             "entities": args.entities,
             "seed": args.seed,
             "event_time_rate": sizes.event_time_rate,
@@ -946,6 +1076,11 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             f"{lt.offered_rate:,.0f} / {lt.achieved_rate:,.0f} events/s",
         ),
         ("50% run: live events / alerts", f"{lt.events:,} / {lt.alerts:,}"),
+        (
+            "50% run: samples from probes / from the model (model p50, p99)",
+            f"{main['probe_samples']:,} / {main['model_samples']:,} "
+            f"({_ms(main['model_p50_ms'])}, {_ms(main['model_p99_ms'])})",
+        ),
         ("50% run: CPU while live: engine / Redis", f"{lt.engine_cpu:.0%} / {lt.redis_cpu:.0%}"),
         ("50% run: backlog when the producer stopped", f"{lt.backlog_s:.2f} s"),
         ("50% run: busiest second: alerts, p50", _busiest(figures["latency_by_second"])),
@@ -1018,6 +1153,21 @@ def _share(before: float | None, after: float | None, seconds: float) -> float:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
+
+
+#: Probe figures of a latency run, also at the top level for the 50 % run.
+_PROBE_KEYS: Final = (
+    "probe_rate",
+    "probes",
+    "probe_samples",
+    "model_samples",
+    "model_p50_ms",
+    "model_p99_ms",
+)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.1f} ms"
 
 
 def _p50_p99(values: list[float]) -> dict[str, float]:

@@ -58,6 +58,12 @@ E2E_KEYS = {
     "p99_ms",
     "p999_ms",
     "max_ms",
+    "probe_rate",
+    "probes",
+    "probe_samples",
+    "model_samples",
+    "model_p50_ms",
+    "model_p99_ms",
     "queue_p50_ms",
     "queue_p99_ms",
     "engine_p50_ms",
@@ -100,6 +106,12 @@ LOAD_KEYS = {
     "p99_ms",
     "p999_ms",
     "max_ms",
+    "probe_rate",
+    "probes",
+    "probe_samples",
+    "model_samples",
+    "model_p50_ms",
+    "model_p99_ms",
     "queue_p50_ms",
     "queue_p99_ms",
     "engine_p50_ms",
@@ -257,6 +269,15 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     main = doc["by_load"]["50"]
     for key in ("offered_rate", "latency_samples", "p50_ms", "p99_ms", "p999_ms", "max_ms"):
         assert main[key] == doc[key], key
+    # every probe alerts (the probe rule), and the samples split into probes and the model
+    assert params["probe_rate"] == 50.0
+    for load, run in doc["by_load"].items():
+        assert run["probe_rate"] == 50.0, load
+        assert run["probes"] > 0, load
+        assert run["probe_samples"] == run["probes"], load
+        assert run["probe_samples"] + run["model_samples"] == run["latency_samples"], load
+        if run["model_samples"] == 0:
+            assert run["model_p50_ms"] is None, load
     assert main["backlog_s"] == doc["backlog_s"]
 
     # memory: shrunk in quick mode, and the JSON says so
@@ -458,3 +479,25 @@ def test_crossing_times_interpolate_between_polls(
         (t0, v0), (t1, v1) = samples[i - 1], samples[i]
         assert t0 <= t <= t1
         assert math.isclose(v0 + (v1 - v0) * (t - t0) / (t1 - t0), mark, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def test_latency_probes_match_their_rule() -> None:
+    """A probe is an event the probe rule alerts on; the e2e module's examples hold."""
+    import doctest
+
+    from bench import e2e
+    from intentflow.contracts import Limits, parse_event
+    from intentflow.rules.model import parse_rules_text
+
+    (rule,) = parse_rules_text(e2e.PROBE_RULES.read_text()).rules
+    assert rule.id == e2e.PROBE_RULE
+    assert rule.types == (e2e.PROBE_TYPE,)
+    ev = parse_event(e2e.probe_payload(7, 1_800_000_000_000), Limits(), 1_800_000_000_000)
+    assert isinstance(ev, Event)
+    assert (ev.type, ev.entity_id) == ("bench_probe", "bench-probe-07")
+    assert ev.event_id == "bench-probe-7"
+    assert e2e.is_probe_alert({"trigger": {"kind": "rule", "rule_id": rule.id}})
+    assert not e2e.is_probe_alert({"trigger": {"kind": "rule", "rule_id": "other"}})
+    result = doctest.testmod(e2e)
+    assert result.attempted > 0
+    assert result.failed == 0
