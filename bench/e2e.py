@@ -95,8 +95,8 @@ BACKLOG_WARN_S: Final = 1.0
 MIN_SAMPLES: Final = 1000
 _SEND_BATCH: Final = 1000
 #: The live producer sends what is due this often (seconds). Each send is a
-#: round trip to Redis, which cost the producer about 0.2 ms of CPU on the
-#: 2-core machine of bench/README.md: at 1 ms it took a fifth of a core.
+#: round trip to Redis, which costs CPU: at 15,817 events/s on the 2-core
+#: machine of bench/README.md the producer took 39 % of a core at 1 ms, 15 % at 2 ms.
 _LIVE_EVERY_S: Final = 0.002
 _READY_TIMEOUT_S: Final = 300.0
 
@@ -277,8 +277,8 @@ class _ScriptSender(_Sender):
     """:class:`_Sender` whose batch is one script call: the live producer's.
 
     The same entries; on the client one command per batch instead of one per
-    event, so that the producer takes less of the CPU the engine needs (with
-    one XADD each it took about three quarters of a core at 16,000 events/s).
+    event, so that the producer takes less of the CPU the engine needs
+    (bench/README.md, phase 3).
     """
 
     def __init__(self, client: redis.Redis, stream: str) -> None:
@@ -523,6 +523,7 @@ def _produce_live(
     duration_s: float,
     probe_rate: float,
     out: Queue[tuple[int, float, int, int]],
+    sending: Any = None,
 ) -> None:
     """Producer process: XADD at ``rate`` for ``duration_s``, then a sentinel.
 
@@ -531,7 +532,8 @@ def _produce_live(
     call, one ``produced_ts`` per batch), with the latency probes due at
     ``probe_rate`` at the end of a batch (at the event time of its last
     generated event), and puts ``(events sent, seconds, last event time,
-    probes sent)`` on ``out``.
+    probes sent)`` on ``out``. ``sending`` (an event), when given, is set
+    when the events are generated and sending starts.
     """
     gen = BuyerJourneyGenerator.restore(cfg, snapshot)
     ready = gen.next_payloads(int(rate * duration_s * 1.02) + 1000)
@@ -541,6 +543,8 @@ def _produce_live(
     probes = 0
     made = 0
     next_at = 0.0
+    if sending is not None:
+        sending.set()
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < duration_s:
         if elapsed < next_at:
@@ -565,6 +569,11 @@ def _produce_live(
     producer.send([sentinel_payload("live-end", last_ts)])
     client.close()
     out.put((sent, seconds, last_ts, probes))
+
+
+def _producer_alive(producer: Any) -> None:
+    if not producer.is_alive():
+        raise BenchError(f"the producer process exited with code {producer.exitcode}")
 
 
 @dataclass
@@ -636,9 +645,9 @@ def measure_latency(
         ctx.console.print(f"  producing {rate:,.0f} events/s for {sizes.duration_s:g} s ...")
         last: Any = client.xrevrange(keys.alerts, count=1)
         last_id: bytes | str = bytes(last[0][0]) if last else "0-0"
-        live_from = time.time() * 1000.0
         gc.collect()
         gc.freeze()  # no full collections of start-up objects in the reader while it measures
+        sending = mp.Event()
         producer = mp.Process(
             target=_produce_live,
             args=(
@@ -650,11 +659,21 @@ def measure_latency(
                 sizes.duration_s,
                 probe_rate,
                 results,
+                sending,
             ),
             name="bench-producer",
             daemon=True,
         )
         producer.start()
+        # The live phase starts when the producer has generated its events and sends.
+        wait_until(
+            sending.is_set,
+            timeout_s=_READY_TIMEOUT_S,
+            what="the producer to generate its events",
+            poll_s=0.01,
+            alive=lambda: _producer_alive(producer),
+        )
+        live_from = time.time() * 1000.0
         cpu0, rcpu0, t0 = engine.cpu_seconds(), redis_cpu_seconds(client), time.monotonic()
         lat: list[float] = []
         at_s: list[float] = []
