@@ -977,7 +977,8 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             "other processes were using the machine; generator_eps is understated"
         )
     stages = prof.figures()
-    main = load_figures(lt)
+    by_load = {str(load): load_figures(runs[load]) for load in loads}
+    main = by_load[str(MAIN_LOAD)]
     figures: dict[str, Any] = {
         "eps": tp.eps,
         "eps_rounds": tp.eps_rounds,
@@ -1017,7 +1018,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         **{f"queue_{k}": v for k, v in _p50_p99(lt.queue).items()},
         **{f"engine_{k}": v for k, v in _p50_p99(lt.engine).items()},
         **{f"sink_read_{k}": v for k, v in _p50_p99(lt.sink_read).items()},
-        "by_load": {str(load): load_figures(runs[load]) for load in loads},
+        "by_load": by_load,
         "dead_letters": dead,
         "throughput_startup_s": tp.startup_s,
         "latency_startup_s": lt.startup_s,

@@ -278,7 +278,7 @@ class LabelBook:
         cfg = self.config
         watermark = self.watermark_ms
         if watermark is None or ts > watermark:
-            self.watermark_ms = ts
+            self.watermark_ms = watermark = ts
         elif ts + cfg.horizon_ms < watermark:
             self.counts["late"] += 1
             return False
@@ -307,8 +307,7 @@ class LabelBook:
             )
         seq = self._seq
         if seq == 0 and cfg.hold_first_horizon:  # the book's first point
-            now = ts if watermark is None else max(ts, watermark)  # the new watermark
-            self._hold_until = now + cfg.horizon_ms
+            self._hold_until = watermark + cfg.horizon_ms  # from the new watermark
         self._seq += 1
         self._pending.setdefault(entity_id, []).append((seq, ts, row, float(score)))
         heapq.heappush(self._heap, (ts, seq, entity_id))

@@ -26,8 +26,17 @@ if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repos
 from bench.naive import FEATURES, NaiveAlert, NaiveConfig, NaiveMark, decide  # noqa: E402
 from bench.naive import update_entity as naive_update  # noqa: E402
 
+#: Probe figures of each latency run, also at the top level for the 50 % run.
+PROBE_KEYS = {
+    "probe_rate",
+    "probes",
+    "probe_samples",
+    "model_samples",
+    "model_p50_ms",
+    "model_p99_ms",
+}
 #: Keys documented in bench/README.md for the e2e scenario.
-E2E_KEYS = {
+E2E_KEYS = PROBE_KEYS | {
     "scenario",
     "quick",
     "started_at",
@@ -58,12 +67,6 @@ E2E_KEYS = {
     "p99_ms",
     "p999_ms",
     "max_ms",
-    "probe_rate",
-    "probes",
-    "probe_samples",
-    "model_samples",
-    "model_p50_ms",
-    "model_p99_ms",
     "queue_p50_ms",
     "queue_p99_ms",
     "engine_p50_ms",
@@ -96,7 +99,7 @@ E2E_KEYS = {
     "plots",
 }
 #: Keys of each entry of ``by_load``.
-LOAD_KEYS = {
+LOAD_KEYS = PROBE_KEYS | {
     "offered_rate",
     "achieved_rate",
     "events",
@@ -106,12 +109,6 @@ LOAD_KEYS = {
     "p99_ms",
     "p999_ms",
     "max_ms",
-    "probe_rate",
-    "probes",
-    "probe_samples",
-    "model_samples",
-    "model_p50_ms",
-    "model_p99_ms",
     "queue_p50_ms",
     "queue_p99_ms",
     "engine_p50_ms",
