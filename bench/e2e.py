@@ -987,7 +987,6 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "throughput_alerts": tp.alerts,
         "engine_cpu_rounds": tp.engine_cpu,
         "eps_per_engine_cpu_s": eps_per_cpu,
-        "engine_cpu_live": lt.engine_cpu,
         "redis_cpu_rounds": tp.redis_cpu,
         "generator_eps": gen.eps,
         "generator_eps_rounds": gen.eps_rounds,
@@ -995,7 +994,6 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "generator_cpu_rounds": gen.engine_cpu,
         "generator_eps_per_cpu_s": gen_per_cpu,
         "generator_startup_s": gen.startup_s,
-        "redis_cpu_live": lt.redis_cpu,
         "naive_eps": nv.eps,
         "naive_eps_rounds": nv.eps_rounds,
         "naive_seconds_rounds": nv.seconds_rounds,
@@ -1006,18 +1004,9 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
         "naive_startup_s": nv.startup_s,
         "ratio_vs_naive": tp.eps / nv.eps if nv.eps > 0 else math.nan,
         "ratio_per_cpu_s": eps_per_cpu / naive_per_cpu if naive_per_cpu > 0 else math.nan,
-        "backlog_s": lt.backlog_s,
         "latency_by_second": timeline(lt.at_s, lt.latencies),
-        "offered_rate": lt.offered_rate,
-        "achieved_rate": lt.achieved_rate,
-        "events": lt.events,
-        "alerts": lt.alerts,
-        "latency_samples": len(lt.latencies),
-        **latency_figures(lt.latencies),
-        **{k: main[k] for k in _PROBE_KEYS},
-        **{f"queue_{k}": v for k, v in _p50_p99(lt.queue).items()},
-        **{f"engine_{k}": v for k, v in _p50_p99(lt.engine).items()},
-        **{f"sink_read_{k}": v for k, v in _p50_p99(lt.sink_read).items()},
+        # the 50 % run's figures (its startup_s is latency_startup_s; dead_letters is all runs')
+        **{k: v for k, v in main.items() if k not in ("startup_s", "dead_letters")},
         "by_load": by_load,
         "dead_letters": dead,
         "throughput_startup_s": tp.startup_s,
@@ -1173,17 +1162,6 @@ def _share(before: float | None, after: float | None, seconds: float) -> float:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
-
-
-#: Probe figures of a latency run, also at the top level for the 50 % run.
-_PROBE_KEYS: Final = (
-    "probe_rate",
-    "probes",
-    "probe_samples",
-    "model_samples",
-    "model_p50_ms",
-    "model_p99_ms",
-)
 
 
 def _ms(value: float | None) -> str:
