@@ -23,7 +23,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.metrics import EngineMetrics
-from intentflow.redisutil import connect, redact_url
+from intentflow.redisutil import connect, raw_pipeline, redact_url
 
 __all__ = [
     "FilePosition",
@@ -112,6 +112,18 @@ def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
 
+def _xinfo_fields(info: Any) -> dict[str, Any]:
+    """A raw ``XINFO STREAM`` reply (RESP3 map or RESP2 flat list) as ``{name: value}``.
+
+    >>> _xinfo_fields([b"length", 2, b"first-entry", [b"1-0", [b"event", b"{}"]]])["length"]
+    2
+    >>> _xinfo_fields({b"last-generated-id": b"5-0"})
+    {'last-generated-id': b'5-0'}
+    """
+    pairs = info.items() if isinstance(info, dict) else zip(info[::2], info[1::2], strict=False)
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in pairs}
+
+
 def _event_fields(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:
     """``(event, produced_ts)`` of a raw stream entry's flat field list."""
     n = len(fields)
@@ -139,6 +151,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._key = stream.encode()
         self._last_id = last_id
         self._client: redis.Redis | None = None
+        self._conn: Any = None  # the client's connection the reads use (raw_pipeline)
         self._awake: datetime | None = None
         self._stop = _Stop(src.duration_s, src.count)
         self._backoff = 0.0
@@ -164,13 +177,14 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 # XREAD parsing (a dict per entry, in Python) costs more than the engine's
                 # parse step; this client is private to the partition.
                 self._client.set_response_callback("XREAD", _raw_reply)
+                self._conn = self._client.connection_pool.get_connection()
             if self._idle and self._blocks():
                 # Wait (up to the block) for an entry after the position. The read
                 # below takes it, with the gap check, which therefore also runs at
                 # least once per block while idle: a deleted or recreated stream
                 # (whose new ids may be behind the position) is still noticed.
                 self._client.xread({self._key: self._last_id}, count=1, block=self._block_ms)
-            resp: Any = self._read(self._client, self._stop.budget(self._src.batch_size))
+            resp: Any = self._read(self._stop.budget(self._src.batch_size))
         except (redis.ConnectionError, redis.TimeoutError) as err:
             # Jittered exponential backoff: uniform in [d/2, d], d doubling up to 2 s.
             self._backoff = min(2.0, max(0.05, self._backoff * 2))
@@ -182,7 +196,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 type(err).__name__,
                 delay,
             )
-            self._client = None
+            self._drop_client()
             self._awake = datetime.now(UTC) + timedelta(seconds=delay)
             if self._probe is not None:
                 self._probe.failed()
@@ -227,17 +241,32 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         """
         return self._block_ms > 0 and self._last_id != "$"
 
-    def _read(self, client: redis.Redis, count: int) -> Any:
-        """``XINFO STREAM`` and ``XREAD`` in one transaction, so a gap is seen before a read."""
-        pipe = client.pipeline(transaction=True)
-        pipe.xinfo_stream(self._key)
-        pipe.xread({self._key: self._last_id}, count=count)
-        info, resp = pipe.execute(raise_on_error=False)
+    def _read(self, count: int) -> Any:
+        """``XINFO STREAM`` and ``XREAD`` in one transaction, so a gap is seen before a read.
+
+        Sent as one raw pipeline on the partition's own connection
+        (:func:`~intentflow.redisutil.raw_pipeline`): the entries arrive as
+        Redis sent them, ``[[stream, [[id, [field, value, ...]], ...]]]``.
+        """
+        key = self._key
+        replies = raw_pipeline(
+            self._conn,
+            (
+                ("MULTI",),
+                ("XINFO", "STREAM", key),
+                ("XREAD", "COUNT", count, "STREAMS", key, self._last_id),
+                ("EXEC",),
+            ),
+        )
+        for reply in replies:  # MULTI, the two QUEUED, then EXEC's array
+            if isinstance(reply, Exception):
+                raise reply
+        info, resp = replies[-1]
         if isinstance(resp, Exception):
             raise resp
         if self._positioned and self._check_gap(info):
             return None  # the position was reset: read again from there
-        return resp
+        return _raw_reply(resp)
 
     def _check_gap(self, info: Any) -> bool:
         """Detect, count and log lost input; True when the position was reset."""
@@ -253,6 +282,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             return False
         if isinstance(info, Exception):
             raise info
+        info = _xinfo_fields(info)
         last_gen = info.get("last-generated-id")
         if self._vanished or (last_gen is not None and _stream_id(last_gen) < pos):
             if not self._vanished:
@@ -309,9 +339,17 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
     def snapshot(self) -> str:
         return self._last_id
 
-    def close(self) -> None:
+    def _drop_client(self) -> None:
+        """Forget the client and its connection (after an error; the next read reconnects)."""
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
         if self._client is not None:
             self._client.close()
+            self._client = None
+
+    def close(self) -> None:
+        self._drop_client()
 
 
 @dataclass

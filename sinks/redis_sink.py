@@ -30,7 +30,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from intentflow.errors import SinkError
 from intentflow.metrics import EngineMetrics, SinkObserver
-from intentflow.redisutil import connect, redact_url
+from intentflow.redisutil import connect, raw_pipeline, redact_url
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, OutputWriter, ScoreOut
 from intentflow.sinks.lua import (
     ALERT_ONCE,
@@ -142,6 +142,7 @@ class RedisOutputWriter(OutputWriter):
         self.config = config
         self._client = client
         self._owns_client = client is None
+        self._conn: Any = None  # the client's connection the scripted writes use
         self._script_loaded = False
         self._rng = random.Random(seed)
         self.alerts_written = 0
@@ -212,6 +213,9 @@ class RedisOutputWriter(OutputWriter):
 
     def close(self) -> None:
         """Close the connection pool if the writer created it."""
+        if self._conn is not None and self._client is not None and not self._owns_client:
+            self._client.connection_pool.release(self._conn)
+        self._conn = None
         if self._client is not None and self._owns_client:
             self._client.close()
             self._client = None
@@ -227,6 +231,15 @@ class RedisOutputWriter(OutputWriter):
             self._client = connect(self.config.url)
             self._owns_client = True
         return self._client
+
+    def _connection(self, client: redis.Redis) -> Any:
+        """The connection the writer keeps for :func:`~intentflow.redisutil.raw_pipeline`.
+
+        After an error it is disconnected and reconnects on the next send.
+        """
+        if self._conn is None:
+            self._conn = client.connection_pool.get_connection()
+        return self._conn
 
     def _prepare(self, items: list[Output]) -> list[_Op]:
         """Validate and serialise a batch before anything is sent."""
@@ -329,12 +342,13 @@ class RedisOutputWriter(OutputWriter):
         calls, dead_letters = self._calls(ops)
         if calls and not self._script_loaded:
             self._load_scripts(client)
-        pipe = client.pipeline(transaction=False)
-        for _, sha, keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        for payload in dead_letters:
-            pipe.xadd(cfg.dlq_stream, {"dlq": payload}, maxlen=cfg.dlq_maxlen, approximate=True)
-        results = pipe.execute(raise_on_error=False)
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", sha, len(keys), *keys, *args) for _, sha, keys, args in calls
+        ]
+        dlq, maxlen = cfg.dlq_stream, cfg.dlq_maxlen
+        commands += [("XADD", dlq, "MAXLEN", "~", maxlen, "*", "dlq", p) for p in dead_letters]
+        conn = self._connection(client)
+        results = raw_pipeline(conn, commands)
 
         counts = [0, 0, 0, 0]  # alerts written, duplicates, scores, dead letters
         no_script: list[_Call] = []
@@ -351,10 +365,8 @@ class RedisOutputWriter(OutputWriter):
             # The server lost its scripts (restart, failover, SCRIPT FLUSH) without our
             # connection noticing: load them again and redo just the calls that did not run.
             self._load_scripts(client)
-            retry = client.pipeline(transaction=False)
-            for _, sha, keys, args in no_script:
-                retry.evalsha(sha, len(keys), *keys, *args)
-            for call, result in zip(no_script, retry.execute(raise_on_error=False), strict=True):
+            retry = [("EVALSHA", sha, len(keys), *keys, *args) for _, sha, keys, args in no_script]
+            for call, result in zip(no_script, raw_pipeline(conn, retry), strict=True):
                 self._count(call, result, counts)
         written, duplicates, scores, dead = counts
         return written, duplicates, scores, dead

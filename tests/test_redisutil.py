@@ -14,6 +14,7 @@ from intentflow.redisutil import (
     EmbeddedRedis,
     connect,
     ping_or_fail,
+    raw_pipeline,
     redact_url,
     redis_url_or_embedded,
 )
@@ -145,6 +146,49 @@ def test_embedded_redis_start_stop_restart() -> None:
         directory = server.directory
     assert not directory.exists()
     assert not server.running
+
+
+def test_raw_pipeline_matches_the_client_pipeline(redis_client: redis.Redis) -> None:
+    commands = [
+        ("SET", "k", "1"),
+        ("INCR", "k"),
+        ("HSET", "k", "f", "v"),  # WRONGTYPE: an error reply in its place
+        ("XADD", "s", "MAXLEN", "~", 10, "*", "f", b"v\x00"),
+        ("EVALSHA", "0" * 40, 0),  # NOSCRIPT
+        ("XRANGE", "s", "-", "+"),
+    ]
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        raw = raw_pipeline(conn, commands)
+    finally:
+        redis_client.connection_pool.release(conn)
+    redis_client.delete("k", "s")
+    pipe = redis_client.pipeline(transaction=False)
+    for cmd in commands:
+        pipe.execute_command(*cmd)
+    expected = pipe.execute(raise_on_error=False)
+    # the same error replies in the same places (the client's callbacks parse the rest)
+    errors = [type(x) if isinstance(x, Exception) else None for x in raw]
+    assert errors == [type(x) if isinstance(x, Exception) else None for x in expected]
+    assert isinstance(raw[2], redis.ResponseError) and "WRONGTYPE" in str(raw[2])
+    assert isinstance(raw[4], redis.exceptions.NoScriptError)
+    assert raw[:2] == [b"OK", 2]
+    ((_, fields),) = raw[5]
+    assert list(fields) in ([b"f", b"v\x00"], [[b"f", b"v\x00"]]) or fields == {b"f": b"v\x00"}
+
+
+def test_raw_pipeline_disconnects_on_a_lost_server_and_reconnects_after() -> None:
+    with EmbeddedRedis() as server:
+        client = connect(server.url)
+        conn = client.connection_pool.get_connection()
+        assert raw_pipeline(conn, [("SET", "k", "v")]) == [b"OK"]
+        server.kill()
+        with pytest.raises(redis.ConnectionError):
+            raw_pipeline(conn, [("GET", "k")])
+        server.start()
+        assert raw_pipeline(conn, [("SET", "k", "w"), ("GET", "k")]) == [b"OK", b"w"]
+        client.connection_pool.release(conn)
+        client.close()
 
 
 def test_embedded_redis_persistence_survives_stop_and_kill() -> None:
