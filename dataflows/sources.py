@@ -23,7 +23,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.metrics import EngineMetrics
-from intentflow.redisutil import connect, raw_pipeline, redact_url
+from intentflow.redisutil import connect, read_replies, redact_url, send_commands
 
 __all__ = [
     "FilePosition",
@@ -167,6 +167,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         # an idle single stream waits in Redis for its next entry (no polling)
         self._block_ms = int(src.idle_block_ms) if src.partitions == 1 else 0
         self._idle = False  # the last read returned nothing
+        self._ahead = False  # a read was sent ahead and its replies are not read yet
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
@@ -178,13 +179,18 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 # parse step; this client is private to the partition.
                 self._client.set_response_callback("XREAD", _raw_reply)
                 self._conn = self._client.connection_pool.get_connection()
-            if self._idle and self._blocks():
+            if self._ahead:  # behind: the next batch was asked for with the last one
+                self._ahead = False
+                resp: Any = self._receive()
+            elif self._idle and self._blocks():
                 # Wait (up to the block) for an entry after the position. The read
                 # below takes it, with the gap check, which therefore also runs at
                 # least once per block while idle: a deleted or recreated stream
                 # (whose new ids may be behind the position) is still noticed.
                 self._client.xread({self._key: self._last_id}, count=1, block=self._block_ms)
-            resp: Any = self._read(self._stop.budget(self._src.batch_size))
+                resp = self._read(self._stop.budget(self._src.batch_size))
+            else:
+                resp = self._read(self._stop.budget(self._src.batch_size))
         except (redis.ConnectionError, redis.TimeoutError) as err:
             # Jittered exponential backoff: uniform in [d/2, d], d doubling up to 2 s.
             self._backoff = min(2.0, max(0.05, self._backoff * 2))
@@ -231,6 +237,16 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._last_id = entries[-1][0].decode()
         self._positioned = True
         self._stop.took(len(items))
+        if len(items) == self._src.batch_size and self._stop.budget(1) > 0:
+            # A full batch: the reader is behind, and the next read will find a full
+            # batch too. Ask for it now, so that Redis answers while the engine works
+            # on this one. Nothing is taken until it is returned (the position moves
+            # then), so a snapshot or a crash in between loses nothing.
+            try:
+                self._send(self._stop.budget(self._src.batch_size))
+                self._ahead = True
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._drop_client()  # the next call reconnects and reads normally
         return items
 
     def _blocks(self) -> bool:
@@ -248,8 +264,13 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         (:func:`~intentflow.redisutil.raw_pipeline`): the entries arrive as
         Redis sent them, ``[[stream, [[id, [field, value, ...]], ...]]]``.
         """
+        self._send(count)
+        return self._receive()
+
+    def _send(self, count: int) -> None:
+        """Send the transaction of :meth:`_read` from the current position."""
         key = self._key
-        replies = raw_pipeline(
+        send_commands(
             self._conn,
             (
                 ("MULTI",),
@@ -258,6 +279,10 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 ("EXEC",),
             ),
         )
+
+    def _receive(self) -> Any:
+        """The entries of the transaction :meth:`_send` sent (None: none, or reset)."""
+        replies = read_replies(self._conn, 4)
         for reply in replies:  # MULTI, the two QUEUED, then EXEC's array
             if isinstance(reply, Exception):
                 raise reply
@@ -341,6 +366,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
 
     def _drop_client(self) -> None:
         """Forget the client and its connection (after an error; the next read reconnects)."""
+        self._ahead = False
         if self._conn is not None:
             self._conn.disconnect()
             self._conn = None

@@ -33,8 +33,10 @@ __all__ = [
     "connect",
     "ping_or_fail",
     "raw_pipeline",
+    "read_replies",
     "redact_url",
     "redis_url_or_embedded",
+    "send_commands",
 ]
 
 #: Placeholder written in place of a secret.
@@ -126,11 +128,29 @@ def raw_pipeline(conn: AbstractConnection, commands: Sequence[Sequence[Any]]) ->
     >>> replies[:2], type(replies[2]).__name__
     ([b'OK', 2], 'ResponseError')
     """
+    send_commands(conn, commands)
+    return read_replies(conn, len(commands))
+
+
+def send_commands(conn: AbstractConnection, commands: Sequence[Sequence[Any]]) -> None:
+    """The first half of :func:`raw_pipeline`: send, and leave the replies to :func:`read_replies`.
+
+    Between the two the connection must carry nothing else; a read sent
+    ahead this way is answered while the caller works.
+    """
     try:
         conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
-        replies: list[Any] = []
-        append = replies.append
-        for _ in range(len(commands)):
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        raise
+
+
+def read_replies(conn: AbstractConnection, n: int) -> list[Any]:
+    """The second half of :func:`raw_pipeline`: the replies of ``n`` commands sent before."""
+    replies: list[Any] = []
+    append = replies.append
+    try:
+        for _ in range(n):
             try:
                 append(conn.read_response())
             except redis.ResponseError as err:  # read whole: the connection stays in step

@@ -1,0 +1,103 @@
+"""A Redis input that is behind reads ahead: the next batch is asked for with a full one.
+
+The partition is driven directly, as Bytewax drives it, against a real
+redis-server. Whether a read was sent ahead is told by what it returns: an
+entry added after a full batch was returned, and before the next call, is
+not in the batch that call returns (that read was answered before the entry
+existed), but in the one after. Position, snapshots and resumes must not
+notice the read-ahead.
+"""
+
+from __future__ import annotations
+
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intentflow.dataflows.sources import RedisStreamSource
+
+PREFIX = "ahead-test:events:"
+STREAM = f"{PREFIX}0"
+
+
+def _fill(client: redis.Redis, n: int, start: int = 0) -> list[bytes]:
+    payloads = [f"e{i}".encode() for i in range(start, start + n)]
+    pipe = client.pipeline(transaction=False)
+    for p in payloads:
+        pipe.xadd(STREAM, {b"event": p})
+    pipe.execute()
+    return payloads
+
+
+def _source(url: str, batch: int, count: int = 0) -> RedisStreamSource:
+    return RedisStreamSource(url=url, prefix=PREFIX, batch_size=batch, count=count, idle_block_ms=0)
+
+
+def test_a_full_batch_sends_the_next_read_ahead(redis_url: str, redis_client: redis.Redis) -> None:
+    sent = _fill(redis_client, 6)
+    part = _source(redis_url, 4).build_part("input", STREAM, None)
+    try:
+        assert [i.payload for i in part.next_batch()] == sent[:4]  # full: reads ahead
+        late = _fill(redis_client, 1, start=6)
+        # the read sent ahead was answered before the late entry existed
+        second = part.next_batch()
+        assert [i.payload for i in second] == sent[4:]
+        assert part.snapshot() == second[-1].offset  # the position: what was returned
+        assert [i.payload for i in part.next_batch()] == late
+    finally:
+        part.close()
+
+
+def test_a_caught_up_reader_does_not_read_ahead(redis_url: str, redis_client: redis.Redis) -> None:
+    sent = _fill(redis_client, 3)
+    part = _source(redis_url, 4).build_part("input", STREAM, None)
+    try:
+        assert [i.payload for i in part.next_batch()] == sent  # 3 of 4: caught up
+        more = _fill(redis_client, 2, start=3)
+        assert [i.payload for i in part.next_batch()] == more  # read when asked, not before
+    finally:
+        part.close()
+
+
+def test_the_count_limit_stops_the_read_ahead(redis_url: str, redis_client: redis.Redis) -> None:
+    sent = _fill(redis_client, 12)
+    part = _source(redis_url, 4, count=8).build_part("input", STREAM, None)
+    got: list[bytes | None] = []
+    try:
+        while True:
+            try:
+                got += [i.payload for i in part.next_batch()]
+            except StopIteration:
+                break
+    finally:
+        part.close()
+    assert got == sent[:8]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(0, 40),
+    batch=st.integers(1, 7),
+    stops=st.lists(st.integers(0, 12), min_size=1, max_size=4),
+)
+def test_resuming_from_any_snapshot_reads_every_entry_once(
+    redis_url: str, n: int, batch: int, stops: list[int]
+) -> None:
+    """Stop after any number of calls (a read may be pending), resume from the snapshot."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(STREAM)
+        sent = _fill(client, n)
+        got: list[bytes | None] = []
+        resume: str | None = None
+        for calls in [*stops, n + 2]:  # the last run reads to the end
+            part = _source(redis_url, batch).build_part("input", STREAM, resume)
+            try:
+                for _ in range(calls):
+                    got += [i.payload for i in part.next_batch()]
+                resume = part.snapshot()
+            finally:
+                part.close()
+        assert got == sent
+    finally:
+        client.close()
