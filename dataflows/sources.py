@@ -23,7 +23,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.metrics import EngineMetrics
-from intentflow.redisutil import connect, read_replies, redact_url, send_commands
+from intentflow.redisutil import BUSY_POLL_US, connect, read_replies, redact_url, send_commands
 
 __all__ = [
     "FilePosition",
@@ -282,7 +282,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
 
     def _receive(self) -> Any:
         """The entries of the transaction :meth:`_send` sent (None: none, or reset)."""
-        replies = read_replies(self._conn, 4)
+        replies = read_replies(self._conn, 4, self._src.busy_poll_us / 1e6)
         for reply in replies:  # MULTI, the two QUEUED, then EXEC's array
             if isinstance(reply, Exception):
                 raise reply
@@ -399,6 +399,8 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     #: many ms for the next entry instead of polling every ``poll_idle_ms`` (0: poll).
     #: Several partitions share a worker's loop, so they always poll.
     idle_block_ms: int = 50
+    #: A read polls this many µs for its reply before it blocks (``redis.busy_poll_us``).
+    busy_poll_us: int = BUSY_POLL_US
     start_id: str = "0-0"
     duration_s: float = 0.0
     count: int = 0

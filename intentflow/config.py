@@ -50,6 +50,9 @@ class RedisSection:
     """Where Redis is. Empty ``url``: ``REDIS_URL``, else an embedded server."""
 
     url: str = ""
+    # how long a source read or sink write polls for its reply before it blocks (0: block);
+    # the default is intentflow.redisutil.BUSY_POLL_US (docs/configuration.md)
+    busy_poll_us: int = 250
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
             batch_size=inp.batch_size,
             poll_idle_ms=inp.poll_idle_ms,
             idle_block_ms=inp.idle_block_ms,
+            busy_poll_us=config.redis.busy_poll_us,
             start_id=inp.start_id,
             duration_s=inp.duration_s,
             count=inp.count,
@@ -124,6 +125,7 @@ def make_sink(config: Config, metrics: EngineMetrics | None = None) -> RedisSink
             seen_key_prefix=out.seen_key_prefix,
             seen_ttl_s=out.seen_ttl_s,
             max_retries=out.max_retries,
+            busy_poll_us=config.redis.busy_poll_us,
         ),
         metrics,
     )

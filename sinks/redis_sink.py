@@ -30,7 +30,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from intentflow.errors import SinkError
 from intentflow.metrics import EngineMetrics, SinkObserver
-from intentflow.redisutil import connect, raw_pipeline, redact_url
+from intentflow.redisutil import BUSY_POLL_US, connect, raw_pipeline, redact_url
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, OutputWriter, ScoreOut
 from intentflow.sinks.lua import (
     ALERT_ONCE,
@@ -94,6 +94,7 @@ class RedisSinkConfig:
     max_retries: int = 8
     backoff_base_s: float = 0.05
     backoff_max_s: float = 2.0
+    busy_poll_us: int = BUSY_POLL_US  # a write polls this long for its reply, then blocks
 
     def __repr__(self) -> str:
         return (
@@ -348,7 +349,7 @@ class RedisOutputWriter(OutputWriter):
         dlq, maxlen = cfg.dlq_stream, cfg.dlq_maxlen
         commands += [("XADD", dlq, "MAXLEN", "~", maxlen, "*", "dlq", p) for p in dead_letters]
         conn = self._connection(client)
-        results = raw_pipeline(conn, commands)
+        results = raw_pipeline(conn, commands, cfg.busy_poll_us / 1e6)
 
         counts = [0, 0, 0, 0]  # alerts written, duplicates, scores, dead letters
         no_script: list[_Call] = []

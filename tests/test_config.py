@@ -57,3 +57,14 @@ def test_redacted_hides_password() -> None:
     assert "s3cret" not in str(cfg.redacted())
     assert "s3cret" not in cfg.config_hash()
     assert cfg.redis.url.endswith("@host:6379/0")
+
+
+def test_busy_poll_reaches_the_redis_source_and_sink() -> None:
+    from intentflow.runtime import make_sink, make_source
+
+    cfg = load_config(None, env={"INTENTFLOW__REDIS__BUSY_POLL_US": "0"})
+    assert cfg.redis.busy_poll_us == 0
+    assert make_source(cfg).busy_poll_us == 0  # type: ignore[attr-defined]
+    assert make_sink(cfg).config.busy_poll_us == 0
+    with pytest.raises(ConfigError, match="busy_poll_us"):
+        load_config(None, env={"INTENTFLOW__REDIS__BUSY_POLL_US": "-1"})

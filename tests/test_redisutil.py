@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -11,12 +12,15 @@ from hypothesis import strategies as st
 
 from intentflow.errors import IntentflowError
 from intentflow.redisutil import (
+    BUSY_POLL_US,
     EmbeddedRedis,
     connect,
     ping_or_fail,
     raw_pipeline,
+    read_replies,
     redact_url,
     redis_url_or_embedded,
+    send_commands,
 )
 
 schemes = st.sampled_from(["redis", "rediss", "unix"])
@@ -177,6 +181,40 @@ def test_raw_pipeline_matches_the_client_pipeline(redis_client: redis.Redis) -> 
     ((entry_id, fields),) = raw[5]  # an entry as Redis sends it: id, flat field list
     assert entry_id == raw[3]
     assert fields == [b"f", b"v\x00"]
+
+
+@pytest.mark.parametrize("spin_s", [0.0, 0.000_05, 0.5])
+def test_polling_for_a_reply_gives_what_blocking_gives(
+    redis_client: redis.Redis, spin_s: float
+) -> None:
+    """A reply inside the polling budget, one after it (a blocked XREAD), and errors."""
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        commands = [
+            ("SET", "k", "1"),
+            ("XREAD", "BLOCK", 30, "STREAMS", "none", "$"),
+            ("HGET", "k", "f"),
+        ]
+        started = time.perf_counter()
+        replies = raw_pipeline(conn, commands, spin_s)
+        waited = time.perf_counter() - started
+        send_commands(conn, [("INCR", "k")])
+        assert read_replies(conn, 1, spin_s) == [2]  # the connection is still in step
+    finally:
+        redis_client.connection_pool.release(conn)
+    assert replies[:2] == [b"OK", None]  # the XREAD timed out after 30 ms: no entries
+    assert isinstance(replies[2], redis.ResponseError)
+    assert waited >= 0.03  # it waited for the blocked command, however it polled
+
+
+def test_the_configured_busy_poll_default_is_the_library_default() -> None:
+    from intentflow.config import RedisSection
+    from intentflow.dataflows.sources import RedisStreamSource
+    from intentflow.sinks.redis_sink import RedisSinkConfig
+
+    assert RedisSection().busy_poll_us == BUSY_POLL_US
+    assert RedisStreamSource(url="redis://x").busy_poll_us == BUSY_POLL_US
+    assert RedisSinkConfig(url="redis://x").busy_poll_us == BUSY_POLL_US
 
 
 def test_raw_pipeline_disconnects_on_a_lost_server_and_reconnects_after() -> None:
