@@ -10,11 +10,14 @@ notice the read-ahead.
 
 from __future__ import annotations
 
+import time
+
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intentflow.dataflows.sources import RedisStreamSource
+from intentflow.redisutil import EmbeddedRedis
 
 PREFIX = "ahead-test:events:"
 STREAM = f"{PREFIX}0"
@@ -101,3 +104,27 @@ def test_resuming_from_any_snapshot_reads_every_entry_once(
         assert got == sent
     finally:
         client.close()
+
+
+def test_a_read_ahead_lost_with_the_connection_is_made_again() -> None:
+    """Redis restarts while a read is in flight: nothing is skipped or read twice."""
+    with EmbeddedRedis(persistence=True) as server:
+        client = redis.Redis.from_url(server.url)
+        sent = _fill(client, 10)
+        client.save()  # the entries survive the restart below
+        part = _source(server.url, 4).build_part("input", STREAM, None)
+        got: list[bytes | None] = []
+        try:
+            got += [i.payload for i in part.next_batch()]  # full: a read is sent ahead
+            assert part._ahead  # the case under test: its replies are not read yet
+            server.kill()
+            server.start()
+            for _ in range(20):  # the first call fails and backs off, later ones read on
+                got += [i.payload for i in part.next_batch()]
+                if len(got) == len(sent):
+                    break
+                time.sleep(0.05)
+        finally:
+            part.close()
+            client.close()
+    assert got == sent
