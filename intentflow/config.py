@@ -52,7 +52,7 @@ class RedisSection:
     url: str = ""
     # how long a source read or sink write polls for its reply before it blocks (0: block);
     # the default is intentflow.redisutil.BUSY_POLL_US (docs/configuration.md)
-    busy_poll_us: int = 250
+    busy_poll_us: int = 0
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ _QUERY_SECRET_RE: Final[re.Pattern[str]] = re.compile(
     r"([?&;](?:password|pass|pwd)=)[^&;#]*", re.IGNORECASE
 )
 
-#: Microseconds a hot-path read polls for its reply before it blocks (``redis.busy_poll_us``).
-BUSY_POLL_US: Final[int] = 250
+#: Microseconds a hot-path read polls for its reply before it blocks (``redis.busy_poll_us``;
+#: 0: block at once, the default: see docs/configuration.md for when polling pays).
+BUSY_POLL_US: Final[int] = 0
 
 #: Client defaults of :func:`connect` (seconds).
 CONNECT_TIMEOUT_S: Final[float] = 2.0
