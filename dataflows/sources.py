@@ -182,14 +182,13 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             if self._ahead:  # behind: the next batch was asked for with the last one
                 self._ahead = False
                 resp: Any = self._receive()
-            elif self._idle and self._blocks():
-                # Wait (up to the block) for an entry after the position. The read
-                # below takes it, with the gap check, which therefore also runs at
-                # least once per block while idle: a deleted or recreated stream
-                # (whose new ids may be behind the position) is still noticed.
-                self._client.xread({self._key: self._last_id}, count=1, block=self._block_ms)
-                resp = self._read(self._stop.budget(self._src.batch_size))
             else:
+                if self._idle and self._blocks():
+                    # Wait (up to the block) for an entry after the position. The read
+                    # below takes it, with the gap check, which therefore also runs at
+                    # least once per block while idle: a deleted or recreated stream
+                    # (whose new ids may be behind the position) is still noticed.
+                    self._client.xread({self._key: self._last_id}, count=1, block=self._block_ms)
                 resp = self._read(self._stop.budget(self._src.batch_size))
         except (redis.ConnectionError, redis.TimeoutError) as err:
             # Jittered exponential backoff: uniform in [d/2, d], d doubling up to 2 s.

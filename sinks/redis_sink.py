@@ -109,6 +109,12 @@ _Op = tuple[str, str, Any]
 _Call = tuple[str, str, list[str], list[Any]]
 
 
+def _evalsha(call: _Call) -> tuple[Any, ...]:
+    """The ``EVALSHA`` command of one script call."""
+    _, sha, keys, args = call
+    return ("EVALSHA", sha, len(keys), *keys, *args)
+
+
 class RedisOutputWriter(OutputWriter):
     """Writes :data:`~intentflow.sinks.base.Output` batches to Redis, one pipeline per batch.
 
@@ -343,9 +349,7 @@ class RedisOutputWriter(OutputWriter):
         calls, dead_letters = self._calls(ops)
         if calls and not self._script_loaded:
             self._load_scripts(client)
-        commands: list[tuple[Any, ...]] = [
-            ("EVALSHA", sha, len(keys), *keys, *args) for _, sha, keys, args in calls
-        ]
+        commands: list[tuple[Any, ...]] = [_evalsha(call) for call in calls]
         dlq, maxlen = cfg.dlq_stream, cfg.dlq_maxlen
         commands += [("XADD", dlq, "MAXLEN", "~", maxlen, "*", "dlq", p) for p in dead_letters]
         conn = self._connection(client)
@@ -366,7 +370,7 @@ class RedisOutputWriter(OutputWriter):
             # The server lost its scripts (restart, failover, SCRIPT FLUSH) without our
             # connection noticing: load them again and redo just the calls that did not run.
             self._load_scripts(client)
-            retry = [("EVALSHA", sha, len(keys), *keys, *args) for _, sha, keys, args in no_script]
+            retry = [_evalsha(call) for call in no_script]
             for call, result in zip(no_script, raw_pipeline(conn, retry), strict=True):
                 self._count(call, result, counts)
         written, duplicates, scores, dead = counts
