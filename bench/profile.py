@@ -10,7 +10,7 @@ runtime around them, over the synthetic stream through a real Redis:
 - then the batch is split by shard (``engine.shards``, 4) as Bytewax routes
   it, and each shard's :meth:`ShardLogic.on_batch` runs, inside which
   **dedup** (``_dedup``), **features** (``FeatureState.update``),
-  **labels** (``LabelBook.observe``/``on_conversion``/``expire``),
+  **labels** (``LabelBook.observe_many``/``on_conversion``/``expire``),
   **learn** (``ModelSet.learn_batch`` at learning ticks), **score**
   (``ModelSet.score_batch``), **rules** (the rules provider and
   ``RuleEngine.advance``/``on_event``/``watch``), **decide**
@@ -152,7 +152,7 @@ class _Timers:
 def _instrument(logic: ShardLogic, timers: _Timers) -> None:
     timers.wrap(logic, "_dedup", "dedup")
     timers.wrap(logic.features, "update", "features")
-    for method in ("observe", "on_conversion", "expire"):
+    for method in ("observe_many", "on_conversion", "expire"):
         timers.wrap(logic.labels, method, "labels")
     timers.wrap(logic.model, "learn_batch", "learn")
     timers.wrap(logic.model, "score_batch", "score")

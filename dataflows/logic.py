@@ -30,7 +30,7 @@ from intentflow.features.state import FeatureState
 from intentflow.metrics import EngineMetrics, ShardObserver
 from intentflow.online_models.catalog import ActionCatalog
 from intentflow.online_models.champion import ModelSet
-from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
+from intentflow.online_models.labels import LabelBook, LabelConfig, Labels, labels_list
 from intentflow.online_models.model import IntentModel, ModelConfig
 from intentflow.online_models.policy import DEFAULT_TRIGGER, Policy
 from intentflow.online_models.scorelog import ScoreLogBatch
@@ -49,7 +49,11 @@ __all__ = [
 ]
 
 ALERT_SCHEMA_VERSION: Final = "1.0"
-SNAPSHOT_SCHEMA_VERSION: Final = 3
+SNAPSHOT_SCHEMA_VERSION: Final = 4
+#: Shard snapshot schemas this version resumes from. Schema 4 changed only the
+#: label book's form (``LabelBook`` schema 4: pending points in arrays, labels as
+#: :class:`Labels`); a schema-3 snapshot is converted as it loads.
+READABLE_SNAPSHOT_SCHEMAS: Final = (3, SNAPSHOT_SCHEMA_VERSION)
 MODEL_TRIGGER: Final = DEFAULT_TRIGGER  # "model:intent": the trigger of every model alert
 #: What a shard emits: outputs for the sink, and score-log batches when enabled.
 EngineOutput = Output | ScoreLogBatch
@@ -144,7 +148,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
             self.watermark = 0
             self.counters: dict[str, int] = {}
             self._next_housekeeping_ms = parts.housekeeping_interval_ms
-            self._matured: list[Matured] = []
+            self._matured: list[Labels] = []  # positives resolved since the last tick
         else:
             self._restore(resume)
         self._rules = rules  # process-wide rules provider (configuration, not state)
@@ -160,7 +164,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
     # --- state -------------------------------------------------------------------
 
     def _restore(self, snap: ShardSnapshot) -> None:
-        if snap.schema_version != SNAPSHOT_SCHEMA_VERSION:
+        if snap.schema_version not in READABLE_SNAPSHOT_SCHEMAS:
             raise SnapshotMismatchError(
                 f"shard snapshot schema {snap.schema_version} cannot be read by this version "
                 f"(expects {SNAPSHOT_SCHEMA_VERSION}); start from a new recovery directory"
@@ -191,7 +195,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         self.watermark = state["watermark"]
         self.counters = state["counters"]
         self._next_housekeeping_ms = state["next_housekeeping_ms"]
-        self._matured = state["matured"]
+        self._matured = labels_list(state["matured"], len(self._parts.spec.names))
         self.rule_engine = RuleEngine(state.get("rules"), schema_version=ALERT_SCHEMA_VERSION)
 
     def snapshot(self) -> ShardSnapshot:
@@ -239,12 +243,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         """Forget ids older than the de-duplication window (insertion order ≈ time)."""
         self.seen.trim(self.watermark - self._parts.dedup_window_ms, self._parts.dedup_max)
 
-    def _learn(self, matured: list[Matured]) -> None:
-        if not matured:
+    def _learn(self, matured: Labels) -> None:
+        if not len(matured):
             return
-        X, y = to_arrays(matured, len(self._names))
+        y = matured.y
         drifts = self.model.counts["drifts"]
-        self.model.learn_batch(X, y, self._names)
+        self.model.learn_batch(matured.X, y, self._names)
         if self.model.counts["drifts"] > drifts:
             self._metrics.drift_detected(self.model.counts["drifts"] - drifts)
         if self._obs is not None:
@@ -274,7 +278,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         version = self.model.version  # the model that scored this segment
         now_ms = time.time() * 1000.0
         labels, policy, latest = self.labels, self.policy, self._latest
-        observe, decide = labels.observe, policy.decide
+        decide = policy.decide
         threshold = policy.threshold
         label_cfg = self._parts.labels
         conversion_types = label_cfg.conversion_types
@@ -282,13 +286,23 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         matured = self._matured
         rules, rule_engine = self._ruleset, self.rule_engine
         below = 0  # events whose score is below the threshold: no decision to make
+        # decision points, recorded in one call before each conversion and at the end
+        obs_ids: list[str] = []
+        obs_ts: list[int] = []
+        obs_rows: list[int] = []
+        obs_scores: list[float] = []
         for j, score in enumerate(scores.tolist(), a):
             ev = events[j]
             etype = ev.type
             if rules is not None:
                 rule_engine.advance(rules, ev, self.model, now_ms, out)
             if etype in conversion_types or (etype == "outcome" and is_conversion(ev)):
-                matured.extend(labels.on_conversion(ev.entity_id, ev.ts_ms))
+                if obs_ids:
+                    labels.observe_many(obs_ids, obs_ts, feats, obs_rows, obs_scores)
+                    obs_ids, obs_ts, obs_rows, obs_scores = [], [], [], []
+                positives = labels.on_conversion(ev.entity_id, ev.ts_ms)
+                if len(positives):
+                    matured.append(positives)
             if etype == "outcome":
                 policy.feedback(ev)
                 continue
@@ -296,7 +310,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 continue  # not a scored type (model.score_types)
             row = feats[j]
             latest[ev.entity_id] = (score, ev.ts_ms, version)
-            observe(ev.entity_id, ev.ts_ms, row, score)
+            obs_ids.append(ev.entity_id)
+            obs_ts.append(ev.ts_ms)
+            obs_rows.append(j)
+            obs_scores.append(score)
             adjust = None
             if rules is not None:
                 adjust = rule_engine.on_event(rules, ev, score, row, self.model, now_ms, out)
@@ -319,13 +336,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 self._count("alerts")
                 if rules is not None:
                     rule_engine.watch(rules, alert)
+        if obs_ids:
+            labels.observe_many(obs_ids, obs_ts, feats, obs_rows, obs_scores)
         if below:
             policy.counts["below_threshold"] += below
 
     def _tick(self) -> None:
         """Learn every label matured so far: resolved positives and expired negatives."""
-        self._matured.extend(self.labels.expire(self.watermark))
-        matured, self._matured = self._matured, []
+        self._matured.append(self.labels.expire(self.watermark))
+        matured = Labels.concat(self._matured, len(self._names))
+        self._matured = []
         self._learn(matured)
         if self.side:
             self.side.tick(self.watermark, self._names)

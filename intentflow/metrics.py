@@ -55,7 +55,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from intentflow.contracts import REASONS
 from intentflow.events import KNOWN_TYPES, Event
-from intentflow.online_models.labels import Matured
+from intentflow.online_models.labels import Labels
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output
 
 __all__ = [
@@ -184,7 +184,7 @@ class ShardObserver:
     ) -> None:
         """Shard state sizes and the model's progressive-validation figures."""
 
-    def learned(self, matured: Sequence[Matured]) -> None:
+    def learned(self, matured: Labels) -> None:
         """Labels the model just learned from."""
 
     def snapshotted(self, nbytes: int) -> None:
@@ -720,23 +720,18 @@ class _PromShardObserver(ShardObserver):
         m.brier.labels(s).set(model.get("brier", math.nan))
         m.window.labels(s).set(model.get("window", 0.0))
 
-    def learned(self, matured: Sequence[Matured]) -> None:
-        if not matured:
+    def learned(self, matured: Labels) -> None:
+        n = len(matured)
+        if not n:
             return
         m = self._m
-        positives = 0
-        scores = 0.0
-        delays = np.empty(len(matured))
-        for i, x in enumerate(matured):  # one pass: this runs at every learning tick
-            if x.label:
-                positives += 1
-            scores += x.score
-            delays[i] = x.label_ts_ms - x.decision_ts_ms
+        positives = int(matured.y.sum())
         if positives:
             self._positive.inc(positives)
-        if len(matured) > positives:
-            self._negative.inc(len(matured) - positives)
-        m.expected.inc(max(0.0, scores))
+        if n > positives:
+            self._negative.inc(n - positives)
+        m.expected.inc(max(0.0, float(matured.scores.sum())))
+        delays = matured.delay_ms.astype(np.float64)
         m.label_delay.observe_many(delays / 1000.0)
 
     def snapshotted(self, nbytes: int) -> None:

@@ -14,8 +14,8 @@ True
 False
 >>> book.observe("c-2", 10, np.array([0.0, 0.0]), 0.1)
 True
->>> book.on_conversion("c-1", 400)  # a positive of the first horizon: held
-[]
+>>> len(book.on_conversion("c-1", 400))  # a positive of the first horizon: held
+0
 >>> book.next_deadline_ms()
 1001
 >>> [(m.entity_id, m.label, m.delay_ms) for m in book.expire(1_011)]
@@ -28,9 +28,9 @@ True
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final
 
@@ -41,9 +41,11 @@ from intentflow.errors import ConfigError
 from intentflow.events import Event
 from intentflow.online_models._validate import InvalidFieldError, build_dataclass, require_table
 
-__all__ = ["LabelBook", "LabelConfig", "Matured", "to_arrays"]
+__all__ = ["LabelBook", "LabelConfig", "Labels", "Matured", "labels_list"]
 
 FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
 
 #: Positive label delays kept for :meth:`LabelBook.delay_stats`.
 DELAY_WINDOW: Final[int] = 1000
@@ -147,13 +149,14 @@ class LabelConfig:
 
 @dataclass(slots=True)
 class Matured:
-    """A decision point whose label is known (a value: never modify one).
+    """One decision point whose label is known (a value: never modify one).
 
     ``label_ts_ms`` is when the label became known in event time: the
     conversion for a positive, ``decision_ts_ms + horizon_ms`` for a negative.
-    Not a frozen dataclass only because one is made per learned label, and a
-    frozen one costs four times as much to build; it pickles as the frozen
-    one did (the field values in order), so snapshots load either way.
+    The book returns matured points column by column (:class:`Labels`);
+    iterating over a :class:`Labels` gives them one by one as this class.
+    Snapshots written before that held lists of it, and still load: it
+    pickles as the frozen dataclass it once was (the field values in order).
     """
 
     entity_id: str
@@ -176,27 +179,142 @@ class Matured:
         return self.label_ts_ms - self.decision_ts_ms
 
 
-def to_arrays(matured: Sequence[Matured], n_features: int) -> tuple[FloatArray, NDArray[np.bool_]]:
-    """Stack matured points into ``(X, y)`` for :meth:`IntentModel.learn_batch`."""
-    X = np.empty((len(matured), n_features), dtype=np.float64)
-    for i, m in enumerate(matured):
-        X[i] = m.features
-    y = np.fromiter((m.label for m in matured), dtype=bool, count=len(matured))
-    return X, y
+@dataclass(frozen=True, eq=False)
+class Labels:
+    """Matured decision points, column by column, in the order they matured.
+
+    ``X`` (one feature row per point) and ``y`` (the labels) are what
+    :meth:`IntentModel.learn_batch` takes. A value: never modify one.
+
+    >>> import numpy as np
+    >>> book = LabelBook(LabelConfig(horizon_ms=1_000, min_gap_ms=0, hold_first_horizon=False))
+    >>> X = np.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> book.observe_many(["a", "b"], [0, 5], X, [0, 1], [0.2, 0.7])
+    2
+    >>> got = Labels.concat([book.on_conversion("b", 500), book.expire(1_001)], n_features=2)
+    >>> got.entity_ids, got.y.tolist(), got.delay_ms.tolist(), got.X.tolist()
+    (('b', 'a'), [True, False], [495, 1000], [[3.0, 4.0], [1.0, 2.0]])
+    """
+
+    entity_ids: tuple[str, ...]
+    decision_ts_ms: IntArray
+    label_ts_ms: IntArray
+    X: FloatArray
+    scores: FloatArray
+    y: BoolArray
+
+    def __len__(self) -> int:
+        return len(self.entity_ids)
+
+    def __iter__(self) -> Iterator[Matured]:
+        d, t, s, y = (
+            a.tolist() for a in (self.decision_ts_ms, self.label_ts_ms, self.scores, self.y)
+        )
+        for i, entity_id in enumerate(self.entity_ids):
+            yield Matured(entity_id, d[i], t[i], self.X[i].copy(), s[i], y[i])
+
+    @property
+    def delay_ms(self) -> IntArray:
+        """Label delays: conversion time (or horizon end) minus decision time."""
+        return self.label_ts_ms - self.decision_ts_ms
+
+    @classmethod
+    def empty(cls, n_features: int) -> Labels:
+        """No points, with rows of ``n_features`` values."""
+        return cls(
+            (),
+            np.empty(0, np.int64),
+            np.empty(0, np.int64),
+            np.empty((0, n_features), np.float64),
+            np.empty(0, np.float64),
+            np.empty(0, np.bool_),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Labels], n_features: int) -> Labels:
+        """The points of ``parts``, in order (empty parts may have any row length)."""
+        full = [p for p in parts if len(p)]
+        if not full:
+            return cls.empty(n_features)
+        if len(full) == 1:
+            return full[0]
+        return cls(
+            tuple(e for p in full for e in p.entity_ids),
+            np.concatenate([p.decision_ts_ms for p in full]),
+            np.concatenate([p.label_ts_ms for p in full]),
+            np.concatenate([p.X for p in full]),
+            np.concatenate([p.scores for p in full]),
+            np.concatenate([p.y for p in full]),
+        )
+
+    @classmethod
+    def from_matured(cls, items: Sequence[Matured], n_features: int) -> Labels:
+        """Stack :class:`Matured` points (snapshots of earlier versions hold lists of them)."""
+        if not items:
+            return cls.empty(n_features)
+        return cls(
+            tuple(m.entity_id for m in items),
+            np.array([m.decision_ts_ms for m in items], dtype=np.int64),
+            np.array([m.label_ts_ms for m in items], dtype=np.int64),
+            np.array([np.asarray(m.features, dtype=np.float64) for m in items]).reshape(
+                len(items), -1
+            ),
+            np.array([m.score for m in items], dtype=np.float64),
+            np.array([m.label for m in items], dtype=np.bool_),
+        )
+
+    def take(self, idx: NDArray[np.intp]) -> Labels:
+        """The points at ``idx``, in that order."""
+        ids = self.entity_ids
+        return Labels(
+            tuple(ids[i] for i in idx.tolist()),
+            self.decision_ts_ms[idx],
+            self.label_ts_ms[idx],
+            self.X[idx],
+            self.scores[idx],
+            self.y[idx],
+        )
 
 
-# (seq, decision ts, feature row, score): one pending decision point.
-_Point = tuple[int, int, FloatArray, float]
-# (decision ts, seq, positive): a positive held until its horizon has passed.
-_Held = tuple[int, int, Matured]
+def labels_list(held: Sequence[Labels | Matured], n_features: int) -> list[Labels]:
+    """Matured labels kept in a snapshot, as :class:`Labels`: snapshots written
+    before labels were columnar (``LabelBook`` schema 3) hold :class:`Matured`."""
+    if held and isinstance(held[0], Matured):
+        return [Labels.from_matured([m for m in held if isinstance(m, Matured)], n_features)]
+    return [x for x in held if isinstance(x, Labels)]
+
+
+#: A freed slot's decision time: later than any real one, so never due.
+_FREE_TS: Final[int] = np.iinfo(np.int64).max
+#: Slots allocated at first; the arrays double when full (up to ``max_pending_total``).
+_MIN_SLOTS: Final[int] = 64
+
+#: Attributes that hold the pending points: pickled compacted, as ``pending``.
+_POINT_STATE: Final = frozenset(
+    (
+        "_points",
+        "_owner",
+        "_free",
+        "_used",
+        "_n_pending",
+        "_min_ts",
+        "_ts",
+        "_seqs",
+        "_scores",
+        "_X",
+    )
+)
+
+# (decision ts, seq, slot): one pending point of an entity; an entity's list is sorted.
+_Point = tuple[int, int, int]
 
 
 class LabelBook:
     """Pending decision points of one shard, bounded and picklable.
 
     The clock is the *watermark*: the largest event time passed to
-    :meth:`observe`, :meth:`on_conversion` or :meth:`expire`. It never moves
-    back. Points expire (become negatives) when ``ts + horizon_ms <
+    :meth:`observe_many`, :meth:`on_conversion` or :meth:`expire`. It never
+    moves back. Points expire (become negatives) when ``ts + horizon_ms <
     watermark``; a point whose horizon already ended when it arrives is
     refused as late.
 
@@ -204,17 +322,18 @@ class LabelBook:
     first horizon after the book's first point are returned by
     :meth:`expire` once the point's own horizon has passed, in decision
     order with the negatives, instead of by :meth:`on_conversion`.
+
+    Pending points live in slots of parallel arrays (decision time, order
+    of observation, score, feature row), so a batch of points is recorded,
+    and a tick's negatives are found and stacked, with a few array
+    operations; per entity, a short list of its points' slots, sorted by
+    decision time, serves decimation and conversions.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 3
+    SCHEMA_VERSION: ClassVar[int] = 4
 
     def __init__(self, config: LabelConfig | None = None) -> None:
         self.config = config if config is not None else LabelConfig()
-        self._pending: dict[str, list[_Point]] = {}
-        self._heap: list[tuple[int, int, str]] = []  # (ts, seq, entity); stale entries skipped
-        self._seq = 0
-        self._n_pending = 0
-        self._n_features: int | None = None
         self.watermark_ms: int | None = None
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -233,16 +352,72 @@ class LabelBook:
         self._delays = np.zeros(DELAY_WINDOW, dtype=np.int64)
         self._delay_next = 0
         self._delay_size = 0
+        self._seq = 0  # points observed so far: the next point's order of observation
         # points with a smaller decision time have their positives held (None: none)
         self._hold_until: int | None = None
-        self._held: list[_Held] = []  # a heap
+        self._n_features: int | None = None
+        self._clear_points(0)
+        self._held = Labels.empty(0)
+        self._held_seq = np.empty(0, np.int64)
+
+    def _clear_points(self, n_features: int) -> None:
+        self._points: dict[str, list[_Point]] = {}
+        self._owner: list[str | None] = []  # slot -> entity
+        self._free: list[int] = []  # slots below _used that hold no point
+        self._used = 0  # slots ever allocated (the arrays may be longer)
+        self._n_pending = 0
+        self._min_ts = _FREE_TS  # no pending point has a smaller decision time
+        self._ts = np.full(0, _FREE_TS, np.int64)
+        self._seqs = np.empty(0, np.int64)
+        self._scores = np.empty(0, np.float64)
+        self._X = np.empty((0, n_features), np.float64)
+
+    # --- pickling: only live points, compacted -------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in _POINT_STATE}
+        slots = np.array(sorted(p[2] for pts in self._points.values() for p in pts), np.intp)
+        state["schema"] = self.SCHEMA_VERSION
+        state["pending"] = (
+            [self._owner[s] for s in slots.tolist()],
+            self._ts[slots],
+            self._seqs[slots],
+            self._scores[slots],
+            self._X[slots],
+        )
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "schema" not in state:
+            state = _from_schema_3(state)
+        state = dict(state)
+        del state["schema"]
+        owners, ts, seqs, scores, X = state.pop("pending")
         self.__dict__.update(state)
-        if "_held" not in state:  # schema 2: written before positives could be held
-            self._hold_until = None
-            self._held = []
-            self.counts.setdefault("held", 0)
+        self._clear_points(X.shape[1])
+        self._add(list(owners), ts, seqs, scores, X)
+
+    def _add(
+        self,
+        owners: Sequence[str],
+        ts: IntArray,
+        seqs: IntArray,
+        scores: FloatArray,
+        X: FloatArray,
+    ) -> None:
+        """Put points into the slots of a cleared book (a restore: no checks, no counts)."""
+        n = len(owners)
+        slots = list(range(n))
+        self._used = n
+        self._owner = [None] * n
+        self._reserve(n)
+        self._write(slots, ts, seqs, scores, X)
+        for owner, t, q, s in zip(owners, ts.tolist(), seqs.tolist(), slots, strict=True):
+            self._owner[s] = owner
+            bisect.insort(self._points.setdefault(owner, []), (t, q, s))
+        self._n_pending += len(owners)
+
+    # --- sizes -----------------------------------------------------------------------------
 
     @property
     def n_pending(self) -> int:
@@ -257,101 +432,215 @@ class LabelBook:
     @property
     def n_entities(self) -> int:
         """Entities with at least one pending point."""
-        return len(self._pending)
+        return len(self._points)
 
     def pending(self, entity_id: str) -> int:
         """Pending points of one entity."""
-        return len(self._pending.get(entity_id, ()))
+        return len(self._points.get(entity_id, ()))
+
+    # --- slots -----------------------------------------------------------------------------
+
+    def _reserve(self, size: int) -> None:
+        cap = self._ts.shape[0]
+        if size <= cap:
+            return
+        new = max(size, 2 * cap, _MIN_SLOTS)
+        grow = new - cap
+        self._ts = np.concatenate([self._ts, np.full(grow, _FREE_TS, np.int64)])
+        self._seqs = np.concatenate([self._seqs, np.zeros(grow, np.int64)])
+        self._scores = np.concatenate([self._scores, np.zeros(grow, np.float64)])
+        X = np.zeros((new, self._X.shape[1]), np.float64)
+        X[:cap] = self._X
+        self._X = X
+
+    def _write(
+        self, slots: Sequence[int], ts: IntArray, seqs: IntArray, scores: FloatArray, X: FloatArray
+    ) -> None:
+        if not len(slots):
+            return
+        idx = np.asarray(slots, dtype=np.intp)
+        self._ts[idx] = ts
+        self._seqs[idx] = seqs
+        self._scores[idx] = scores
+        self._X[idx] = X
+        self._min_ts = min(self._min_ts, int(ts.min()))
+
+    def _release_slots(self, slots: Sequence[int]) -> None:
+        """Free slots whose points were labelled or evicted."""
+        owner = self._owner
+        for s in slots:
+            owner[s] = None
+        self._ts[np.asarray(slots, dtype=np.intp)] = _FREE_TS
+        self._free.extend(slots)
+        self._n_pending -= len(slots)
+
+    def _matured(self, entity_ids: tuple[str, ...], slots: Sequence[int], label_ts: IntArray,
+                 label: bool) -> Labels:  # fmt: skip
+        idx = np.asarray(slots, dtype=np.intp)
+        return Labels(
+            entity_ids,
+            self._ts[idx],
+            label_ts,
+            self._X[idx],
+            self._scores[idx],
+            np.full(len(slots), label, np.bool_),
+        )
+
+    # --- recording and labelling -------------------------------------------------------------
 
     def _advance(self, ts_ms: int) -> None:
         if self.watermark_ms is None or ts_ms > self.watermark_ms:
             self.watermark_ms = ts_ms
 
     def observe(self, entity_id: str, ts_ms: int, features_row: FloatArray, score: float) -> bool:
-        """Record a decision point; False when decimated, late or over a bound.
+        """Record one decision point; False when decimated, late or over a bound.
 
-        Decimated: the entity has a pending point less than ``min_gap_ms``
-        away. Bounded: ``max_pending_per_entity`` or ``max_pending_total``
-        reached (the new point is refused, older ones keep their place).
+        The same as :meth:`observe_many` with one point.
         """
-        ts = int(ts_ms)
-        cfg = self.config
-        watermark = self.watermark_ms
-        if watermark is None or ts > watermark:
-            self.watermark_ms = watermark = ts
-        elif ts + cfg.horizon_ms < watermark:
-            self.counts["late"] += 1
-            return False
-        points = self._pending.get(entity_id)
-        if points is not None:
-            gap = cfg.min_gap_ms
-            for p in points:
-                if abs(ts - p[1]) < gap:
-                    self.counts["decimated"] += 1
-                    return False
-            if len(points) >= cfg.max_pending_per_entity:
-                self.counts["bounded"] += 1
-                return False
-        if self._n_pending >= cfg.max_pending_total:
-            self.counts["bounded"] += 1
-            return False
-        if type(features_row) is np.ndarray and features_row.ndim == 1:
-            row = features_row.astype(np.float64)  # always a copy
-        else:
-            row = np.array(features_row, dtype=np.float64, copy=True).reshape(-1)
-        if self._n_features is None:
-            self._n_features = row.shape[0]
-        elif row.shape[0] != self._n_features:
-            raise ValueError(
-                f"features_row: expected {self._n_features} values, got {row.shape[0]}"
-            )
-        seq = self._seq
-        if seq == 0 and cfg.hold_first_horizon:  # the book's first point
-            self._hold_until = watermark + cfg.horizon_ms  # from the new watermark
-        self._seq += 1
-        self._pending.setdefault(entity_id, []).append((seq, ts, row, float(score)))
-        heapq.heappush(self._heap, (ts, seq, entity_id))
-        self._n_pending += 1
-        self.counts["observed"] += 1
-        return True
+        row = np.asarray(features_row, dtype=np.float64).reshape(1, -1)
+        return self.observe_many([entity_id], [int(ts_ms)], row, [0], [float(score)]) == 1
 
-    def on_conversion(self, entity_id: str, ts_ms: int) -> list[Matured]:
+    def observe_many(
+        self,
+        entity_ids: Sequence[str],
+        ts_ms: Sequence[int],
+        X: FloatArray,
+        rows: Sequence[int],
+        scores: Sequence[float],
+    ) -> int:
+        """Record decision points in order; returns how many were recorded.
+
+        Point ``k`` is entity ``entity_ids[k]`` at ``ts_ms[k]`` with feature
+        row ``X[rows[k]]`` and score ``scores[k]``. The result is the same as
+        recording them one at a time. A point is refused when late (its
+        horizon already ended), decimated (the entity has a pending point
+        less than ``min_gap_ms`` away) or bounded (``max_pending_per_entity``
+        or ``max_pending_total`` reached: older points keep their place).
+        The rows are copied.
+        """
+        n = len(entity_ids)
+        if n == 0:
+            return 0
+        if X.ndim != 2 or (self._n_features is not None and X.shape[1] != self._n_features):
+            raise ValueError(
+                f"features: expected rows of {self._n_features} values, got shape {X.shape}"
+            )
+        cfg = self.config
+        horizon, gap = cfg.horizon_ms, cfg.min_gap_ms
+        per_entity, total = cfg.max_pending_per_entity, cfg.max_pending_total
+        points, owner = self._points, self._owner
+        watermark = self.watermark_ms
+        n_pending = self._n_pending
+        late = decimated = bounded = 0
+        taken: list[int] = []  # k of each recorded point
+        slots: list[int] = []
+        seq0 = self._seq
+        for k in range(n):
+            ts = ts_ms[k]
+            if watermark is None or ts > watermark:
+                watermark = ts
+            elif ts + horizon < watermark:
+                late += 1
+                continue
+            entity_id = entity_ids[k]
+            pts = points.get(entity_id)
+            if pts is not None:
+                newest = pts[-1][0]
+                if ts >= newest:  # the usual case: the nearest point is the newest
+                    if ts - newest < gap:
+                        decimated += 1
+                        continue
+                elif any(abs(ts - p[0]) < gap for p in pts):
+                    decimated += 1
+                    continue
+                if len(pts) >= per_entity:
+                    bounded += 1
+                    continue
+            if n_pending >= total:
+                bounded += 1
+                continue
+            seq = seq0 + len(taken)
+            if seq == 0 and cfg.hold_first_horizon:  # the book's first point
+                self._hold_until = watermark + horizon  # from the new watermark
+            slot = self._free.pop() if self._free else self._new_slot()
+            point = (ts, seq, slot)
+            if pts is None:
+                points[entity_id] = [point]
+            elif ts >= pts[-1][0]:
+                pts.append(point)
+            else:
+                bisect.insort(pts, point)
+            owner[slot] = entity_id
+            taken.append(k)
+            slots.append(slot)
+            n_pending += 1
+        self.watermark_ms = watermark
+        counts = self.counts
+        counts["late"] += late
+        counts["decimated"] += decimated
+        counts["bounded"] += bounded
+        if taken:
+            if self._n_features is None:
+                self._n_features = X.shape[1]
+                self._X = np.zeros((self._ts.shape[0], X.shape[1]), np.float64)
+                self._held = Labels.empty(X.shape[1])
+            self._reserve(self._used)
+            ts_arr = np.asarray(ts_ms, dtype=np.int64)
+            k_arr = np.asarray(taken, dtype=np.intp)
+            self._write(
+                slots,
+                ts_arr[k_arr],
+                np.arange(seq0, seq0 + len(taken), dtype=np.int64),
+                np.asarray(scores, dtype=np.float64)[k_arr],
+                X[np.asarray(rows, dtype=np.intp)[k_arr]],
+            )
+            self._seq += len(taken)
+            self._n_pending = n_pending
+            counts["observed"] += len(taken)
+        return len(taken)
+
+    def _new_slot(self) -> int:
+        slot = self._used
+        self._used += 1
+        self._owner.append(None)
+        return slot
+
+    def on_conversion(self, entity_id: str, ts_ms: int) -> Labels:
         """Positives: the entity's pending points with ts in ``[ts - horizon, ts)``."""
         ts = int(ts_ms)
         if self.watermark_ms is not None and ts < self.watermark_ms:
             self.counts["late_conversions"] += 1
         self._advance(ts)
-        points = self._pending.get(entity_id)
-        if not points:
-            return []
+        n_features = self._n_features or 0
+        pts = self._points.get(entity_id)
+        if not pts:
+            return Labels.empty(n_features)
         low = ts - self.config.horizon_ms
-        hit = [p for p in points if low <= p[1] < ts]
+        hit = [p for p in pts if low <= p[0] < ts]  # sorted: decision order
         if not hit:
-            return []
-        keep = [p for p in points if not low <= p[1] < ts]
+            return Labels.empty(n_features)
+        keep = [p for p in pts if not low <= p[0] < ts]
         if keep:
-            self._pending[entity_id] = keep
+            self._points[entity_id] = keep
         else:
-            del self._pending[entity_id]
-        self._n_pending -= len(hit)
+            del self._points[entity_id]
+        slots = [p[2] for p in hit]
         self.counts["positives"] += len(hit)
-        hit.sort(key=lambda p: (p[1], p[0]))
         for p in hit:
-            self._delays[self._delay_next] = ts - p[1]
+            self._delays[self._delay_next] = ts - p[0]
             self._delay_next = (self._delay_next + 1) % DELAY_WINDOW
         self._delay_size = min(DELAY_WINDOW, self._delay_size + len(hit))
+        out = self._matured((entity_id,) * len(hit), slots, np.full(len(hit), ts, np.int64), True)
+        seqs = self._seqs[np.asarray(slots, dtype=np.intp)]
+        self._release_slots(slots)
         until = self._hold_until
-        if until is None or hit[0][1] >= until:
-            return [Matured(entity_id, p[1], ts, p[2], p[3], True) for p in hit]
-        out: list[Matured] = []
-        for p in hit:
-            m = Matured(entity_id, p[1], ts, p[2], p[3], True)
-            if p[1] < until:
-                heapq.heappush(self._held, (p[1], p[0], m))
-                self.counts["held"] += 1
-            else:
-                out.append(m)
-        return out
+        if until is None or hit[0][0] >= until:
+            return out
+        held = out.decision_ts_ms < until
+        self._held = Labels.concat([self._held, out.take(np.flatnonzero(held))], n_features)
+        self._held_seq = np.concatenate([self._held_seq, seqs[held]])
+        self.counts["held"] += int(held.sum())
+        return out.take(np.flatnonzero(~held))
 
     def delay_stats(self) -> dict[str, float]:
         """Label delay of the last :data:`DELAY_WINDOW` positives (conversion minus
@@ -368,18 +657,7 @@ class LabelBook:
             "window": float(size),
         }
 
-    def _live(self, seq: int, entity_id: str) -> _Point | None:
-        for p in self._pending.get(entity_id, ()):
-            if p[0] == seq:
-                return p
-        return None
-
-    def _drop_stale_top(self) -> None:
-        heap = self._heap
-        while heap and self._live(heap[0][1], heap[0][2]) is None:
-            heapq.heappop(heap)
-
-    def expire(self, now_ms: int) -> list[Matured]:
+    def expire(self, now_ms: int) -> Labels:
         """Negatives: points with ``ts + horizon < watermark``, oldest first.
 
         ``now_ms`` is the shard's latest event time; it advances the watermark.
@@ -390,67 +668,71 @@ class LabelBook:
         watermark = self.watermark_ms
         assert watermark is not None
         horizon = self.config.horizon_ms
-        out: list[Matured] = []
-        seqs: list[int] = []
-        heap = self._heap
-        while heap and heap[0][0] + horizon < watermark:
-            ts, seq, entity_id = heapq.heappop(heap)
-            point = self._live(seq, entity_id)
-            if point is None:
-                continue
-            points = self._pending[entity_id]
-            points.remove(point)
-            if not points:
-                del self._pending[entity_id]
-            out.append(Matured(entity_id, ts, ts + horizon, point[2], point[3], False))
-            seqs.append(seq)
-        self._n_pending -= len(out)
-        self.counts["negatives"] += len(out)
-        self._compact()
+        cutoff = watermark - horizon  # due: ts < cutoff
+        n_features = self._n_features or 0
+        out = Labels.empty(n_features)
+        seqs = np.empty(0, np.int64)
+        if self._min_ts < cutoff:
+            ts = self._ts[: self._used]
+            due = np.flatnonzero(ts < cutoff)
+            if due.size:
+                due = due[np.lexsort((self._seqs[due], ts[due]))]
+                slots = due.tolist()
+                owner, points = self._owner, self._points
+                ids = []
+                for s in slots:  # oldest first: each is the first point of its entity
+                    entity_id = owner[s]
+                    assert entity_id is not None
+                    ids.append(entity_id)
+                    pts = points[entity_id]
+                    del pts[0]
+                    if not pts:
+                        del points[entity_id]
+                decision = ts[due]
+                out = self._matured(tuple(ids), slots, decision + horizon, False)
+                seqs = self._seqs[due]
+                self._release_slots(slots)
+                self.counts["negatives"] += len(slots)
+            self._min_ts = int(ts.min()) if self._n_pending else _FREE_TS
         if self._hold_until is not None:
-            out = self._release(out, seqs, watermark - horizon, self._hold_until)
+            out = self._release(out, seqs, cutoff, self._hold_until)
         return out
 
-    def _release(
-        self, negatives: list[Matured], seqs: list[int], before: int, until: int
-    ) -> list[Matured]:
+    def _release(self, negatives: Labels, seqs: IntArray, before: int, until: int) -> Labels:
         """``negatives`` and the held positives with decision time below ``before``,
         in decision order (ties: observation order)."""
         held = self._held
-        if held and held[0][0] < before:
-            released: list[_Held] = []
-            while held and held[0][0] < before:
-                released.append(heapq.heappop(held))
-            keyed = zip([m.decision_ts_ms for m in negatives], seqs, negatives, strict=True)
-            merged = heapq.merge(keyed, released, key=lambda x: (x[0], x[1]))
-            negatives = [m for _, _, m in merged]
-        if not held and before >= until:  # every point of the first horizon is labelled
+        if len(held) and int(held.decision_ts_ms.min()) < before:
+            go = held.decision_ts_ms < before
+            released = held.take(np.flatnonzero(go))
+            self._held = held.take(np.flatnonzero(~go))
+            both = Labels.concat([negatives, released], negatives.X.shape[1])
+            order_seq = np.concatenate([seqs, self._held_seq[go]])
+            self._held_seq = self._held_seq[~go]
+            negatives = both.take(np.lexsort((order_seq, both.decision_ts_ms)))
+        if not len(self._held) and before >= until:  # every point of the first horizon is labelled
             self._hold_until = None
         return negatives
 
     def next_deadline_ms(self) -> int | None:
         """The smallest watermark at which :meth:`expire` matures something."""
-        self._drop_stale_top()
-        tops = [q[0][0] for q in (self._heap, self._held) if q]
+        tops = []
+        if self._n_pending:
+            tops.append(int(self._ts[: self._used].min()))
+        if len(self._held):
+            tops.append(int(self._held.decision_ts_ms.min()))
         if not tops:
             return None
         return min(tops) + self.config.horizon_ms + 1
 
     def evict_entity(self, entity_id: str) -> int:
         """Forget an entity's pending points (unlabelled); returns how many."""
-        points = self._pending.pop(entity_id, None)
-        if not points:
+        pts = self._points.pop(entity_id, None)
+        if not pts:
             return 0
-        self._n_pending -= len(points)
-        self.counts["evicted"] += len(points)
-        self._compact()
-        return len(points)
-
-    def _compact(self) -> None:
-        """Rebuild the heap when stale entries outnumber live ones."""
-        if len(self._heap) > 2 * self._n_pending + 1024:
-            self._heap = [(p[1], p[0], e) for e, pts in self._pending.items() for p in pts]
-            heapq.heapify(self._heap)
+        self._release_slots([p[2] for p in pts])
+        self.counts["evicted"] += len(pts)
+        return len(pts)
 
     def stats(self) -> dict[str, int]:
         """Counters since creation plus the current ``pending``, ``entities`` and
@@ -458,6 +740,42 @@ class LabelBook:
         return {
             **self.counts,
             "pending": self._n_pending,
-            "entities": len(self._pending),
+            "entities": len(self._points),
             "holding": len(self._held),
         }
+
+
+def _from_schema_3(old: dict[str, Any]) -> dict[str, Any]:
+    """The state of a book pickled by schema 3 (or 2: before positives were held),
+    with pending points as per-entity lists of ``(seq, ts, row, score)`` and held
+    positives as a heap of ``(ts, seq, Matured)``, in this version's form."""
+    points = sorted(
+        ((seq, ts, entity_id, row, score) for entity_id, pts in old["_pending"].items()
+         for seq, ts, row, score in pts),
+        key=lambda p: p[0],
+    )  # fmt: skip
+    n_features = old.get("_n_features") or 0
+    held = sorted(old.get("_held", []), key=lambda h: (h[0], h[1]))
+    counts = dict(old["counts"])
+    counts.setdefault("held", 0)
+    return {
+        "schema": LabelBook.SCHEMA_VERSION,
+        "config": old["config"],
+        "watermark_ms": old["watermark_ms"],
+        "counts": counts,
+        "_delays": old["_delays"],
+        "_delay_next": old["_delay_next"],
+        "_delay_size": old["_delay_size"],
+        "_seq": old["_seq"],
+        "_hold_until": old.get("_hold_until"),
+        "_n_features": old.get("_n_features"),
+        "_held": Labels.from_matured([h[2] for h in held], n_features),
+        "_held_seq": np.array([h[1] for h in held], dtype=np.int64),
+        "pending": (
+            [p[2] for p in points],
+            np.array([p[1] for p in points], dtype=np.int64),
+            np.array([p[0] for p in points], dtype=np.int64),
+            np.array([p[4] for p in points], dtype=np.float64),
+            np.array([p[3] for p in points], dtype=np.float64).reshape(len(points), n_features),
+        ),
+    }

@@ -29,12 +29,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from intentflow.events import Event
-from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
+from intentflow.online_models.labels import LabelBook, LabelConfig, Labels, labels_list
 from intentflow.online_models.model import FloatArray, IntentModel, ModelConfig
 
 __all__ = ["SideTargets"]
@@ -55,7 +55,11 @@ class SideTargets:
         self.configs: tuple[LabelConfig, ...] = labels.extra
         self.books = [LabelBook(c) for c in labels.extra]
         self.models = [IntentModel(cfg, spec_hash) for _ in labels.extra]
-        self._matured: list[list[Matured]] = [[] for _ in labels.extra]
+        self._matured: list[list[Labels]] = [[] for _ in labels.extra]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # a snapshot before labels were columnar holds Matured
+        self._matured = [labels_list(m, 0) for m in self._matured]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -88,24 +92,52 @@ class SideTargets:
             scores = model.score_batch(feats[a:b], names).tolist()
             matured = self._matured[k]
             is_conversion = cfg.is_conversion
+            start = a  # events start:j are recorded in one call before a conversion
             for j in range(a, b):
                 ev = events[j]
                 if is_conversion(ev):
-                    matured.extend(book.on_conversion(ev.entity_id, ev.ts_ms))
-                if ev.type != "outcome" and (only is None or ev.type in only):
-                    book.observe(ev.entity_id, ev.ts_ms, feats[j], scores[j - a])
+                    self._observe(book, events, feats, start, j, a, scores, only)
+                    start = j
+                    positives = book.on_conversion(ev.entity_id, ev.ts_ms)
+                    if len(positives):
+                        matured.append(positives)
+            self._observe(book, events, feats, start, b, a, scores, only)
+
+    @staticmethod
+    def _observe(
+        book: LabelBook,
+        events: Sequence[Event],
+        feats: FloatArray,
+        start: int,
+        stop: int,
+        a: int,
+        scores: list[float],
+        only: frozenset[str] | None,
+    ) -> None:
+        """Record events ``start:stop`` that are decision points (``scores`` start at ``a``)."""
+        rows = [
+            j
+            for j in range(start, stop)
+            if events[j].type != "outcome" and (only is None or events[j].type in only)
+        ]
+        if rows:
+            book.observe_many(
+                [events[j].entity_id for j in rows],
+                [events[j].ts_ms for j in rows],
+                feats,
+                rows,
+                [scores[j - a] for j in rows],
+            )
 
     def tick(self, watermark_ms: int, names: Sequence[str]) -> int:
         """Expire negatives and learn every matured label; returns labels learned."""
         learned = 0
         for k, (book, model) in enumerate(zip(self.books, self.models, strict=True)):
-            matured = self._matured[k]
-            matured.extend(book.expire(watermark_ms))
-            if not matured:
+            matured = Labels.concat([*self._matured[k], book.expire(watermark_ms)], len(names))
+            if not len(matured):
                 continue
             self._matured[k] = []
-            X, y = to_arrays(matured, len(names))
-            learned += model.learn_batch(X, y, names)
+            learned += model.learn_batch(matured.X, matured.y, names)
         return learned
 
     def score_row(self, row: FloatArray, names: Sequence[str]) -> dict[str, float]:

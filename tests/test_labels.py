@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from label_reference import ReferenceLabelBook
 
 from intentflow.errors import ConfigError
 from intentflow.events import Event
-from intentflow.online_models.labels import LabelBook, LabelConfig, Matured, to_arrays
+from intentflow.online_models.labels import LabelBook, LabelConfig, Labels, Matured
 from intentflow.online_models.model import IntentModel, ModelConfig
 
 H = 10_000  # horizon used by most tests
@@ -26,7 +28,7 @@ def book(**kw: Any) -> LabelBook:
     return LabelBook(LabelConfig(**cfg))
 
 
-def summary(matured: list[Matured]) -> list[tuple[str, int, bool, int]]:
+def summary(matured: Iterable[Matured]) -> list[tuple[str, int, bool, int]]:
     return [(m.entity_id, m.decision_ts_ms, m.label, m.delay_ms) for m in matured]
 
 
@@ -75,18 +77,18 @@ def test_conversion_labels_points_within_the_horizon() -> None:
     assert summary(got) == [("x", c - H, True, H), ("x", c - 1, True, 1)]
     assert b.n_pending == 3
     assert b.pending("x") == 2
-    assert b.on_conversion("x", c) == []  # nothing left in range: no double labelling
+    assert len(b.on_conversion("x", c)) == 0  # nothing left in range: no double labelling
 
 
 def test_points_expire_as_negatives_after_the_horizon() -> None:
     b = book()
     b.observe("x", 1_000, ROW, 0.4)
     b.observe("y", 2_000, ROW, 0.1)
-    assert b.expire(1_000 + H) == []  # ts + H == watermark: not yet
+    assert len(b.expire(1_000 + H)) == 0  # ts + H == watermark: not yet
     got = b.expire(1_000 + H + 1)
     assert summary(got) == [("x", 1_000, False, H)]
-    assert got[0].label_ts_ms == 1_000 + H
-    assert got[0].score == 0.4
+    assert got.label_ts_ms.tolist() == [1_000 + H]
+    assert got.scores.tolist() == [0.4]
     assert summary(b.expire(10**9)) == [("y", 2_000, False, H)]
     assert b.n_pending == 0
     assert b.n_entities == 0
@@ -96,7 +98,7 @@ def test_points_expire_as_negatives_after_the_horizon() -> None:
 def test_a_conversion_after_the_horizon_does_not_make_a_positive() -> None:
     b = book()
     b.observe("x", 0, ROW, 0.5)
-    assert b.on_conversion("x", H + 1) == []
+    assert len(b.on_conversion("x", H + 1)) == 0
     assert summary(b.expire(H + 1)) == [("x", 0, False, H)]
 
 
@@ -151,8 +153,9 @@ def test_late_points_are_refused_and_watermark_never_moves_back() -> None:
 def test_row_length_must_not_change() -> None:
     b = book()
     b.observe("x", 0, ROW, 0.1)
-    with pytest.raises(ValueError, match="features_row"):
+    with pytest.raises(ValueError, match="expected rows of 2 values"):
         b.observe("y", 0, np.zeros(3), 0.1)
+    assert b.n_pending == 1
 
 
 # --- deadlines and pickling -----------------------------------------------------------------
@@ -171,7 +174,7 @@ def test_next_deadline_follows_the_oldest_live_point() -> None:
     b.observe("z", 400, ROW, 0.1)
     deadline = b.next_deadline_ms()
     assert deadline is not None
-    assert b.expire(deadline - 1) == []
+    assert len(b.expire(deadline - 1)) == 0
     assert len(b.expire(deadline)) == 1
 
 
@@ -296,11 +299,10 @@ def _stream(model: IntentModel, book_: LabelBook | None, seed: int) -> None:
         if book_ is None:
             model.score_batch(row.reshape(1, -1), names)
             continue
-        matured = book_.on_conversion(entity, ts) if kind == "convert" else []
-        matured += book_.expire(ts)
-        if matured:
-            X, y = to_arrays(matured, 2)
-            model.learn_batch(X, y, names)
+        parts = [book_.on_conversion(entity, ts)] if kind == "convert" else []
+        matured = Labels.concat([*parts, book_.expire(ts)], n_features=2)
+        if len(matured):
+            model.learn_batch(matured.X, matured.y, names)
         if kind == "decide":
             score = model.score_batch(row.reshape(1, -1), names)[0]
             book_.observe(entity, ts, row, score)
@@ -329,17 +331,21 @@ def test_delayed_labels_teach_the_model() -> None:
     assert np.all(without.score_batch(probe, names) == 0.0)
 
 
-def test_to_arrays_stacks_in_order() -> None:
+def test_labels_stack_in_order() -> None:
     b = book()
     b.observe("x", 0, np.array([1.0, 2.0]), 0.1)
     b.observe("y", 0, np.array([3.0, 4.0]), 0.1)
-    matured = b.on_conversion("y", 10) + b.expire(H + 1)
-    X, y = to_arrays(matured, 2)
-    assert X.tolist() == [[3.0, 4.0], [1.0, 2.0]]
-    assert y.tolist() == [True, False]
-    X0, y0 = to_arrays([], 2)
-    assert X0.shape == (0, 2)
-    assert y0.shape == (0,)
+    matured = Labels.concat([b.on_conversion("y", 10), b.expire(H + 1)], n_features=2)
+    assert matured.X.tolist() == [[3.0, 4.0], [1.0, 2.0]]
+    assert matured.y.tolist() == [True, False]
+    assert matured.entity_ids == ("y", "x")
+    assert matured.delay_ms.tolist() == [10, H]
+    assert summary(matured) == [("y", 0, True, 10), ("x", 0, False, H)]
+    again = Labels.from_matured(list(matured), n_features=2)
+    assert _rows(again) == _rows(matured)
+    empty = Labels.concat([Labels.empty(0), b.expire(2 * H)], n_features=2)
+    assert (empty.X.shape, empty.y.shape) == ((0, 2), (0,))
+    assert Labels.from_matured([], n_features=2).X.shape == (0, 2)
 
 
 def test_matured_pickles_as_the_frozen_dataclass_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,10 +390,10 @@ def test_a_fresh_book_holds_first_horizon_positives_until_their_horizon_passes()
     b = LabelBook(LabelConfig(horizon_ms=H, min_gap_ms=0))  # hold_first_horizon: the default
     assert b.observe("x", 1_000, ROW, 0.9)
     assert b.observe("y", 2_000, ROW, 0.1)
-    assert b.on_conversion("x", 3_000) == []  # labelled, but held
+    assert len(b.on_conversion("x", 3_000)) == 0  # labelled, but held
     assert (b.n_pending, b.n_held, b.stats()["holding"], b.stats()["held"]) == (1, 1, 1, 1)
     assert b.next_deadline_ms() == 1_000 + H + 1
-    assert b.expire(1_000 + H) == []
+    assert len(b.expire(1_000 + H)) == 0
     got = b.expire(2_000 + H + 1)  # both horizons passed: in decision order
     assert summary(got) == [("x", 1_000, True, 2_000), ("y", 2_000, False, H)]
     assert b.n_held == 0
@@ -419,9 +425,9 @@ def test_without_the_hold_a_fresh_book_returns_positives_long_before_any_negativ
 
 
 def test_a_book_pickled_before_the_hold_existed_holds_nothing() -> None:
-    b = book(hold_first_horizon=True)
+    b = ReferenceLabelBook(LabelConfig(horizon_ms=H, min_gap_ms=100, hold_first_horizon=True))
     assert b.observe("x", 0, ROW, 0.5)
-    state = dict(b.__dict__)
+    state = dict(b.__dict__)  # schema 3; schema 2 had no held positives
     for key in ("_hold_until", "_held"):
         del state[key]
     state["counts"] = {k: v for k, v in state["counts"].items() if k != "held"}
@@ -443,3 +449,119 @@ def test_the_short_run_test_config_is_the_demo_config_without_the_hold() -> None
         short = tomllib.load(f)
     assert short == {**demo, "labels": {**demo["labels"], "hold_first_horizon": False}}
     assert LabelConfig.from_dict(short["labels"]).hold_first_horizon is False
+
+
+# --- the columnar book against the per-point reference ---------------------------------------
+
+
+def _rows(labels: Any) -> list[tuple[Any, ...]]:
+    return [
+        (m.entity_id, m.decision_ts_ms, m.label_ts_ms, m.label, m.score, m.features.tolist())
+        for m in labels
+    ]
+
+
+_op = st.one_of(
+    st.tuples(
+        st.just("observe"),
+        st.lists(
+            st.tuples(st.sampled_from("abcde"), st.integers(0, 4 * H), st.integers(0, 99)),
+            max_size=12,
+        ),
+    ),
+    st.tuples(st.just("convert"), st.sampled_from("abcde"), st.integers(0, 4 * H)),
+    st.tuples(st.just("expire"), st.integers(0, 5 * H)),
+    st.tuples(st.just("deadline"), st.sampled_from([-1, 0])),  # just before / at the deadline
+    st.tuples(st.just("evict"), st.sampled_from("abcde")),
+    st.tuples(st.just("pickle")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_op, max_size=40),
+    st.booleans(),
+    st.sampled_from([0, 1, 700, 3 * H]),
+    st.integers(1, 4),
+    st.integers(1, 12),
+)
+def test_the_book_equals_the_per_point_reference(
+    ops: list[tuple[Any, ...]], hold: bool, gap: int, per_entity: int, total: int
+) -> None:
+    """Any interleaving of batches (out of order, late, decimated, bounded),
+    conversions, expiry, eviction and pickling: the same labels in the same
+    order, the same counts and the same pending points as the reference."""
+    cfg = LabelConfig(
+        horizon_ms=H,
+        min_gap_ms=gap,
+        max_pending_per_entity=per_entity,
+        max_pending_total=total,
+        hold_first_horizon=hold,
+    )
+    new, ref = LabelBook(cfg), ReferenceLabelBook(cfg)
+    X = np.arange(200.0).reshape(100, 2)
+    for op in ops:
+        if op[0] == "observe":
+            points = op[1]
+            ids, ts, rows = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+            scores = [r / 100 for r in rows]
+            taken = [
+                ref.observe(e, t, X[r], s) for e, t, r, s in zip(ids, ts, rows, scores, strict=True)
+            ]
+            assert new.observe_many(ids, ts, X, rows, scores) == sum(taken)
+        elif op[0] == "convert":
+            assert _rows(new.on_conversion(op[1], op[2])) == _rows(ref.on_conversion(op[1], op[2]))
+        elif op[0] == "expire":
+            assert _rows(new.expire(op[1])) == _rows(ref.expire(op[1]))
+        elif op[0] == "deadline":
+            deadline = ref.next_deadline_ms()
+            if deadline is not None:
+                got, want = new.expire(deadline + op[1]), ref.expire(deadline + op[1])
+                assert _rows(got) == _rows(want)
+        elif op[0] == "evict":
+            assert new.evict_entity(op[1]) == ref.evict_entity(op[1])
+        else:
+            new = pickle.loads(pickle.dumps(new))
+        assert new.stats() == ref.stats()
+        assert new.watermark_ms == ref.watermark_ms
+        assert new.next_deadline_ms() == ref.next_deadline_ms()
+        assert [new.pending(e) for e in "abcde"] == [ref.pending(e) for e in "abcde"]
+        assert (new.n_held, new.n_entities) == (ref.n_held, ref.n_entities)
+    assert new.delay_stats() == pytest.approx(ref.delay_stats(), nan_ok=True)
+    assert _rows(new.expire(10 * H)) == _rows(ref.expire(10 * H))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["obs", "conv"]), st.sampled_from("abc"), st.integers(0, 3 * H)),
+        max_size=40,
+    ),
+    st.integers(0, 40),
+    st.booleans(),
+)
+def test_a_schema_3_book_resumes_as_it_would_have_continued(
+    ops: list[tuple[str, str, int]], cut: int, hold: bool
+) -> None:
+    """A book pickled by the per-point version (schema 3, the reference's state)
+    loads into this one, which then labels exactly as the old one would have."""
+    cfg = LabelConfig(horizon_ms=H, min_gap_ms=500, hold_first_horizon=hold)
+    old = ReferenceLabelBook(cfg)
+    X = np.array([[1.0, 2.0], [3.0, 4.0]])
+
+    def step(b: Any, op: tuple[str, str, int]) -> list[tuple[Any, ...]]:
+        kind, entity, ts = op
+        if kind == "conv":
+            return _rows(b.on_conversion(entity, ts))
+        b.observe(entity, ts, X[ts % 2], ts / H)
+        return _rows(b.expire(ts))
+
+    for op in ops[:cut]:
+        step(old, op)
+    migrated = LabelBook.__new__(LabelBook)
+    migrated.__setstate__(pickle.loads(pickle.dumps(dict(old.__dict__))))
+    assert migrated.stats() == old.stats()
+    for op in ops[cut:]:
+        assert step(migrated, op) == step(old, op)
+        assert migrated.stats() == old.stats()
+    assert _rows(migrated.expire(10 * H)) == _rows(old.expire(10 * H))

@@ -34,7 +34,7 @@ from intentflow.metrics import (
     _BulkHistogram,
 )
 from intentflow.online_models.catalog import ActionCatalog
-from intentflow.online_models.labels import Matured
+from intentflow.online_models.labels import Labels, Matured
 from intentflow.sinks.base import AlertOut, DeadLetterOut, ScoreOut
 from intentflow.sinks.redis_sink import RedisSink, RedisSinkConfig
 
@@ -251,7 +251,7 @@ def test_learned_labels_and_calibration() -> None:
         Matured("c2", 0, 60_000, feats, 0.2, False),
         Matured("c3", 1_000, 4_000, feats, 0.4, False),
     ]
-    obs.learned(matured)
+    obs.learned(Labels.from_matured(matured, n_features=2))
     assert m.sample("intentflow_model_labels_total", {"outcome": "positive"}) == 1
     assert m.sample("intentflow_model_labels_total", {"outcome": "negative"}) == 2
     assert m.sample("intentflow_model_expected_positives_total") == pytest.approx(1.5)
@@ -263,7 +263,7 @@ def test_learned_labels_and_calibration() -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not on PATH")
 def test_promtool_check_metrics_is_clean(flow_run: dict[str, Any]) -> None:
     m: Metrics = flow_run["metrics"]
-    m.shard("s0").learned([Matured("c", 0, 1, np.zeros(1), 0.5, True)])
+    m.shard("s0").learned(Labels.from_matured([Matured("c", 0, 1, np.zeros(1), 0.5, True)], 1))
     proc = subprocess.run(
         ["promtool", "check", "metrics"],
         input=m.exposition(),

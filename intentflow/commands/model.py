@@ -87,11 +87,11 @@ def read_shard_models(recovery_dir: str | Path) -> list[ShardModel]:
 
     The snapshots are pickles: read only recovery directories you trust.
     """
-    from intentflow.dataflows.logic import SNAPSHOT_SCHEMA_VERSION
+    from intentflow.dataflows.logic import READABLE_SNAPSHOT_SCHEMAS
 
     # Schema 3 changed only the de-duplication window and the feature rings: the
     # model of a schema-2 directory still exports, so an upgrade keeps what it learned.
-    readable = (2, SNAPSHOT_SCHEMA_VERSION)
+    readable = (2, *READABLE_SNAPSHOT_SCHEMAS)
     out: list[ShardModel] = []
     for key, (epoch, blob) in sorted(_newest_snapshots(Path(recovery_dir)).items()):
         snap: Any = pickle.loads(blob)
