@@ -167,7 +167,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         if snap.schema_version not in READABLE_SNAPSHOT_SCHEMAS:
             raise SnapshotMismatchError(
                 f"shard snapshot schema {snap.schema_version} cannot be read by this version "
-                f"(expects {SNAPSHOT_SCHEMA_VERSION}); start from a new recovery directory"
+                f"(it reads schemas {' and '.join(map(str, READABLE_SNAPSHOT_SCHEMAS))}); "
+                "start from a new recovery directory"
             )
         if snap.spec_hash != self._parts.spec.spec_hash:
             raise SnapshotMismatchError(

@@ -14,14 +14,17 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flowkit import demo_config, gen_payloads
 
 from intentflow.contracts import Limits, parse_event
 from intentflow.dataflows.flow import engine_parts
 from intentflow.dataflows.logic import SNAPSHOT_SCHEMA_VERSION, ShardLogic
+from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.online_models.labels import Labels
 from intentflow.sinks.base import AlertOut, Output, ScoreOut
@@ -102,3 +105,12 @@ def test_a_resumed_schema_3_snapshot_is_written_as_schema_4_and_resumes_again() 
     assert snap.schema_version == SNAPSHOT_SCHEMA_VERSION == 4
     tail = _run(ShardLogic(parts, snap), events[cut + 600 :])
     assert head + tail == expected["outputs"]
+
+
+@pytest.mark.parametrize("schema", [2, 5])
+def test_other_shard_schemas_are_refused_with_the_ones_this_version_reads(schema: int) -> None:
+    with gzip.open(DATA / "shard-schema3.pkl.gz", "rb") as f:
+        snap = replace(pickle.load(f), schema_version=schema)
+    parts = engine_parts(demo_config(labels=LABELS))
+    with pytest.raises(SnapshotMismatchError, match=rf"schema {schema} .*reads schemas 3 and 4"):
+        ShardLogic(parts, snap)
