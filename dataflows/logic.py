@@ -309,7 +309,6 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 continue
             if only is not None and etype not in only:
                 continue  # not a scored type (model.score_types)
-            row = feats[j]
             latest[ev.entity_id] = (score, ev.ts_ms, version)
             obs_ids.append(ev.entity_id)
             obs_ts.append(ev.ts_ms)
@@ -317,7 +316,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
             obs_scores.append(score)
             adjust = None
             if rules is not None:
-                adjust = rule_engine.on_event(rules, ev, score, row, self.model, now_ms, out)
+                adjust = rule_engine.on_event(rules, ev, score, feats[j], self.model, now_ms, out)
             if not ready:
                 continue
             if adjust is None:
@@ -328,6 +327,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 self._count("alerts_suppressed")
                 continue
             decided = score if adjust is None else adjust.score(score)
+            row = feats[j]  # a view: made only for the few events that reach a decision
             decision = decide(ev, decided, row, self._names)
             if decision is not None:
                 alert = self._alert(ev, score, row, decision, now_ms)
@@ -384,17 +384,21 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         out: list[Output] = []
         self._latest = {}
         tick_ms = self._parts.learn_tick_ms
-        tick = self.watermark // tick_ms
+        watermark = self.watermark
+        tick = watermark // tick_ms
         seg = 0
         for i, ev in enumerate(events):
-            if ev.ts_ms > self.watermark and ev.ts_ms // tick_ms > tick:
+            ts = ev.ts_ms
+            if ts <= watermark:
+                continue
+            watermark = ts
+            if ts // tick_ms > tick:
                 self._process_segment(events, feats, seg, i, out)
                 seg = i
-                self.watermark = ev.ts_ms
-                tick = ev.ts_ms // tick_ms
+                self.watermark = watermark  # the tick expires labels at the new watermark
+                tick = ts // tick_ms
                 self._tick()
-            elif ev.ts_ms > self.watermark:
-                self.watermark = ev.ts_ms
+        self.watermark = watermark
         self._process_segment(events, feats, seg, len(events), out)
 
         for entity_id, (score, ts_ms, version) in self._latest.items():
