@@ -286,7 +286,7 @@ def labels_list(held: Sequence[Labels | Matured], n_features: int) -> list[Label
 
 #: A freed slot's decision time: later than any real one, so never due.
 _FREE_TS: Final[int] = np.iinfo(np.int64).max
-#: Slots allocated at first; the arrays double when full (up to ``max_pending_total``).
+#: Slots allocated at first; the arrays double when full, up to ``max_pending_total``.
 _MIN_SLOTS: Final[int] = 64
 
 #: Attributes that hold the pending points: pickled compacted, as ``pending``.
@@ -444,7 +444,8 @@ class LabelBook:
         cap = self._ts.shape[0]
         if size <= cap:
             return
-        new = max(size, 2 * cap, _MIN_SLOTS)
+        # doubling, but never past the bound: no more points can be pending
+        new = max(size, min(max(2 * cap, _MIN_SLOTS), self.config.max_pending_total))
         grow = new - cap
         self._ts = np.concatenate([self._ts, np.full(grow, _FREE_TS, np.int64)])
         self._seqs = np.concatenate([self._seqs, np.zeros(grow, np.int64)])
@@ -516,7 +517,8 @@ class LabelBook:
         horizon already ended), decimated (the entity has a pending point
         less than ``min_gap_ms`` away) or bounded (``max_pending_per_entity``
         or ``max_pending_total`` reached: older points keep their place).
-        The rows are copied.
+        The rows are copied. ``X`` must have the rows' length of the book's
+        earlier points (a ``ValueError`` before anything is recorded).
         """
         n = len(entity_ids)
         if n == 0:
