@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -220,15 +221,8 @@ class Labels:
 
     @classmethod
     def empty(cls, n_features: int) -> Labels:
-        """No points, with rows of ``n_features`` values."""
-        return cls(
-            (),
-            np.empty(0, np.int64),
-            np.empty(0, np.int64),
-            np.empty((0, n_features), np.float64),
-            np.empty(0, np.float64),
-            np.empty(0, np.bool_),
-        )
+        """No points, with rows of ``n_features`` values (one shared, read-only value)."""
+        return _empty_labels(n_features)
 
     @classmethod
     def concat(cls, parts: Sequence[Labels], n_features: int) -> Labels:
@@ -276,6 +270,20 @@ class Labels:
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _empty_labels(n_features: int) -> Labels:
+    arrays = (
+        np.empty(0, np.int64),
+        np.empty(0, np.int64),
+        np.empty((0, n_features), np.float64),
+        np.empty(0, np.float64),
+        np.empty(0, np.bool_),
+    )
+    for a in arrays:
+        a.flags.writeable = False
+    return Labels((), *arrays)
+
+
 def labels_list(held: Sequence[Labels | Matured], n_features: int) -> list[Labels]:
     """Matured labels kept in a snapshot, as :class:`Labels`: snapshots written
     before labels were columnar (``LabelBook`` schema 3) hold :class:`Matured`."""
@@ -286,6 +294,11 @@ def labels_list(held: Sequence[Labels | Matured], n_features: int) -> list[Label
 
 #: A freed slot's decision time: later than any real one, so never due.
 _FREE_TS: Final[int] = np.iinfo(np.int64).max
+_NO_SEQS: Final = np.empty(0, np.int64)
+_NO_SEQS.flags.writeable = False
+#: Up to this many points recorded by one call are written element by element:
+#: building index arrays costs more than that.
+_ELEMENT_WRITES: Final[int] = 8
 #: Slots allocated at first; the arrays double when full, up to ``max_pending_total``.
 _MIN_SLOTS: Final[int] = 64
 
@@ -587,6 +600,16 @@ class LabelBook:
                 self._X = np.zeros((self._ts.shape[0], X.shape[1]), np.float64)
                 self._held = Labels.empty(X.shape[1])
             self._reserve(self._used)
+        if 0 < len(taken) <= _ELEMENT_WRITES:  # a few points: element writes cost less
+            for seq, (k, slot) in enumerate(zip(taken, slots, strict=True), seq0):
+                ts = ts_ms[k]
+                self._ts[slot] = ts
+                self._seqs[slot] = seq
+                self._scores[slot] = scores[k]
+                self._X[slot] = X[rows[k]]
+                if ts < self._min_ts:
+                    self._min_ts = int(ts)
+        elif taken:
             ts_arr = np.asarray(ts_ms, dtype=np.int64)
             k_arr = np.asarray(taken, dtype=np.intp)
             self._write(
@@ -596,9 +619,9 @@ class LabelBook:
                 np.asarray(scores, dtype=np.float64)[k_arr],
                 X[np.asarray(rows, dtype=np.intp)[k_arr]],
             )
-            self._seq += len(taken)
-            self._n_pending = n_pending
-            counts["observed"] += len(taken)
+        self._seq += len(taken)
+        self._n_pending = n_pending
+        counts["observed"] += len(taken)
         return len(taken)
 
     def _new_slot(self) -> int:
@@ -673,7 +696,7 @@ class LabelBook:
         cutoff = watermark - horizon  # due: ts < cutoff
         n_features = self._n_features or 0
         out = Labels.empty(n_features)
-        seqs = np.empty(0, np.int64)
+        seqs = _NO_SEQS
         if self._min_ts < cutoff:
             ts = self._ts[: self._used]
             due = np.flatnonzero(ts < cutoff)
