@@ -33,7 +33,7 @@ import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -287,9 +287,9 @@ def _empty_labels(n_features: int) -> Labels:
 def labels_list(held: Sequence[Labels | Matured], n_features: int) -> list[Labels]:
     """Matured labels kept in a snapshot, as :class:`Labels`: snapshots written
     before labels were columnar (``LabelBook`` schema 3) hold :class:`Matured`."""
-    if held and isinstance(held[0], Matured):
-        return [Labels.from_matured([m for m in held if isinstance(m, Matured)], n_features)]
-    return [x for x in held if isinstance(x, Labels)]
+    if held and isinstance(held[0], Matured):  # a snapshot holds one form only
+        return [Labels.from_matured(cast(Sequence[Matured], held), n_features)]
+    return list(cast(Sequence[Labels], held))
 
 
 #: A freed slot's decision time: later than any real one, so never due.
