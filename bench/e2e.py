@@ -86,7 +86,7 @@ PROBE_CONTACTS: Final = 64
 #: Latency probes per second of the live phase (``--probe-rate``).
 PROBE_RATE: Final = 50.0
 #: ... within these bounds (events/s).
-RATE_BOUNDS: Final = (100.0, 20_000.0)
+RATE_BOUNDS: Final = (100.0, 30_000.0)
 #: Warn when the engine got less of a core than this in a throughput round ...
 BUSY_CPU_SHARE: Final = 0.8
 #: Warn when the engine needed longer than this after the producer stopped (a backlog).
@@ -144,7 +144,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rate",
         type=float,
         help="offered events/s of the 50%% run (default: 50%% of the measured eps, within "
-        "100..20000); the other loads are scaled from it",
+        "100..30000); the other loads are scaled from it",
     )
     p.add_argument(
         "--probe-rate",
@@ -760,7 +760,7 @@ def default_rate(eps: float, share: float = RATE_SHARE) -> float:
     """The offered rate used when ``--rate`` is not given: ``share`` of eps, within bounds.
 
     >>> default_rate(30_000.0), default_rate(100.0), default_rate(1e6)
-    (15000.0, 100.0, 20000.0)
+    (15000.0, 100.0, 30000.0)
     >>> default_rate(4_000.0, 0.25), default_rate(4_000.0, 0.75)
     (1000.0, 3000.0)
     """

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repository root
     sys.path.insert(0, str(ROOT))
 
+from bench.e2e import RATE_BOUNDS, default_rate  # noqa: E402
 from bench.naive import FEATURES, NaiveAlert, NaiveConfig, NaiveMark, decide  # noqa: E402
 from bench.naive import update_entity as naive_update  # noqa: E402
 
@@ -201,7 +202,7 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     assert doc["latency_samples"] <= doc["alerts"]
     # the offered rate is, without --rate, half the measured eps (within its bounds)
     assert params["rate_from"] == "50% of eps"
-    assert doc["offered_rate"] == max(100.0, min(20_000.0, round(doc["eps"] / 2)))
+    assert doc["offered_rate"] == default_rate(doc["eps"])  # 50 %, within RATE_BOUNDS
 
     p50, p99, p999, top = (_positive(doc, k) for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms"))
     assert p50 <= p99 <= p999 <= top
@@ -256,8 +257,7 @@ def test_e2e_quick_writes_every_documented_key(tmp_path: Path) -> None:
     assert set(doc["by_load"]) == {"25", "50", "75"}
     for load, run in doc["by_load"].items():
         assert set(run) >= LOAD_KEYS, (load, sorted(LOAD_KEYS - set(run)))
-        want = max(100.0, min(20_000.0, round(doc["eps"] * int(load) / 100)))
-        assert run["offered_rate"] == want, load
+        assert run["offered_rate"] == default_rate(doc["eps"], int(load) / 100), load
         assert 0 <= run["latency_samples"] <= run["alerts"], load
         if run["latency_samples"] > 0:
             assert run["p50_ms"] <= run["p99_ms"] <= run["p999_ms"] <= run["max_ms"], load
@@ -498,3 +498,11 @@ def test_latency_probes_match_their_rule() -> None:
     result = doctest.testmod(e2e)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_default_rate_is_the_share_of_eps_within_the_bounds() -> None:
+    low, high = RATE_BOUNDS
+    assert default_rate(32_000.0) == 16_000.0
+    assert default_rate(32_000.0, 0.75) == 24_000.0  # 75 % of today's eps: not capped
+    assert default_rate(1e6, 0.75) == high
+    assert default_rate(10.0, 0.25) == low
