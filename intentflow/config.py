@@ -31,6 +31,7 @@ import orjson
 from intentflow.contracts import Limits
 from intentflow.errors import ConfigError
 from intentflow.online_models._validate import coerce_value
+from intentflow.redisutil import BUSY_POLL_US
 
 __all__ = [
     "Config",
@@ -50,9 +51,9 @@ class RedisSection:
     """Where Redis is. Empty ``url``: ``REDIS_URL``, else an embedded server."""
 
     url: str = ""
-    # how long a source read or sink write polls for its reply before it blocks (0: block);
-    # the default is intentflow.redisutil.BUSY_POLL_US (docs/configuration.md)
-    busy_poll_us: int = 0
+    # how long a source read or sink write polls for its reply before it blocks (0: block;
+    # docs/configuration.md)
+    busy_poll_us: int = BUSY_POLL_US
 
 
 @dataclass(frozen=True)

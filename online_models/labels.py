@@ -308,7 +308,6 @@ _POINT_STATE: Final = frozenset(
         "_points",
         "_owner",
         "_free",
-        "_used",
         "_n_pending",
         "_min_ts",
         "_ts",
@@ -375,9 +374,8 @@ class LabelBook:
 
     def _clear_points(self, n_features: int) -> None:
         self._points: dict[str, list[_Point]] = {}
-        self._owner: list[str | None] = []  # slot -> entity
-        self._free: list[int] = []  # slots below _used that hold no point
-        self._used = 0  # slots ever allocated (the arrays may be longer)
+        self._owner: list[str | None] = []  # slot -> entity, for every slot ever allocated
+        self._free: list[int] = []  # allocated slots that hold no point
         self._n_pending = 0
         self._min_ts = _FREE_TS  # no pending point has a smaller decision time
         self._ts = np.full(0, _FREE_TS, np.int64)
@@ -421,12 +419,10 @@ class LabelBook:
         """Put points into the slots of a cleared book (a restore: no checks, no counts)."""
         n = len(owners)
         slots = list(range(n))
-        self._used = n
-        self._owner = [None] * n
+        self._owner = list(owners)
         self._reserve(n)
         self._write(slots, ts, seqs, scores, X)
         for owner, t, q, s in zip(owners, ts.tolist(), seqs.tolist(), slots, strict=True):
-            self._owner[s] = owner
             bisect.insort(self._points.setdefault(owner, []), (t, q, s))
         self._n_pending += len(owners)
 
@@ -599,7 +595,7 @@ class LabelBook:
                 self._n_features = X.shape[1]
                 self._X = np.zeros((self._ts.shape[0], X.shape[1]), np.float64)
                 self._held = Labels.empty(X.shape[1])
-            self._reserve(self._used)
+            self._reserve(len(owner))
         if 0 < len(taken) <= _ELEMENT_WRITES:  # a few points: element writes cost less
             for seq, (k, slot) in enumerate(zip(taken, slots, strict=True), seq0):
                 ts = ts_ms[k]
@@ -625,10 +621,8 @@ class LabelBook:
         return len(taken)
 
     def _new_slot(self) -> int:
-        slot = self._used
-        self._used += 1
         self._owner.append(None)
-        return slot
+        return len(self._owner) - 1
 
     def on_conversion(self, entity_id: str, ts_ms: int) -> Labels:
         """Positives: the entity's pending points with ts in ``[ts - horizon, ts)``."""
@@ -698,7 +692,7 @@ class LabelBook:
         out = Labels.empty(n_features)
         seqs = _NO_SEQS
         if self._min_ts < cutoff:
-            ts = self._ts[: self._used]
+            ts = self._ts[: len(self._owner)]
             due = np.flatnonzero(ts < cutoff)
             if due.size:
                 due = due[np.lexsort((self._seqs[due], ts[due]))]
@@ -743,7 +737,7 @@ class LabelBook:
         """The smallest watermark at which :meth:`expire` matures something."""
         tops = []
         if self._n_pending:
-            tops.append(int(self._ts[: self._used].min()))
+            tops.append(int(self._ts[: len(self._owner)].min()))
         if len(self._held):
             tops.append(int(self._held.decision_ts_ms.min()))
         if not tops:
