@@ -52,7 +52,7 @@ from intentflow.dataflows.sources import RawItem, RedisStreamSource
 from intentflow.events import Event
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.rules.provider import RulesProvider
-from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut
+from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut, ScoresOut
 from intentflow.sinks.redis_sink import RedisOutputWriter, RedisSinkConfig
 
 __all__ = ["EXAMPLE_RULES", "STAGES", "StageProfile", "measure_stages"]
@@ -212,7 +212,9 @@ class _Pipeline:
                 outputs.append(x)
         for key, events in groups.items():
             out, _ = self._logic(key).on_batch(events)
-            outputs.extend(o for o in out if isinstance(o, AlertOut | ScoreOut | DeadLetterOut))
+            outputs.extend(
+                o for o in out if isinstance(o, AlertOut | ScoreOut | ScoresOut | DeadLetterOut)
+            )
         t3 = clock()
         self.writer.write_batch(outputs)
         t4 = clock()

@@ -38,7 +38,7 @@ from intentflow.online_models.targets import SideTargets
 from intentflow.rules.compile import RuleSet
 from intentflow.rules.engine import RuleEngine
 from intentflow.rules.provider import RulesProvider
-from intentflow.sinks.base import AlertOut, Output, ScoreOut
+from intentflow.sinks.base import AlertOut, Output, ScoresOut
 
 __all__ = [
     "ALERT_SCHEMA_VERSION",
@@ -401,8 +401,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         self.watermark = watermark
         self._process_segment(events, feats, seg, len(events), out)
 
-        for entity_id, (score, ts_ms, version) in self._latest.items():
-            out.append(ScoreOut(entity_id, score, ts_ms, version))
+        if self._latest:
+            out.append(ScoresOut(self._latest))  # one record for the batch's score hashes
         if self.watermark >= self._next_housekeeping_ms:
             self._housekeeping()
         obs.batch(len(flat), len(flat) - len(events), late, out)

@@ -56,7 +56,7 @@ from prometheus_client.process_collector import ProcessCollector
 from intentflow.contracts import REASONS
 from intentflow.events import KNOWN_TYPES, Event
 from intentflow.online_models.labels import Labels
-from intentflow.sinks.base import AlertOut, DeadLetterOut, Output
+from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoresOut
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -786,7 +786,7 @@ class _PromSinkObserver(SinkObserver):
         self._sync(writer)
         if not items:
             return
-        m.batch_size.labels("sink").observe(len(items))
+        m.batch_size.labels("sink").observe(sum(map(_n_records, items)))
         m.sink_write.observe(writer.last_batch_latency_s)
         starts = [_start_ms(o.alert) for o in items if type(o) is AlertOut]
         if starts:
@@ -797,6 +797,11 @@ class _PromSinkObserver(SinkObserver):
     def failed(self, writer: SinkCounters) -> None:
         self._sync(writer)
         self._m.sink_errors.inc()
+
+
+def _n_records(item: Output) -> int:
+    """Output records in ``item``: a :class:`ScoresOut` counts its scores."""
+    return len(item) if type(item) is ScoresOut else 1
 
 
 def _start_ms(alert: Mapping[str, Any]) -> float | None:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-__all__ = ["AlertOut", "DeadLetterOut", "Output", "OutputWriter", "ScoreOut"]
+__all__ = [
+    "AlertOut",
+    "DeadLetterOut",
+    "Output",
+    "OutputWriter",
+    "Record",
+    "ScoreOut",
+    "ScoresOut",
+    "records",
+]
 
 
 @dataclass(slots=True)
@@ -32,13 +42,50 @@ class ScoreOut:
 
 
 @dataclass(slots=True)
+class ScoresOut:
+    """The latest intent scores of many entities: ``latest[entity_id] = (score, ts_ms, model)``.
+
+    What a shard emits for a batch: one record, not one object per entity.
+    Iterating gives the same scores as :class:`ScoreOut` records, in order.
+
+    >>> [s.entity_id for s in ScoresOut({"c-1": (0.5, 1, "v1"), "c-2": (0.75, 2, "v1")})]
+    ['c-1', 'c-2']
+    """
+
+    latest: dict[str, tuple[float, int, str]]
+
+    def __iter__(self) -> Iterator[ScoreOut]:
+        return (ScoreOut(e, s, t, m) for e, (s, t, m) in self.latest.items())
+
+    def __len__(self) -> int:
+        return len(self.latest)
+
+
+@dataclass(slots=True)
 class DeadLetterOut:
     """A dead-letter record: a JSON-able dict describing an input that was rejected."""
 
     record: dict[str, Any]
 
 
-Output: TypeAlias = AlertOut | ScoreOut | DeadLetterOut
+Output: TypeAlias = AlertOut | ScoreOut | ScoresOut | DeadLetterOut
+#: One output record: an :data:`Output` with every :class:`ScoresOut` taken apart.
+Record: TypeAlias = AlertOut | ScoreOut | DeadLetterOut
+
+
+def records(items: Iterable[Output]) -> list[Record]:
+    """``items`` in order, each :class:`ScoresOut` replaced by its :class:`ScoreOut` records.
+
+    >>> records([ScoresOut({"c-1": (0.5, 1, "v1")}), DeadLetterOut({})])
+    [ScoreOut(entity_id='c-1', score=0.5, ts_ms=1, model='v1'), DeadLetterOut(record={})]
+    """
+    out: list[Record] = []
+    for item in items:
+        if isinstance(item, ScoresOut):
+            out.extend(item)
+        else:
+            out.append(item)
+    return out
 
 
 class OutputWriter(ABC):

@@ -39,6 +39,7 @@ from intentflow.sinks.redis_sink import (
     RedisSink,
     RedisSinkConfig,
     RedisSinkPartition,
+    _Prepared,
 )
 
 __all__ = [
@@ -152,9 +153,9 @@ class RedisClusterOutputWriter(RedisOutputWriter):
             payload,
         )
 
-    def _write_once(self, ops: list[tuple[str, str, Any]]) -> tuple[int, int, int, int]:
+    def _write_once(self, batch: _Prepared) -> tuple[int, int, int, int]:
         try:  # keys span hash slots: one command per write, routed by its key
-            return self._write_pipelined(self._redis(), ops)
+            return self._write_pipelined(self._redis(), batch)
         except _TRANSIENT as exc:  # a failover or resharding in progress: retry the batch
             raise redis.ConnectionError(f"cluster not ready: {exc}") from exc
         except (ClusterError, RedisClusterException) as exc:

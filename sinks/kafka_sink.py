@@ -34,6 +34,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from intentflow.config import Config
 from intentflow.errors import SinkError
 from intentflow.metrics import EngineMetrics, SinkObserver
+from intentflow.sinks import base
 from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, OutputWriter, ScoreOut
 
 __all__ = [
@@ -103,8 +104,9 @@ class KafkaOutputWriter(OutputWriter):
         self.backoff_s = 0.0
         self.connected: bool | None = None
 
-    def _prepare(self, items: list[Output]) -> list[_Record]:
+    def _prepare(self, batch: list[Output]) -> list[_Record]:
         cfg = self.config
+        items = base.records(batch)  # one message per score
         last_score_at = {
             item.entity_id: i for i, item in enumerate(items) if isinstance(item, ScoreOut)
         }

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -31,7 +32,14 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from intentflow.errors import SinkError
 from intentflow.metrics import EngineMetrics, SinkObserver
 from intentflow.redisutil import BUSY_POLL_US, connect, raw_pipeline, redact_url
-from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, OutputWriter, ScoreOut
+from intentflow.sinks.base import (
+    AlertOut,
+    DeadLetterOut,
+    Output,
+    OutputWriter,
+    ScoreOut,
+    ScoresOut,
+)
 from intentflow.sinks.lua import (
     ALERT_ONCE,
     ALERT_ONCE_SHA,
@@ -102,11 +110,28 @@ class RedisSinkConfig:
         )
 
 
-# One prepared write: (kind, key, payload). kind is "alert" (payload: the JSON),
-# "score" (payload: the (score, ts, model) strings) or "dlq" (key: the stream).
-_Op = tuple[str, str, Any]
 # One script call: (kind, sha, keys, args); kind is "alert" or "score".
 _Call = tuple[str, str, list[str], list[Any]]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A batch serialised for Redis, before anything is sent.
+
+    ``score_fields`` holds the ``score``, ``ts`` and ``model`` values of each
+    of ``score_keys`` in turn; ``alerts`` are ``(seen key, JSON)``.
+    """
+
+    score_keys: list[str]
+    score_fields: list[Any]
+    alerts: list[tuple[str, bytes]]
+    dead: list[bytes]
+
+
+def _numbers(values: Any, dtype: type) -> list[bytes]:
+    """Each value as the text of a JSON number (floats: the shortest that reads back the same)."""
+    text = orjson.dumps(np.asarray(values, dtype=dtype), option=orjson.OPT_SERIALIZE_NUMPY)
+    return text[1:-1].split(b",")
 
 
 def _evalsha(call: _Call) -> tuple[Any, ...]:
@@ -175,11 +200,11 @@ class RedisOutputWriter(OutputWriter):
         if not items:
             return
         started = time.perf_counter()
-        ops = self._prepare(items)
+        batch = self._prepare(items)
         attempt = 0
         while True:
             try:
-                written, duplicates, scores, dead = self._write_once(ops)
+                written, duplicates, scores, dead = self._write_once(batch)
                 break
             except FATAL as exc:
                 raise SinkError(
@@ -248,32 +273,41 @@ class RedisOutputWriter(OutputWriter):
             self._conn = client.connection_pool.get_connection()
         return self._conn
 
-    def _prepare(self, items: list[Output]) -> list[_Op]:
-        """Validate and serialise a batch before anything is sent."""
+    def _prepare(self, items: list[Output]) -> _Prepared:
+        """Validate and serialise a batch before anything is sent.
+
+        Of several scores of one entity in a batch only the last is written.
+        Scores and event times are written as JSON numbers (``0.25``,
+        ``1e-7``, ``1700000000000``; a score that is not finite as ``null``),
+        each score as the shortest text that reads back as the same float.
+        """
         cfg = self.config
-        score_prefix = cfg.score_key_prefix
-        last_score_at = {
-            item.entity_id: i for i, item in enumerate(items) if isinstance(item, ScoreOut)
-        }
-        ops: list[_Op] = []
-        append = ops.append
-        for i, item in enumerate(items):
-            if isinstance(item, ScoreOut):  # the most frequent record first
-                entity_id = item.entity_id
-                if last_score_at[entity_id] != i:
-                    continue  # a later score of the same entity in this batch wins
-                fields = (repr(float(item.score)), str(int(item.ts_ms)), item.model)
-                append(("score", score_prefix + entity_id, fields))
+        latest: dict[str, tuple[Any, Any, str]] = {}
+        alerts: list[tuple[str, bytes]] = []
+        dead: list[bytes] = []
+        for item in items:
+            if isinstance(item, ScoresOut):  # the bulk of a batch, one record per shard
+                latest.update(item.latest)
+            elif isinstance(item, ScoreOut):
+                latest[item.entity_id] = (item.score, item.ts_ms, item.model)
             elif isinstance(item, AlertOut):
                 alert_id = item.alert.get("alert_id")
                 if not isinstance(alert_id, str) or not alert_id:
                     raise ValueError(f"alert without a non-empty string alert_id: {item.alert!r}")
-                append(("alert", cfg.seen_key_prefix + alert_id, orjson.dumps(item.alert)))
+                alerts.append((cfg.seen_key_prefix + alert_id, orjson.dumps(item.alert)))
             elif isinstance(item, DeadLetterOut):
-                append(("dlq", cfg.dlq_stream, orjson.dumps(item.record)))
+                dead.append(orjson.dumps(item.record))
             else:
                 raise TypeError(f"not an output record: {type(item).__name__}")
-        return ops
+        prefix = cfg.score_key_prefix
+        keys = [prefix + entity_id for entity_id in latest]
+        fields: list[Any] = [None] * (3 * len(keys))
+        if keys:
+            scores, ts, models = zip(*latest.values(), strict=True)
+            fields[0::3] = _numbers(scores, np.float64)
+            fields[1::3] = _numbers(ts, np.int64)
+            fields[2::3] = models
+        return _Prepared(keys, fields, alerts, dead)
 
     def _queue_alert(self, pipe: redis.client.Pipeline, seen_key: str, payload: bytes) -> None:
         cfg = self.config
@@ -307,51 +341,39 @@ class RedisOutputWriter(OutputWriter):
         self._script_loaded = True
         self.script_loads += 1
 
-    def _write_once(self, ops: list[_Op]) -> tuple[int, int, int, int]:
+    def _write_once(self, batch: _Prepared) -> tuple[int, int, int, int]:
         """One attempt; returns (alerts written, duplicates, scores, dead letters)."""
-        return self._write_scripted(self._redis(), ops)
+        return self._write_scripted(self._redis(), batch)
 
-    def _calls(self, ops: list[_Op]) -> tuple[list[_Call], list[bytes]]:
-        """Group a batch into script calls (alerts, then scores) and dead-letter payloads."""
+    def _calls(self, batch: _Prepared) -> list[_Call]:
+        """Group a batch's alerts, then its scores, into script calls."""
         cfg = self.config
-        score_keys: list[str] = []
-        score_args: list[str] = []
-        seen_keys: list[str] = []
-        alerts: list[bytes] = []
-        dead: list[bytes] = []
-        for kind, key, payload in ops:
-            if kind == "score":
-                score_keys.append(key)
-                score_args.extend(payload)
-            elif kind == "alert":
-                seen_keys.append(key)
-                alerts.append(payload)
-            else:
-                dead.append(payload)
         calls: list[_Call] = []
         n = max(1, self.alerts_per_call)
-        for i in range(0, len(seen_keys), n):
-            keys = [cfg.alerts_stream, *seen_keys[i : i + n]]
-            args: list[Any] = [cfg.seen_ttl_s, cfg.alerts_maxlen, *alerts[i : i + n]]
+        for i in range(0, len(batch.alerts), n):
+            part = batch.alerts[i : i + n]
+            keys = [cfg.alerts_stream, *[seen for seen, _ in part]]
+            args: list[Any] = [cfg.seen_ttl_s, cfg.alerts_maxlen, *[doc for _, doc in part]]
             calls.append(("alert", ALERTS_ONCE_SHA, keys, args))
         n = max(1, self.scores_per_call)
+        score_keys, fields = batch.score_keys, batch.score_fields
         for i in range(0, len(score_keys), n):
-            args = [cfg.score_ttl_s, *score_args[3 * i : 3 * (i + n)]]
+            args = [cfg.score_ttl_s, *fields[3 * i : 3 * (i + n)]]
             calls.append(("score", SCORES_SET_SHA, score_keys[i : i + n], args))
-        return calls, dead
+        return calls
 
-    def _write_scripted(self, client: redis.Redis, ops: list[_Op]) -> tuple[int, int, int, int]:
+    def _write_scripted(self, client: redis.Redis, batch: _Prepared) -> tuple[int, int, int, int]:
         """One attempt on a single server: batched scripts plus one XADD per dead letter.
 
         Alerts go first: they are the output that matters most.
         """
         cfg = self.config
-        calls, dead_letters = self._calls(ops)
+        calls = self._calls(batch)
         if calls and not self._script_loaded:
             self._load_scripts(client)
         commands: list[tuple[Any, ...]] = [_evalsha(call) for call in calls]
         dlq, maxlen = cfg.dlq_stream, cfg.dlq_maxlen
-        commands += [("XADD", dlq, "MAXLEN", "~", maxlen, "*", "dlq", p) for p in dead_letters]
+        commands += [("XADD", dlq, "MAXLEN", "~", maxlen, "*", "dlq", p) for p in batch.dead]
         conn = self._connection(client)
         results = raw_pipeline(conn, commands, cfg.busy_poll_us / 1e6)
 
@@ -389,45 +411,37 @@ class RedisOutputWriter(OutputWriter):
             else:
                 counts[0] += 1
 
-    def _write_pipelined(self, client: Any, ops: list[_Op]) -> tuple[int, int, int, int]:
+    def _write_pipelined(self, client: Any, batch: _Prepared) -> tuple[int, int, int, int]:
         """One attempt with one pipelined command per write (keys may span cluster slots)."""
         cfg = self.config
-        if not self._script_loaded and any(kind == "alert" for kind, _, _ in ops):
+        if not self._script_loaded and batch.alerts:
             self._load_script(client)
         pipe = client.pipeline(transaction=False)
-        for kind, key, payload in ops:
-            if kind == "alert":
-                self._queue_alert(pipe, key, payload)
-            elif kind == "score":
-                score, ts, model = payload
-                pipe.hset(key, mapping={"score": score, "ts": ts, "model": model})
-                pipe.expire(key, cfg.score_ttl_s)
-            else:
-                pipe.xadd(key, {"dlq": payload}, maxlen=cfg.dlq_maxlen, approximate=True)
+        for seen_key, payload in batch.alerts:
+            self._queue_alert(pipe, seen_key, payload)
+        fields = batch.score_fields
+        for i, key in enumerate(batch.score_keys):
+            score, ts, model = fields[3 * i : 3 * i + 3]
+            pipe.hset(key, mapping={"score": score, "ts": ts, "model": model})
+            pipe.expire(key, cfg.score_ttl_s)
+        for payload in batch.dead:
+            pipe.xadd(cfg.dlq_stream, {"dlq": payload}, maxlen=cfg.dlq_maxlen, approximate=True)
         results = pipe.execute(raise_on_error=False)
 
-        written = duplicates = scores = dead = 0
+        written = duplicates = 0
         no_script: list[tuple[str, bytes]] = []
-        pos = 0
-        for kind, key, payload in ops:
-            result = results[pos]
-            pos += 1
-            if kind == "alert" and isinstance(result, redis.exceptions.NoScriptError):
-                no_script.append((key, payload))
+        n_alerts = len(batch.alerts)
+        for (seen_key, payload), result in zip(batch.alerts, results, strict=False):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                no_script.append((seen_key, payload))
                 continue
             self._check(result)
-            if kind == "score":
-                self._check(results[pos])  # the EXPIRE reply
-                pos += 1
-            if kind == "alert":
-                if result == 0:
-                    duplicates += 1
-                else:
-                    written += 1
-            elif kind == "score":
-                scores += 1
+            if result == 0:
+                duplicates += 1
             else:
-                dead += 1
+                written += 1
+        for result in results[n_alerts:]:  # HSET and EXPIRE per score, then the XADDs
+            self._check(result)
 
         if no_script:
             # The server lost its scripts (restart, failover, SCRIPT FLUSH) without our
@@ -442,7 +456,7 @@ class RedisOutputWriter(OutputWriter):
                     duplicates += 1
                 else:
                     written += 1
-        return written, duplicates, scores, dead
+        return written, duplicates, len(batch.score_keys), len(batch.dead)
 
     def _check(self, result: Any) -> None:
         """Raise a retryable error as is; turn any other error reply into a SinkError.

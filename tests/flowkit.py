@@ -16,7 +16,7 @@ from intentflow.config import Config, load_config
 from intentflow.dataflows.flow import build_flow
 from intentflow.dataflows.sources import RawItem
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
-from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut
+from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut, records
 
 #: demo.toml with ``labels.hold_first_horizon = false``, for tests whose short
 #: streams must alert early (see the file's comment).
@@ -78,7 +78,7 @@ def dead_letters(out: list[Output]) -> list[dict[str, Any]]:
 
 
 def scores(out: list[Output]) -> list[ScoreOut]:
-    return [o for o in out if isinstance(o, ScoreOut)]
+    return [o for o in records(out) if isinstance(o, ScoreOut)]
 
 
 def decisions(out: list[Output]) -> list[tuple[str, str, float]]:

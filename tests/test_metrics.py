@@ -35,7 +35,7 @@ from intentflow.metrics import (
 )
 from intentflow.online_models.catalog import ActionCatalog
 from intentflow.online_models.labels import Labels, Matured
-from intentflow.sinks.base import AlertOut, DeadLetterOut, ScoreOut
+from intentflow.sinks.base import AlertOut, DeadLetterOut, ScoreOut, ScoresOut
 from intentflow.sinks.redis_sink import RedisSink, RedisSinkConfig
 
 SHARDS = 3
@@ -316,6 +316,7 @@ def test_sink_latency_and_counters(redis_url: str, redis_client: redis.Redis) ->
     ingest = [base - 100.0, base - 300.0, base - 20.0]
     batch = [_alert(i, produced[i], ingest[i]) for i in range(3)]
     batch += [ScoreOut("c-0", 0.5, 1, "v1"), DeadLetterOut({"reason": "too_deep"})]
+    batch += [ScoresOut({"c-1": (0.25, 2, "v1"), "c-2": (0.75, 3, "v1")})]
     before = time.time() * 1000.0
     part.write_batch(batch)
     after = time.time() * 1000.0
@@ -325,10 +326,10 @@ def test_sink_latency_and_counters(redis_url: str, redis_client: redis.Redis) ->
     assert total is not None
     assert sum(before - s for s in starts) / 1000 <= total <= sum(after - s for s in starts) / 1000
     assert m.sample("intentflow_sink_records_total", {"kind": "alert"}) == 3
-    assert m.sample("intentflow_sink_records_total", {"kind": "score"}) == 1
+    assert m.sample("intentflow_sink_records_total", {"kind": "score"}) == 3
     assert m.sample("intentflow_sink_records_total", {"kind": "dead_letter"}) == 1
     assert m.sample("intentflow_sink_write_seconds_count") == 1
-    assert m.sample("intentflow_batch_size_sum", {"stage": "sink"}) == 5
+    assert m.sample("intentflow_batch_size_sum", {"stage": "sink"}) == 7  # records, not items
     assert m.sample("intentflow_redis_connected", {"client": "sink"}) == 1
     part.write_batch(batch[:3])  # a replay: each alert id is written once
     assert m.sample("intentflow_sink_records_total", {"kind": "alert"}) == 3

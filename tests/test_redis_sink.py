@@ -12,10 +12,12 @@ import pytest
 import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from hypothesis import given
+from hypothesis import strategies as st
 
 from intentflow.errors import SinkError
 from intentflow.redisutil import EmbeddedRedis, connect
-from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut
+from intentflow.sinks.base import AlertOut, DeadLetterOut, Output, ScoreOut, ScoresOut
 from intentflow.sinks.lua import ALERTS_ONCE_SHA, SCORES_SET, SCORES_SET_SHA
 from intentflow.sinks.redis_sink import (
     ALERTS_PER_CALL,
@@ -48,6 +50,7 @@ def test_output_records_pickle_round_trip() -> None:
     items: list[Output] = [
         alert("a1", reasons=["pricing page"]),
         ScoreOut("e1", 0.25, 1_700_000_000_000, "logreg-v1"),
+        ScoresOut({"e2": (0.5, 1, "v1"), "e3": (0.75, 2, "v2")}),
         DeadLetterOut({"reason": "bad json", "raw": "{"}),
     ]
     assert pickle.loads(pickle.dumps(items)) == items
@@ -73,6 +76,54 @@ def test_alerts_are_appended_in_order_with_seen_keys(
         assert 0 < ttl <= 7 * 86400
     assert (writer.alerts_written, writer.alerts_duplicate, writer.batches) == (3, 0, 1)
     assert writer.last_batch_latency_s > 0
+
+
+def test_score_records_of_a_batch_merge_and_the_last_of_an_entity_wins(
+    writer: RedisOutputWriter, redis_client: redis.Redis
+) -> None:
+    writer.write_batch(
+        [
+            ScoresOut({"e1": (0.1, 1000, "m1"), "e2": (0.5, 1500, "m1")}),
+            alert("a1"),
+            ScoreOut("e2", 0.25, 1600, "m2"),
+            ScoresOut({"e3": (0.3, 1700, "m2"), "e1": (0.75, 2000, "m2")}),
+        ]
+    )
+    got = {e: redis_client.hgetall(f"intentflow:score:{e}") for e in ("e1", "e2", "e3")}
+    assert got == {
+        "e1": {b"score": b"0.75", b"ts": b"2000", b"model": b"m2"},
+        "e2": {b"score": b"0.25", b"ts": b"1600", b"model": b"m2"},
+        "e3": {b"score": b"0.3", b"ts": b"1700", b"model": b"m2"},
+    }
+    assert (writer.scores_written, writer.alerts_written) == (3, 1)
+
+
+def _digits(text: str) -> str:
+    """The significant digits of a decimal number's text."""
+    return text.lower().split("e")[0].lstrip("-").replace(".", "").strip("0")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53),
+            st.integers(-(2**62), 2**62),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_scores_and_times_are_written_as_json_numbers_that_read_back_exactly(
+    values: list[tuple[float, int]],
+) -> None:
+    writer = RedisOutputWriter(RedisSinkConfig(url="redis://unused"))  # only serialises
+    batch = writer._prepare([ScoresOut({f"e{i}": (s, t, "m") for i, (s, t) in enumerate(values)})])
+    for i, (score, ts) in enumerate(values):
+        text_score, text_ts, model = batch.score_fields[3 * i : 3 * i + 3]
+        assert json.loads(text_score) == float(score)  # the same float64, as JSON
+        assert _digits(text_score.decode()) == _digits(repr(float(score)))  # no longer than repr
+        assert text_ts == str(ts).encode()
+        assert model == "m"
 
 
 def test_scores_keep_last_per_entity_with_ttl(
@@ -328,8 +379,8 @@ def calls(client: redis.Redis, command: str) -> int:
 class PerCommandWriter(RedisOutputWriter):
     """The one-command-per-write path (what a cluster uses), as a reference."""
 
-    def _write_once(self, ops: list[tuple[str, str, Any]]) -> tuple[int, int, int, int]:
-        return self._write_pipelined(self._redis(), ops)
+    def _write_once(self, batch: Any) -> tuple[int, int, int, int]:
+        return self._write_pipelined(self._redis(), batch)
 
 
 def contents(client: redis.Redis, prefix: str) -> dict[bytes, Any]:
@@ -419,7 +470,7 @@ def test_scripted_writes_equal_the_per_command_writes(
             (b"model", "ü-model".encode()),
         ],
     )
-    assert new[b"score:y"][1][0] == (b"score", b"1e-07")
+    assert new[b"score:y"][1][0] == (b"score", b"1e-7")  # JSON number text
     assert new[b"score:w"][1][:2] == [(b"score", b"3.0"), (b"ts", b"1099511627776")]
     assert {ttl for kind, _, ttl in new.values() if kind == "hash"} == {1000}
     assert {ttl for kind, _, ttl in new.values() if kind == b"string"} == {2000}

@@ -183,6 +183,42 @@ def test_raw_pipeline_matches_the_client_pipeline(redis_client: redis.Redis) -> 
     assert fields == [b"f", b"v\x00"]
 
 
+args = st.one_of(
+    st.text(max_size=30),
+    st.binary(max_size=30),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+names = st.sampled_from(["SET", "ECHO", "XADD", "EVALSHA", b"HSET"])
+commands_st = st.tuples(names, st.lists(args, max_size=6)).map(lambda c: (c[0], *c[1]))
+
+
+@given(st.lists(commands_st, min_size=1, max_size=5))
+def test_commands_are_packed_as_the_client_packs_them(commands: list[tuple[object, ...]]) -> None:
+    """Every argument type redis-py takes, as the same bytes, in one write (no server needed)."""
+    conn = redis.Connection()  # never connected: the write is captured
+    sent: list[object] = []
+    conn.send_packed_command = lambda data, *a, **k: sent.append(data)  # type: ignore[method-assign]
+    send_commands(conn, commands)
+    send_commands(conn, [list(c) for c in commands])  # lists too
+    want = [b"".join(conn.pack_commands(commands))]
+    assert sent == [want, want]
+
+
+def test_an_argument_of_another_type_is_refused_before_anything_is_sent(
+    redis_client: redis.Redis,
+) -> None:
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        with pytest.raises(redis.DataError):
+            send_commands(conn, [("SET", "k", "1"), ("SET", "k", None)])
+        assert raw_pipeline(conn, [("EXISTS", "k")]) == [0]  # nothing went out; still in step
+    finally:
+        redis_client.connection_pool.release(conn)
+
+
 @pytest.mark.parametrize("spin_s", [0.0, 0.000_05, 0.5])
 def test_polling_for_a_reply_gives_what_blocking_gives(
     redis_client: redis.Redis, spin_s: float

@@ -27,7 +27,7 @@ from intentflow.dataflows.logic import SNAPSHOT_SCHEMA_VERSION, ShardLogic
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.online_models.labels import Labels
-from intentflow.sinks.base import AlertOut, Output, ScoreOut
+from intentflow.sinks.base import AlertOut, Output, ScoreOut, records
 
 DATA = Path(__file__).with_name("data")
 NOW = 1_767_300_000_000
@@ -45,7 +45,7 @@ def _events() -> list[Event]:
 
 def _emitted(out: list[Output]) -> list[list[Any]]:
     got: list[list[Any]] = []
-    for x in out:
+    for x in records(out):
         if isinstance(x, ScoreOut):
             got.append(["score", x.entity_id, x.score])
         elif isinstance(x, AlertOut):
