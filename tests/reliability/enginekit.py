@@ -333,7 +333,7 @@ class Reference:
 
     payloads: list[bytes]
     decisions: list[tuple[str, str, float]]
-    scores: dict[str, tuple[str, str]]  # entity -> (score, model version)
+    scores: dict[str, tuple[float, str]]  # entity -> (score, model version)
     counters: dict[str, dict[str, int]]
     state: dict[str, Any]
     recovery_bytes: int
@@ -354,7 +354,7 @@ def build_reference(rec: Path) -> Reference:
 
     payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
     out = run_memory(demo_config(short_run=True), items_of(payloads), recovery_dir=rec)
-    last = {s.entity_id: (repr(float(s.score)), s.model) for s in scores(out)}
+    last = {s.entity_id: (float(s.score), s.model) for s in scores(out)}
     states = shard_states(rec)
     return Reference(
         payloads,
@@ -401,7 +401,8 @@ def check_equal(client: redis.Redis, rec: Path, ref: Reference) -> None:
     entities = sorted(ref.scores)
     for entity in entities:
         pipe.hmget(f"intentflow:score:{entity}", "score", "model")
-    got = {e: (s.decode(), m.decode()) for e, (s, m) in zip(entities, pipe.execute(), strict=True)}
+    replies = zip(entities, pipe.execute(), strict=True)
+    got = {e: (float(s), m.decode()) for e, (s, m) in replies}  # the exact float64 back
     assert got == ref.scores
     assert comparable(shard_states(rec), PROBE) == ref.state
 
