@@ -224,15 +224,19 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         label = self._label
         items: list[RawItem] = []
         append = items.append
+        make = tuple.__new__  # RawItem(...) goes through a Python-level __new__: 3x the cost
         for entry_id, fields in entries:
-            payload, produced = _event_fields(fields)
+            if len(fields) == 4 and fields[0] == b"event" and fields[2] == b"produced_ts":
+                payload, produced = fields[1], fields[3]  # what the producer writes
+            else:
+                payload, produced = _event_fields(fields)
             produced_ts = None
             if produced is not None:
                 try:
                     produced_ts = float(produced)
                 except ValueError:  # malformed metadata is dropped, never fatal
                     produced_ts = None
-            append(RawItem(label, entry_id.decode(), payload, now, produced_ts))
+            append(make(RawItem, (label, entry_id.decode(), payload, now, produced_ts)))
         self._last_id = entries[-1][0].decode()
         self._positioned = True
         self._stop.took(len(items))

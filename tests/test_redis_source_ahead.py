@@ -16,7 +16,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intentflow.dataflows.sources import RedisStreamSource
+from intentflow.dataflows.sources import RawItem, RedisStreamSource
 from intentflow.redisutil import EmbeddedRedis
 
 PREFIX = "ahead-test:events:"
@@ -128,3 +128,35 @@ def test_a_read_ahead_lost_with_the_connection_is_made_again() -> None:
             part.close()
             client.close()
     assert got == sent
+
+
+def test_entries_give_their_event_and_send_time_whatever_their_fields(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The producer's layout, other orders, extra, missing and malformed fields."""
+    entries: list[dict[bytes, bytes]] = [
+        {b"event": b"e0", b"produced_ts": b"1700000000000.5"},  # what the producer writes
+        {b"produced_ts": b"1700000000001", b"event": b"e1"},  # another order
+        {b"event": b"e2"},  # no send time
+        {b"event": b"e3", b"produced_ts": b"soon"},  # malformed: dropped, not fatal
+        {b"event": b"e4", b"source": b"crm", b"produced_ts": b"1700000000004"},  # extra field
+        {b"payload": b"e5", b"produced_ts": b"1700000000005"},  # no event: dead-lettered later
+        {b"produced_ts": b"1700000000006", b"event": b"e6", b"x": b"1", b"y": b"2"},
+    ]
+    ids = [redis_client.xadd(STREAM, e) for e in entries]
+    part = _source(redis_url, 100).build_part("input", STREAM, None)
+    try:
+        got = part.next_batch()
+    finally:
+        part.close()
+    assert [(i.payload, i.produced_ts) for i in got] == [
+        (b"e0", 1700000000000.5),
+        (b"e1", 1700000000001.0),
+        (b"e2", None),
+        (b"e3", None),
+        (b"e4", 1700000000004.0),
+        (None, 1700000000005.0),
+        (b"e6", 1700000000006.0),
+    ]
+    assert [i.offset for i in got] == [i.decode() for i in ids]
+    assert all(isinstance(i, RawItem) and i.source == f"redis:{STREAM}" for i in got)
