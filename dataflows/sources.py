@@ -240,7 +240,11 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._last_id = entries[-1][0].decode()
         self._positioned = True
         self._stop.took(len(items))
-        if len(items) == self._src.batch_size and self._stop.budget(1) > 0:
+        if len(items) < self._src.batch_size and self._src.linger_ms > 0:
+            # Caught up: let the next entries gather for a while, so that a low rate
+            # makes fewer, larger batches (each batch has a fixed cost).
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=self._src.linger_ms)
+        elif len(items) == self._src.batch_size and self._stop.budget(1) > 0:
             # A full batch: the reader is behind, and the next read will find a full
             # batch too. Ask for it now, so that Redis answers while the engine works
             # on this one. Nothing is taken until it is returned (the position moves
@@ -402,6 +406,10 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     #: many ms for the next entry instead of polling every ``poll_idle_ms`` (0: poll).
     #: Several partitions share a worker's loop, so they always poll.
     idle_block_ms: int = 50
+    #: After a read that was not full (the reader is caught up), wait this many ms
+    #: before the next read, so that entries gather into fewer, larger batches: less
+    #: CPU at low rates, at most this much more latency (0: read again at once).
+    linger_ms: float = 0.0
     #: A read polls this many µs for its reply before it blocks (``redis.busy_poll_us``).
     busy_poll_us: int = BUSY_POLL_US
     start_id: str = "0-0"

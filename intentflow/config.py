@@ -67,6 +67,9 @@ class InputSection:
     poll_idle_ms: float = 1.0
     # with one Redis stream, an idle reader waits in XREAD BLOCK up to this long (0: poll)
     idle_block_ms: int = 50
+    # Redis source: after a read that was not full, wait this long before the next one
+    # (fewer, larger batches at low rates; at most this much more latency). 0: at once
+    linger_ms: float = 0.0
     start_id: str = "0-0"  # where a fresh (not resumed) run starts reading each stream
     path: str = ""  # JSONL file(s) for source=file, comma separated
     rate: float = 0.0  # events/s per partition for file/generator; 0 = as fast as possible

@@ -81,6 +81,7 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
             batch_size=inp.batch_size,
             poll_idle_ms=inp.poll_idle_ms,
             idle_block_ms=inp.idle_block_ms,
+            linger_ms=inp.linger_ms,
             busy_poll_us=config.redis.busy_poll_us,
             start_id=inp.start_id,
             duration_s=inp.duration_s,

@@ -160,3 +160,36 @@ def test_entries_give_their_event_and_send_time_whatever_their_fields(
     ]
     assert [i.offset for i in got] == [i.decode() for i in ids]
     assert all(isinstance(i, RawItem) and i.source == f"redis:{STREAM}" for i in got)
+
+
+def test_linger_defers_the_read_after_a_batch_that_was_not_full(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """``linger_ms``: caught up, the next read waits; behind (a full batch), it does not."""
+    from datetime import UTC, datetime, timedelta
+
+    src = RedisStreamSource(
+        url=redis_url, prefix=PREFIX, batch_size=4, idle_block_ms=0, linger_ms=50.0
+    )
+    part = src.build_part("input", STREAM, None)
+    try:
+        sent = _fill(redis_client, 3)
+        before = datetime.now(UTC)
+        assert [i.payload for i in part.next_batch()] == sent  # 3 of 4: caught up
+        awake = part.next_awake()
+        assert awake is not None
+        assert before + timedelta(milliseconds=50) <= awake
+        assert awake <= datetime.now(UTC) + timedelta(milliseconds=50)
+        full = _fill(redis_client, 5, start=3)
+        assert [i.payload for i in part.next_batch()] == full[:4]  # full: read on at once
+        assert part.next_awake() is None
+        assert [i.payload for i in part.next_batch()] == full[4:]  # the read sent ahead
+    finally:
+        part.close()
+    without = RedisStreamSource(url=redis_url, prefix=PREFIX, batch_size=100, idle_block_ms=0)
+    part = without.build_part("input", STREAM, None)
+    try:
+        assert len(part.next_batch()) == 8
+        assert part.next_awake() is None  # the default: no linger
+    finally:
+        part.close()
