@@ -924,6 +924,7 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
             event_time_rate=sizes.event_time_rate,
             extra_args=_engine_args(ctx, args.snapshot_interval, "generator"),
             poll_s=0.1 if ctx.quick else 0.25,  # each poll costs the engine ~4 ms of CPU
+            expected_eps=tp.eps,  # the tail outlasts a few polls at about this rate
         )
         nv = measure_throughput(
             ctx, client, sizes, args.entities, args.seed, args.snapshot_interval, naive=True

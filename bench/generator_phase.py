@@ -15,6 +15,7 @@ the Redis rounds.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import statistics
@@ -84,9 +85,15 @@ def crossing_times(samples: list[tuple[float, float]], marks: list[float]) -> li
     return out
 
 
-def _tail(events: int) -> int:
-    """Events read after the timed rounds (a fifth of a round, at least 2000)."""
-    return max(2000, events // 5)
+def _tail(events: int, eps: float = 0.0, poll_s: float = 0.0) -> int:
+    """Events read after the timed rounds: a fifth of a round, at least 2000, and at
+    least four polls' worth at ``eps`` (so that a poll sees the last round end while
+    the engine still runs, whatever the round size).
+
+    >>> _tail(100_000), _tail(20_000), _tail(20_000, eps=40_000.0, poll_s=0.25)
+    (20000, 4000, 40000)
+    """
+    return max(2000, events // 5, math.ceil(4 * eps * poll_s))
 
 
 def _free_port() -> int:
@@ -118,6 +125,7 @@ def measure_generator(
     event_time_rate: float,
     extra_args: list[str],
     poll_s: float = 0.1,
+    expected_eps: float = 0.0,
 ) -> GeneratorRun:
     """R rounds of N events from the engine's own generator source (module docstring)."""
     keys = Keys.unique("e2e-gen")
@@ -127,7 +135,7 @@ def measure_generator(
         keys,
         ctx.workdir / "engine-generator.log",
         # a tail beyond the last round, so that its end is seen while the engine still runs
-        count=warmup + rounds * events + _tail(events),
+        count=warmup + rounds * events + _tail(events, expected_eps, poll_s),
         config=str(_config(ctx, entities, seed, event_time_rate)),
         source="generator",
         extra_args=["--metrics-host", "127.0.0.1", "--metrics-port", str(port), *extra_args],
