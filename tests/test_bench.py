@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repos
     sys.path.insert(0, str(ROOT))
 
 from bench.e2e import RATE_BOUNDS, default_rate  # noqa: E402
+from bench.generator_phase import _tail as generator_tail  # noqa: E402
 from bench.naive import FEATURES, NaiveAlert, NaiveConfig, NaiveMark, decide  # noqa: E402
 from bench.naive import update_entity as naive_update  # noqa: E402
 
@@ -506,3 +507,18 @@ def test_default_rate_is_the_share_of_eps_within_the_bounds() -> None:
     assert default_rate(32_000.0, 0.75) == 24_000.0  # 75 % of today's eps: not capped
     assert default_rate(1e6, 0.75) == high
     assert default_rate(10.0, 0.25) == low
+
+
+@given(
+    st.integers(1, 10**6),
+    st.floats(0, 200_000, allow_nan=False),
+    st.sampled_from([0.0, 0.1, 0.25, 1.0]),
+)
+def test_the_generator_phase_tail_outlasts_four_polls(
+    events: int, eps: float, poll_s: float
+) -> None:
+    """The engine must still run when a poll sees the last round end (small --events too)."""
+    tail = generator_tail(events, eps, poll_s)
+    assert tail >= max(2000, events // 5)
+    assert tail / eps >= 4 * poll_s if eps > 0 else True  # seconds of tail at that rate
+    assert generator_tail(20_000, 40_000.0, 0.25) == 40_000  # the case that failed
