@@ -125,12 +125,16 @@ def _xinfo_fields(info: Any) -> dict[str, Any]:
 
 
 def _event_fields(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:
-    """``(event, produced_ts)`` of a raw stream entry's flat field list."""
-    n = len(fields)
-    if n == 2 and fields[0] == b"event":
+    """``(event, produced_ts)`` of a raw stream entry's flat field list.
+
+    The producer's own layout (``event``, ``produced_ts``) is read inline by
+    the partition's loop; this handles every other one.
+
+    >>> _event_fields([b"produced_ts", b"1.5", b"event", b"{}"])
+    (b'{}', b'1.5')
+    """
+    if len(fields) == 2 and fields[0] == b"event":
         return fields[1], None
-    if n == 4 and fields[0] == b"event" and fields[2] == b"produced_ts":
-        return fields[1], fields[3]
     named = dict(zip(fields[::2], fields[1::2], strict=False))
     return named.get(b"event"), named.get(b"produced_ts")
 
