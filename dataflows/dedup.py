@@ -77,13 +77,9 @@ class SeenIds:
             return np.zeros(0, dtype=np.bool_)
         h = id_hashes(ids)
         self._reserve(len(self) + n)
-        fresh = self._table.insert_absent(h, self._tail)
-        k = int(np.count_nonzero(fresh))
-        if k:
-            pos = np.arange(self._tail, self._tail + k, dtype=np.int64) & (self._hash.shape[0] - 1)
-            self._hash[pos] = h[fresh]
-            self._ts[pos] = np.fromiter(ts_ms, dtype=np.int64, count=n)[fresh]
-            self._tail += k
+        ts = np.fromiter(ts_ms, dtype=np.int64, count=n)
+        fresh, k = self._table.insert_absent(h, self._tail, self._hash, self._ts, ts)
+        self._tail += k
         return fresh
 
     def trim(self, cutoff_ms: int, max_ids: int) -> int:

@@ -377,7 +377,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         self._ruleset = None if current is None or current.empty else current
         batch = self.features.update(events)
         feats = batch.values
-        late = len(events) - int(batch.accepted.sum())
+        late = batch.dropped
         if late:
             self._count("late_dropped", late)
 

@@ -178,6 +178,9 @@ def _plan(parts: tuple[KeyPart, ...]) -> tuple[str | None, frozenset[object], tu
     return None, frozenset(), parts
 
 
+#: The key hashes of an absent account table.
+_NO_HASHES: Final = array("q")
+
 #: Stands for a prop value that is neither a string nor absent (never memoised).
 _OTHER: Final = object()
 
@@ -271,12 +274,12 @@ class BatchEncoder:
             self._reset_routes()
         rids = self._routes(events)
         rid_a = np.array(rids, dtype=np.int64)
-        keys = _Keys(
-            entity.rows([ev.entity_id for ev in events]), entity.hashes, None, array("q"), 0
-        )
-        if account is not None:
+        erows = entity.rows([ev.entity_id for ev in events])
+        if account is None:
+            keys = _Keys(erows, entity.hashes, None, _NO_HASHES, 0)
+        else:
             arows, missing = account.account_rows([ev.account_id for ev in events])
-            keys = keys._replace(arow_a=arows, a_hashes=account.hashes, a_missing=missing)
+            keys = _Keys(erows, entity.hashes, arows, account.hashes, missing)
         used = set(rids)
         e_enc, a_enc = Encoded(keys.row_a), Encoded()
         self._add_extras(0, events, rids, rid_a, used, keys, e_enc)
@@ -385,8 +388,7 @@ class BatchEncoder:
                 evt = np.arange(src.size) if mask is None else np.flatnonzero(mask)
                 if evt.size:
                     enc.d_evt = evt
-                    enc.d_tab = np.empty(evt.size, dtype=np.int64)
-                    enc.d_tab.fill(tab)
+                    enc.d_tab = np.full(evt.size, tab, dtype=np.int64)
                     enc.d_hash = np.frombuffer(hashes, dtype=np.int64)[src[evt]]
                 return
         v_evt: list[int] = []

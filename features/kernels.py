@@ -447,7 +447,7 @@ def update_table(
     out: F64,
     late: I8,
     ahead: int = PREFETCH_AHEAD,
-) -> None:
+) -> int:
     """Apply a batch of encoded events to one table and write their feature rows.
 
     Event ``i`` belongs to row ``ev_row[i]`` (-1: no key, the row gets the
@@ -460,7 +460,7 @@ def update_table(
     ``i`` includes it. ``late[i]`` receives ON_TIME, LATE_ACCEPTED,
     LATE_CLAMPED or LATE_DROPPED. While event ``i`` is applied, the CPU is
     asked to fetch the rows of event ``i + ahead`` (0: no prefetching), a
-    hint that changes no result.
+    hint that changes no result. Returns how many events are not ON_TIME.
     """
     nq = wq.shape[0]
     nt = tiers.shape[0]
@@ -477,6 +477,7 @@ def update_table(
     t_b = np.zeros(nt, dtype=np.int64)
     vp = 0
     dp = 0
+    n_late = 0
     n = ev_row.shape[0]
     clock2 = clock.reshape((clock.shape[0], 1))
     for i in range(n):
@@ -539,6 +540,8 @@ def update_table(
                 q_u[k] = q - q_b[k] * tiers[k]
             _firsts(q_b, q_u, rings, wq, firsts)
         late[i] = status
+        if status != ON_TIME:
+            n_late += 1
         if status != LATE_DROPPED:
             if start[0] == EMPTY_TS or t < start[0]:
                 start[0] = t
@@ -564,3 +567,4 @@ def update_table(
         _windows(row, q_b, firsts, rings, wq, sm, mn, mx, run, w_cnt, w_sum, w_min, w_max)
         _emit(i, row, q, start[0], dtabs, outs, outx, recency_cap_ms, lts, lval, dec, dts,
               w_cnt, w_sum, w_min, w_max, out)  # fmt: skip
+    return n_late

@@ -84,19 +84,33 @@ def put(slots: I64, hashes: I64, rows: I64) -> int:
 
 
 @kernel
-def put_absent(slots: I64, hashes: I64, first: int, added: npt.NDArray[np.bool_]) -> int:
+def put_absent(
+    slots: I64,
+    hashes: I64,
+    first: int,
+    added: npt.NDArray[np.bool_],
+    ring_hash: I64,
+    ring_ts: I64,
+    ts: I64,
+) -> int:
     """Store ``first``, ``first + 1``, ... under the hashes not held yet, in order.
 
     ``added[i]`` tells whether ``hashes[i]`` was stored (a hash repeated in
     ``hashes`` is stored once, at its first place); returns how many were.
+    The hash and ``ts`` of the one stored as number ``n`` also go to
+    position ``n & (size - 1)`` of the rings (their size a power of two).
     """
     mask = slots.shape[0] - 1
+    ring_mask = ring_hash.shape[0] - 1
     k = 0
     for i in range(hashes.shape[0]):
         s = _slot(slots, hashes[i], mask)
         if slots[s, 1] == EMPTY:
             slots[s, 0] = hashes[i]
             slots[s, 1] = first + k
+            pos = (first + k) & ring_mask
+            ring_hash[pos] = hashes[i]
+            ring_ts[pos] = ts[i]
             k += 1
             added[i] = True
         else:
@@ -163,12 +177,20 @@ class KeyTable:
         self._reserve(hashes.shape[0])
         self._held += int(put(self._slots, hashes, rows))
 
-    def insert_absent(self, hashes: I64, first: int) -> npt.NDArray[np.bool_]:
-        """Hold ``first``, ``first + 1``, ... under the hashes not held yet; True where one was."""
+    def insert_absent(
+        self, hashes: I64, first: int, ring_hash: I64, ring_ts: I64, ts: I64
+    ) -> tuple[npt.NDArray[np.bool_], int]:
+        """Hold ``first``, ``first + 1``, ... under the hashes not held yet.
+
+        Returns where one was (True) and how many. The hash and ``ts`` of
+        number ``n`` are written to position ``n & (size - 1)`` of
+        ``ring_hash`` and ``ring_ts`` (a size that is a power of two, with room).
+        """
         self._reserve(hashes.shape[0])
         added = np.empty(hashes.shape[0], dtype=np.bool_)
-        self._held += int(put_absent(self._slots, hashes, first, added))
-        return added
+        k = int(put_absent(self._slots, hashes, first, added, ring_hash, ring_ts, ts))
+        self._held += k
+        return added, k
 
     def remove(self, hashes: I64) -> None:
         """Forget ``hashes``; each must be held."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,7 @@ __all__ = ["SCHEMA_VERSION", "FeatureBatch", "FeatureSnapshot", "FeatureState", 
 #: buckets for windows of 18 days and more at the default 6 per window).
 SCHEMA_VERSION: Final = 4
 
-#: name -> (dtype, fill of an empty slot, program width key)
+#: name -> (dtype, fill of an empty slot, program width key), in the order the kernel takes them
 _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "cnt": (np.uint32, 0, "cnt"),
     "sum": (np.float64, 0.0, "sum"),
@@ -46,7 +46,8 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
     "dist_ts": (np.int64, kern.EMPTY_TS, "dist"),
     "run": (np.uint32, 0, "run"),
 }
-_NONE_HASH: Final = hash(None)
+#: The feature kernel, called with its constant arguments unpacked from tuples.
+_update_table: Final[Callable[..., int]] = kern.update_table
 #: Rows given their empty values at a time, ahead of need (one numpy call per array each).
 _FILL_AHEAD: Final = 1024
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
@@ -58,11 +59,13 @@ class FeatureBatch:
 
     ``accepted[i]`` is False when the event was too late and the drop policy
     kept it out of its entity's or account's state; its row is still computed.
+    ``dropped`` counts those events.
     """
 
     values: npt.NDArray[np.float64]
     accepted: npt.NDArray[np.bool_]
     names: tuple[str, ...] = ()
+    dropped: int = 0
 
     def as_dict(self, i: int) -> dict[str, float]:
         """Row ``i`` as ``{name: value}``."""
@@ -127,6 +130,9 @@ class _Table:
             for name, (dtype, _, w) in _ARRAYS.items()
         }
         self.prefault = prefault
+        # the kernel's arguments that do not change from batch to batch (built on first use)
+        self._layout: tuple[Any, ...] = ()
+        self._state: tuple[npt.NDArray[Any], ...] = ()
         #: rows [0, filled) hold the empty-row values or a key's state; rows beyond are zeros
         self.filled = 0
         if prefault:  # write every row now, so that no page is first touched later
@@ -141,35 +147,37 @@ class _Table:
 
     def rows(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
         """Row of each key; unseen keys get rows in order of first sight."""
-        return self._rows(keys, np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
+        return self._rows(keys)[0]
 
     def account_rows(self, keys: Sequence[str | None]) -> tuple[npt.NDArray[np.int64], int]:
         """Row of each key, -1 for a missing (None or empty) key; and how many are missing."""
-        h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
-        suspect = (h == 0) | (h == _NONE_HASH)  # hash("") == 0
-        missing = []
-        if suspect.any():
-            missing = [i for i in np.flatnonzero(suspect).tolist() if not keys[i]]
-        if not missing:
-            return self._rows(cast("Sequence[str]", keys), h), 0
-        rows = np.full(len(keys), -1, dtype=np.int64)
-        keep = np.ones(len(keys), dtype=np.bool_)
-        keep[missing] = False
-        sel = np.flatnonzero(keep)
-        rows[sel] = self._rows([keys[i] for i in sel.tolist()], h[sel])  # type: ignore[misc]
-        return rows, len(missing)
+        return self._rows(keys)
 
-    def _rows(self, keys: Sequence[str], h: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    def _rows(self, keys: Sequence[str | None]) -> tuple[npt.NDArray[np.int64], int]:
+        """Rows of ``keys``, new keys added in order of first sight; None and "" get -1.
+
+        Keys are looked up by hash first; only the hashes not held (new keys,
+        and None or "", which are never held) are looked at one by one.
+        Returns the rows and how many keys were None or "".
+        """
+        h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
         rows, missing = self.table.lookup_counted(h)
-        if missing:
-            miss = np.flatnonzero(rows < 0)
-            first: dict[int, str] = {}  # hash -> key, in order of first sight
-            for i, hi in zip(miss.tolist(), h[miss].tolist(), strict=True):
+        if not missing:
+            return rows, 0
+        miss = np.flatnonzero(rows < 0).tolist()
+        first: dict[int, str] = {}  # hash -> key, in order of first sight
+        new: list[int] = []
+        for i in miss:
+            key = keys[i]
+            if key:  # None and "" are no key
+                new.append(i)
+                hi = int(h[i])
                 if hi not in first:
-                    first[hi] = keys[i]
+                    first[hi] = key
+        if first:
             self.add(list(first.values()), list(first))
-            rows[miss] = self.table.lookup(h[miss])
-        return rows
+            rows[new] = self.table.lookup(h[new])
+        return rows, len(miss) - len(new)
 
     def add(self, keys: Sequence[str], key_hashes: Sequence[int] | None = None) -> list[int]:
         """Allocate rows for ``keys`` (distinct, none held yet), in order; returns them.
@@ -218,6 +226,7 @@ class _Table:
         self.key_hash = _resized(self.key_hash, capacity, used)
         self.clock = _resized(self.clock, capacity, used)
         self.arrays = {name: _resized(a, capacity, used) for name, a in self.arrays.items()}
+        self._state = ()
         self.capacity = capacity
         self.filled = used  # the copy ends there; the rest is zeros
         if self.prefault:
@@ -243,12 +252,13 @@ class _Table:
         route_table: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
         spec: FeatureSpec,
         out: npt.NDArray[np.float64],
-    ) -> npt.NDArray[np.int8]:
-        """Apply an encoded batch (one kernel call); returns each event's lateness code."""
-        p = self.program
-        a = self.arrays
+    ) -> tuple[npt.NDArray[np.int8], int]:
+        """Apply an encoded batch (one kernel call).
+
+        Returns each event's lateness code, and how many are not on time.
+        """
         late = np.zeros(ts.shape[0], dtype=np.int8)
-        kern.update_table(
+        n_late = _update_table(
             _ints(enc.rows),
             ts,
             routes,
@@ -260,37 +270,29 @@ class _Table:
             _ints(enc.d_evt),
             _ints(enc.d_tab),
             _ints(enc.d_hash),
-            spec.allowed_lateness_ms,
-            kern.POLICY_CLAMP if spec.late_policy == "clamp" else kern.POLICY_DROP,
-            spec.recency_cap_ms,
-            p.tiers,
-            p.rings,
-            p.ring_wq_ptr,
-            p.wq,
-            p.col_ring_ptr,
-            p.col_lts,
-            p.col_lval,
-            p.col_dec_ptr,
-            p.dec_hl,
-            p.dtabs,
-            p.outs,
-            p.outx,
-            self.clock,
-            self.start,
-            a["cnt"],
-            a["sum"],
-            a["min"],
-            a["max"],
-            a["lts"],
-            a["lval"],
-            a["dec"],
-            a["dist_hash"],
-            a["dist_ts"],
-            a["run"],
+            *(self._layout or self._layout_args(spec)),
+            *(self._state or self._state_args()),
             out,
             late,
         )
-        return late
+        return late, n_late
+
+    def _layout_args(self, spec: FeatureSpec) -> tuple[Any, ...]:
+        """The kernel's settings and layout arguments (fixed for the table's life)."""
+        p = self.program
+        policy = kern.POLICY_CLAMP if spec.late_policy == "clamp" else kern.POLICY_DROP
+        self._layout = (
+            spec.allowed_lateness_ms, policy, spec.recency_cap_ms,
+            p.tiers, p.rings, p.ring_wq_ptr, p.wq, p.col_ring_ptr, p.col_lts, p.col_lval,
+            p.col_dec_ptr, p.dec_hl, p.dtabs, p.outs, p.outx,
+        )  # fmt: skip
+        return self._layout
+
+    def _state_args(self) -> tuple[npt.NDArray[Any], ...]:
+        """The state arrays in the kernel's order (kept until :meth:`_grow` replaces them)."""
+        a = self.arrays
+        self._state = (self.clock, self.start, *(a[name] for name in _ARRAYS))
+        return self._state
 
     @property
     def row_bytes(self) -> int:
@@ -360,6 +362,7 @@ class FeatureState:
             compile_program(spec, "account"), _account_capacity(initial_capacity), prefault
         )
         self._encoder = BatchEncoder(self._entities.program, self._accounts.program)
+        self._with_accounts = self._accounts.program.n_outputs > 0
         #: Events kept out of some state by the drop policy (accepted False).
         self.late_dropped = 0
         #: Out-of-order events applied (within allowed lateness, or clamped).
@@ -411,21 +414,20 @@ class FeatureState:
         # every column belongs to one table, whose kernel writes it for every event
         values = np.empty((n, len(self.spec.names)), dtype=np.float64)
         ent, acc = self._entities, self._accounts
-        with_accounts = acc.program.n_outputs > 0
+        with_accounts = self._with_accounts
         enc = self._encoder
         batch = enc.encode(events, ent, acc if with_accounts else None)
         try:
             ts = np.array(batch.ts, dtype=np.int64)
         except OverflowError as exc:
             raise ValueError("events: ts_ms outside the int64 range") from exc
-        routes = np.array(batch.routes, dtype=np.int64)
-        e_late = ent.run(batch.entity, ts, routes, enc.route_table(0), self.spec, values)
-        a_late = (
-            acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
-            if with_accounts
-            else None
-        )
-        if not (e_late.any() or (a_late is not None and a_late.any())):  # all on time
+        routes = np.asarray(batch.routes, dtype=np.int64)
+        e_late, n_late = ent.run(batch.entity, ts, routes, enc.route_table(0), self.spec, values)
+        a_late = None
+        if with_accounts:
+            a_late, a_n = acc.run(batch.account, ts, routes, enc.route_table(1), self.spec, values)
+            n_late += a_n
+        if not n_late:  # all on time
             return FeatureBatch(values, np.ones(n, dtype=np.bool_), self.spec.names)
         e_drop = e_late == kern.LATE_DROPPED
         late = (e_late == kern.LATE_ACCEPTED) | (e_late == kern.LATE_CLAMPED)
@@ -438,10 +440,11 @@ class FeatureState:
             self.late_dropped_account += int(np.count_nonzero(a_drop & ~e_drop))
         else:
             accepted = ~e_drop
-        self.late_dropped += n - int(np.count_nonzero(accepted))
+        dropped = n - int(np.count_nonzero(accepted))
+        self.late_dropped += dropped
         self.late_accepted += int(np.count_nonzero(late & accepted))
         self.late_clamped += int(np.count_nonzero(clamped & accepted))
-        return FeatureBatch(values, accepted, self.spec.names)
+        return FeatureBatch(values, accepted, self.spec.names, dropped)
 
     def evict_idle(self, now_ms: int) -> int:
         """Forget entities and accounts whose latest event is older than ``now_ms - ttl``.

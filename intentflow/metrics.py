@@ -308,6 +308,25 @@ def _id_tuple(entry_id: str | bytes) -> tuple[int, int]:
 # --- Prometheus implementation -----------------------------------------------------------
 
 
+#: Stages of ``intentflow_batch_size``.
+_STAGES: Final = ("input", "engine", "sink")
+
+
+class _Children(dict[tuple[str, ...], Any]):
+    """The labelled children of one metric by label values, each looked up once.
+
+    Label values must come from a bounded set (the ``*_label`` functions).
+    """
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, key: tuple[str, ...]) -> Any:
+        child = self[key] = self.metric.labels(*key)
+        return child
+
+
 class Metrics(EngineMetrics):
     """Prometheus metrics of one engine process (thread-safe; shared by workers).
 
@@ -496,12 +515,15 @@ class Metrics(EngineMetrics):
             "intentflow_sink_errors_total", "Sink batches that failed for good."
         )
         reg.register(_LiveCollector(self))
+        # labelled children used on every batch, looked up once (``labels()`` costs
+        # a few microseconds: label checks and a lock)
+        self.events_by = _Children(self.events)
+        self.sink_records_by = _Children(self.sink_records)
         for kind in ("alert", "alert_duplicate", "score", "dead_letter"):
-            self.sink_records.labels(kind)
+            self.sink_records_by[(kind,)] = self.sink_records.labels(kind)
         for outcome in ("positive", "negative"):
             self.labels.labels(outcome)
-        for stage in ("input", "engine", "sink"):
-            self.batch_size.labels(stage)
+        self.batch_sizes = {stage: self.batch_size.labels(stage) for stage in _STAGES}
 
     # -- facade ------------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -510,12 +532,12 @@ class Metrics(EngineMetrics):
 
     def parsed(self, n_items: int, out: Sequence[Event | DeadLetterOut]) -> None:
         self.heartbeat()
-        self.batch_size.labels("input").observe(n_items)
+        self.batch_sizes["input"].observe(n_items)
         events = [x for x in out if type(x) is Event]
         if events:
             tally_in = Counter(map(_type_source, events))
             for (etype, src), n in tally_in.items():
-                self.events.labels(type_label(etype), source_label(src)).inc(n)
+                self.events_by[type_label(etype), source_label(src)].inc(n)
             sources = {src for _, src in tally_in}
             latest: dict[str, float] = {}
             if len(sources) == 1:
@@ -666,7 +688,7 @@ class _PromShardObserver(ShardObserver):
     def batch(self, n_in: int, n_duplicate: int, n_late: int, out: Sequence[Output]) -> None:
         m = self._m
         m.heartbeat()
-        m.batch_size.labels("engine").observe(n_in)
+        m.batch_sizes["engine"].observe(n_in)
         if n_in > n_duplicate:
             self._processed.inc(n_in - n_duplicate)
         if n_duplicate:
@@ -771,7 +793,7 @@ class _PromSinkObserver(SinkObserver):
         for name, kind in self._FIELDS:
             d = self._delta(writer, name)
             if d:
-                m.sink_records.labels(kind).inc(d)
+                m.sink_records_by[(kind,)].inc(d)
         d = self._delta(writer, "retries")
         if d:
             m.sink_retries.inc(d)
@@ -786,7 +808,7 @@ class _PromSinkObserver(SinkObserver):
         self._sync(writer)
         if not items:
             return
-        m.batch_size.labels("sink").observe(sum(map(_n_records, items)))
+        m.batch_sizes["sink"].observe(sum(map(_n_records, items)))
         m.sink_write.observe(writer.last_batch_latency_s)
         starts = [_start_ms(o.alert) for o in items if type(o) is AlertOut]
         if starts:
