@@ -13,7 +13,7 @@ import math
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -147,18 +147,20 @@ class _Table:
 
     def rows(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
         """Row of each key; unseen keys get rows in order of first sight."""
-        return self._rows(keys)[0]
+        return self._rows(keys, optional=False)[0]
 
     def account_rows(self, keys: Sequence[str | None]) -> tuple[npt.NDArray[np.int64], int]:
         """Row of each key, -1 for a missing (None or empty) key; and how many are missing."""
-        return self._rows(keys)
+        return self._rows(keys, optional=True)
 
-    def _rows(self, keys: Sequence[str | None]) -> tuple[npt.NDArray[np.int64], int]:
-        """Rows of ``keys``, new keys added in order of first sight; None and "" get -1.
+    def _rows(
+        self, keys: Sequence[str | None], optional: bool
+    ) -> tuple[npt.NDArray[np.int64], int]:
+        """Rows of ``keys``, new keys added in order of first sight.
 
-        Keys are looked up by hash first; only the hashes not held (new keys,
-        and None or "", which are never held) are looked at one by one.
-        Returns the rows and how many keys were None or "".
+        Keys are looked up by hash first; only the hashes not held are looked
+        at one by one. When ``optional``, None and "" are no key (never held):
+        they get -1, and the second result counts them.
         """
         h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
         rows, missing = self.table.lookup_counted(h)
@@ -169,11 +171,11 @@ class _Table:
         new: list[int] = []
         for i in miss:
             key = keys[i]
-            if key:  # None and "" are no key
+            if key or not optional:
                 new.append(i)
                 hi = int(h[i])
                 if hi not in first:
-                    first[hi] = key
+                    first[hi] = cast(str, key)  # a str unless optional (then it is true)
         if first:
             self.add(list(first.values()), list(first))
             rows[new] = self.table.lookup(h[new])

@@ -17,8 +17,9 @@ from xxhash import xxh3_64_intdigest
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features.encode import str_hash, str_hashes, value_hash
+from intentflow.features.program import compile_program
 from intentflow.features.spec import DAY, HOUR, MINUTE, FeatureSpec
-from intentflow.features.state import SCHEMA_VERSION, FeatureState
+from intentflow.features.state import SCHEMA_VERSION, FeatureState, _Table
 
 T0 = 19_675 * DAY + 10 * HOUR  # 10:00 UTC
 
@@ -412,3 +413,17 @@ def test_prefault_writes_the_capacity_up_front() -> None:
     events = [_ev(T0 + i, entity=f"c{i % 7}") for i in range(50)]
     got = state.update(events).values
     assert got.tolist() == FeatureState(spec).update(events).values.tolist()
+
+
+def test_rows_of_missing_accounts_are_minus_one_and_counted() -> None:
+    """None and "" are no account key; real keys get rows in order of first sight."""
+    table = _Table(compile_program(FeatureSpec.default(), "account"), 4)
+    rows, missing = table.account_rows([None, "a", "", "a", "b", None])
+    assert (rows.tolist(), missing) == ([-1, 0, -1, 0, 1, -1], 3)
+    rows, missing = table.account_rows(["b", None, "c"])
+    assert (rows.tolist(), missing) == ([1, -1, 2], 1)
+    assert table.keys == ["a", "b", "c"]
+    # without missing keys, an entity table holds whatever it is given
+    entity = _Table(compile_program(FeatureSpec.default(), "entity"), 4)
+    assert entity.rows(["x", "", "x"]).tolist() == [0, 1, 0]
+    assert entity.keys == ["x", ""]
