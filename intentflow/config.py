@@ -99,7 +99,7 @@ class OutputSection:
 class EngineSection:
     """How events are sharded and de-duplicated."""
 
-    shards: int = 4
+    shards: int = 1  # one process's default; scale-out sets S up front (docs/scaling.md)
     dedup_window_s: float = 86400.0
     dedup_max_per_shard: int = 1_000_000
     housekeeping_interval_s: float = 60.0  # event time between evictions/trims

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -119,7 +120,10 @@ def test_kill_9_and_resume_loses_and_duplicates_nothing(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     payloads = gen_payloads(15000, seed=21, poison_fraction=0.005)
-    out = run_memory(demo_config(short_run=True), items_of(payloads))
+    # one shard per input partition, as docs/scaling.md says: each shard then reads its
+    # partition in order, and the engine's alerts equal those of this in-memory run
+    cfg = demo_config(short_run=True)
+    out = run_memory(replace(cfg, engine=replace(cfg.engine, shards=2)), items_of(payloads))
     expected = {d[0] for d in decisions(out)}
     assert len(expected) > 50
 
@@ -128,7 +132,8 @@ def test_kill_9_and_resume_loses_and_duplicates_nothing(
         producer.send(payloads[i : i + 1000])
     rec = tmp_path / "recovery"
     log = tmp_path / "engine.log"
-    args = ("--partitions", "2", "--recovery-dir", str(rec), "--snapshot-interval", "0.2")
+    args = ("--partitions", "2", "--shards", "2", "--recovery-dir", str(rec))
+    args += ("--snapshot-interval", "0.2")
     first = engine(redis_url, *args, "--init-recovery", log=log)
     try:
         wait_for(

@@ -18,6 +18,7 @@ from flowkit import alerts, demo_config, gen_payloads, items_of, run_memory
 from intentflow.cli import build_parser, main
 from intentflow.commands.common import config_from_args
 from intentflow.commands.model import read_shard_models
+from intentflow.config import Config
 from intentflow.dataflows.flow import build_flow, engine_parts
 from intentflow.dataflows.logic import ShardLogic, ShardSnapshot
 from intentflow.errors import ConfigError, RecoveryError, SnapshotMismatchError
@@ -94,12 +95,18 @@ def test_damaged_and_foreign_files_are_refused_before_unpickling(tmp_path: Path)
     assert doc["payload_sha256"] == hashlib.sha256(rest).hexdigest()
 
 
+def four_shards() -> Config:
+    """The demo settings with four shards: a recovery directory holding several models."""
+    cfg = demo_config()
+    return replace(cfg, engine=replace(cfg.engine, shards=4))
+
+
 def test_export_from_a_recovery_directory_and_import(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rec = tmp_path / "recovery"
     rec.mkdir()
-    run_memory(demo_config(), items_of(gen_payloads(5000, seed=8)), recovery_dir=rec)
+    run_memory(four_shards(), items_of(gen_payloads(5000, seed=8)), recovery_dir=rec)
     shards = read_shard_models(rec)
     assert [s.shard for s in shards] == ["s0", "s1", "s2", "s3"]
     best = max(shards, key=lambda s: s.model.n_learned)
@@ -159,7 +166,7 @@ def test_import_refuses_another_feature_spec(
 
 
 def test_model_file_warm_starts_fresh_shards(tmp_path: Path) -> None:
-    cfg = demo_config()
+    cfg = four_shards()
     parts = engine_parts(cfg)
     rec = tmp_path / "recovery"
     rec.mkdir()

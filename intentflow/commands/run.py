@@ -15,9 +15,38 @@ from intentflow.config import Config
 from intentflow.errors import ConfigError
 from intentflow.redisutil import connect, ping_or_fail, redact_url, redis_url_or_embedded
 
-__all__ = ["cmd_replay", "cmd_run", "run_config"]
+__all__ = ["cmd_replay", "cmd_run", "placement_warnings", "run_config"]
 
 log = logging.getLogger("intentflow.run")
+
+
+def placement_warnings(config: Config, workers: int) -> list[str]:
+    """What is wrong, though not fatal, with this shard count for ``workers`` workers in all.
+
+    >>> from intentflow.config import load_config
+    >>> placement_warnings(load_config(None, env={}), 1)
+    []
+    >>> cfg = load_config(None, env={}).with_overrides({"input.partitions": 2})
+    >>> [w.split(":")[0] for w in placement_warnings(cfg, 2)]
+    ['2 input partitions but engine.shards = 1', '2 workers but engine.shards = 1']
+    """
+    out: list[str] = []
+    parts, shards = config.input.partitions, config.engine.shards
+    if config.input.source == "redis" and shards % parts:
+        # shard i holds crc % S == i, partition p crc % P == p: one partition per shard iff P | S
+        out.append(
+            f"{parts} input partitions but engine.shards = {shards}: a shard reads several "
+            "partitions, whose interleaving differs from run to run, so a resumed run may "
+            "differ from an uninterrupted one; make engine.shards a multiple of "
+            "input.partitions (docs/scaling.md)"
+        )
+    if workers > shards:
+        out.append(
+            f"{workers} workers but engine.shards = {shards}: {workers - shards} worker(s) "
+            "will hold no shard and idle (shards are fixed for a recovery directory; "
+            "docs/scaling.md)"
+        )
+    return out
 
 
 def run_config(
@@ -61,6 +90,10 @@ def run_config(
     if cluster:
         assert placement is not None
         log.info("process %d of %d", placement.process_id, placement.processes)
+    for warning in placement_warnings(
+        config, workers * (placement.processes if placement is not None else 1)
+    ):
+        log.warning("%s", warning)
     log.info(
         "running: source=%s partitions=%d redis=%s recovery=%s workers=%d config=%s",
         config.input.source,

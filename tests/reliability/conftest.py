@@ -62,7 +62,7 @@ def engine_recovery(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """A recovery directory the engine wrote (two Redis input partitions, demo settings)."""
-    from enginekit import Engine, engine_args, produce, shard_states, wait_for
+    from enginekit import SHARDS, Engine, engine_args, produce, shard_states, wait_for
     from flowkit import gen_payloads
 
     from intentflow.redisutil import connect
@@ -75,7 +75,9 @@ def engine_recovery(
         engine = Engine(forkserver, engine_args(server.url, recovery=rec, init=True), base / "log")
         engine.start()
         try:
-            wait_for(lambda: len(shard_states(rec)) == 4, 60, "snapshots of every shard", engine)
+            wait_for(
+                lambda: len(shard_states(rec)) == SHARDS, 60, "snapshots of every shard", engine
+            )
         finally:
             engine.kill9()
         client.close()

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,11 @@ def engine_args(
     snapshot_s: float = 0.2,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """``run`` arguments: Redis input, the demo settings, a free metrics port."""
+    """``run`` arguments: Redis input, the demo settings, a free metrics port.
+
+    One shard per input partition (docs/scaling.md): a shard then reads one
+    partition in order, so a resumed run can equal the in-memory reference.
+    """
     argv = [
         "run",
         "--redis-url",
@@ -95,6 +99,8 @@ def engine_args(
         "--config",
         DEMO_TOML,
         "--partitions",
+        str(partitions),
+        "--shards",
         str(partitions),
         "--metrics-port",
         "0",
@@ -323,6 +329,9 @@ def kill_during_write(engine: Engine, db: Path, timeout_s: float = 30.0) -> bool
 
 #: Input size of the comparison runs: enough for the model to learn and alert.
 N_EVENTS = 5000
+#: Shards of an engine run by :func:`engine_args` with its default two partitions (one
+#: per partition), and of the in-memory reference run.
+SHARDS = 2
 #: Feature rows the models of both runs score (same model, same scores).
 PROBE = np.random.default_rng(0).normal(size=(64, 64))
 
@@ -353,7 +362,9 @@ def build_reference(rec: Path) -> Reference:
     )
 
     payloads = gen_payloads(N_EVENTS, seed=21, poison_fraction=0.005, duplicate_fraction=0.01)
-    out = run_memory(demo_config(short_run=True), items_of(payloads), recovery_dir=rec)
+    cfg = demo_config(short_run=True)
+    cfg = replace(cfg, engine=replace(cfg.engine, shards=SHARDS))
+    out = run_memory(cfg, items_of(payloads), recovery_dir=rec)
     last = {s.entity_id: (float(s.score), s.model) for s in scores(out)}
     states = shard_states(rec)
     return Reference(
