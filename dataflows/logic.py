@@ -144,7 +144,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
             self.labels = LabelBook(parts.labels)
             self.side = SideTargets(parts.labels, parts.model, parts.spec.spec_hash)
             self.policy = Policy(parts.catalog, parts.model.threshold)
-            self.seen = SeenIds()
+            self.seen = SeenIds(parts.dedup_max)
             self.watermark = 0
             self.counters: dict[str, int] = {}
             self._next_housekeeping_ms = parts.housekeeping_interval_ms
@@ -193,6 +193,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         self.side = state["side"]
         self.policy = state["policy"]
         self.seen = state["seen"]
+        self.seen.limit(self._parts.dedup_max)  # a snapshot of an older version holds no cap
         self.watermark = state["watermark"]
         self.counters = state["counters"]
         self._next_housekeeping_ms = state["next_housekeeping_ms"]

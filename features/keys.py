@@ -53,6 +53,26 @@ def _slot(slots: I64, h: int, mask: int) -> int:
     return s
 
 
+@inlined
+def _delete(slots: I64, s: int, mask: int) -> None:
+    """Empty the occupied slot ``s``, closing the gap by backward shift.
+
+    Every later entry of the cluster whose home slot is not cyclically in
+    ``(s, j]`` moves up, so no probe path crosses a hole.
+    """
+    j = s
+    while True:
+        j = (j + 1) & mask
+        if slots[j, 1] == EMPTY:
+            break
+        home = slots[j, 0] & mask
+        if (home - s - 1) & mask >= (j - s) & mask:
+            slots[s, 0] = slots[j, 0]
+            slots[s, 1] = slots[j, 1]
+            s = j
+    slots[s, 1] = EMPTY
+
+
 @kernel
 def probe(slots: I64, hashes: I64, out: I64) -> int:
     """``out[i]``: the row stored under ``hashes[i]``, -1 when there is none; returns the -1s."""
@@ -92,30 +112,49 @@ def put_absent(
     ring_hash: I64,
     ring_ts: I64,
     ts: I64,
-) -> int:
+    head: int,
+    cap: int,
+) -> tuple[int, int, int]:
     """Store ``first``, ``first + 1``, ... under the hashes not held yet, in order.
 
     ``added[i]`` tells whether ``hashes[i]`` was stored (a hash repeated in
-    ``hashes`` is stored once, at its first place); returns how many were.
+    ``hashes`` is stored once, at its first place).
     The hash and ``ts`` of the one stored as number ``n`` also go to
     position ``n & (size - 1)`` of the rings (their size a power of two).
+
+    Numbers ``head .. first - 1`` are held. With ``cap`` > 0 at most ``cap``
+    are: before a new hash is stored at the cap, the oldest number is
+    forgotten (its hash read from the ring; removed from the table only if
+    the table still maps it to that number). Returns how many were stored,
+    how many numbers were forgotten and how many of those left the table.
     """
     mask = slots.shape[0] - 1
     ring_mask = ring_hash.shape[0] - 1
     k = 0
+    gone = 0
+    removed = 0
     for i in range(hashes.shape[0]):
         s = _slot(slots, hashes[i], mask)
-        if slots[s, 1] == EMPTY:
-            slots[s, 0] = hashes[i]
-            slots[s, 1] = first + k
-            pos = (first + k) & ring_mask
-            ring_hash[pos] = hashes[i]
-            ring_ts[pos] = ts[i]
-            k += 1
-            added[i] = True
-        else:
+        if slots[s, 1] != EMPTY:
             added[i] = False
-    return k
+            continue
+        n = first + k
+        if cap > 0 and n - (head + gone) >= cap:
+            old = head + gone
+            o = _slot(slots, ring_hash[old & ring_mask], mask)
+            if slots[o, 1] == old:
+                _delete(slots, o, mask)
+                removed += 1
+                s = _slot(slots, hashes[i], mask)  # the shift may have moved the run's end
+            gone += 1
+        slots[s, 0] = hashes[i]
+        slots[s, 1] = n
+        pos = n & ring_mask
+        ring_hash[pos] = hashes[i]
+        ring_ts[pos] = ts[i]
+        k += 1
+        added[i] = True
+    return k, gone, removed
 
 
 @kernel
@@ -124,21 +163,8 @@ def drop(slots: I64, hashes: I64) -> None:
     mask = slots.shape[0] - 1
     for i in range(hashes.shape[0]):
         s = _slot(slots, hashes[i], mask)
-        if slots[s, 1] == EMPTY:
-            continue
-        # s is a hole; move up every later entry of the cluster whose home
-        # slot is not cyclically in (s, j], so no probe path crosses a hole
-        j = s
-        while True:
-            j = (j + 1) & mask
-            if slots[j, 1] == EMPTY:
-                break
-            home = slots[j, 0] & mask
-            if (home - s - 1) & mask >= (j - s) & mask:
-                slots[s, 0] = slots[j, 0]
-                slots[s, 1] = slots[j, 1]
-                s = j
-        slots[s, 1] = EMPTY
+        if slots[s, 1] != EMPTY:
+            _delete(slots, s, mask)
 
 
 class KeyTable:
@@ -178,19 +204,36 @@ class KeyTable:
         self._held += int(put(self._slots, hashes, rows))
 
     def insert_absent(
-        self, hashes: I64, first: int, ring_hash: I64, ring_ts: I64, ts: I64
-    ) -> tuple[npt.NDArray[np.bool_], int]:
+        self,
+        hashes: I64,
+        first: int,
+        ring_hash: I64,
+        ring_ts: I64,
+        ts: I64,
+        head: int = 0,
+        cap: int = 0,
+    ) -> tuple[npt.NDArray[np.bool_], int, int]:
         """Hold ``first``, ``first + 1``, ... under the hashes not held yet.
 
-        Returns where one was (True) and how many. The hash and ``ts`` of
-        number ``n`` are written to position ``n & (size - 1)`` of
-        ``ring_hash`` and ``ring_ts`` (a size that is a power of two, with room).
+        Returns where one was (True), how many, and how many of the oldest
+        numbers were forgotten to stay within ``cap`` (see :func:`put_absent`;
+        ``head`` is the oldest number held, ``cap`` 0 means no cap). The hash
+        and ``ts`` of number ``n`` are written to position ``n & (size - 1)``
+        of ``ring_hash`` and ``ring_ts`` (a size that is a power of two, with room).
         """
-        self._reserve(hashes.shape[0])
-        added = np.empty(hashes.shape[0], dtype=np.bool_)
-        k = int(put_absent(self._slots, hashes, first, added, ring_hash, ring_ts, ts))
-        self._held += k
-        return added, k
+        more = hashes.shape[0]
+        self._reserve(more if cap <= 0 else min(more, max(cap - self._held, 0)))
+        added = np.empty(more, dtype=np.bool_)
+        k, gone, removed = put_absent(
+            self._slots, hashes, first, added, ring_hash, ring_ts, ts, head, cap
+        )
+        self._held += int(k) - int(removed)
+        return added, int(k), int(gone)
+
+    def reserve(self, total: int) -> None:
+        """Room for ``total`` hashes in all, so that holding that many never grows the table."""
+        if 2 * total > self._slots.shape[0]:
+            self._grow(total)
 
     def remove(self, hashes: I64) -> None:
         """Forget ``hashes``; each must be held."""

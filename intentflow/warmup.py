@@ -41,9 +41,9 @@ def compile_kernels(spec: FeatureSpec, model: ModelConfig) -> float:
     state.update([event])
     state.evict_idle(1 + spec.entity_ttl_ms + 1)
     # the de-duplication window: admit (insert-absent), lookups and trimming
-    seen = SeenIds()
-    seen.admit(["warm-0"], [1])
-    seen.trim(2, 0)
+    seen = SeenIds(max_ids=1)
+    seen.admit(["warm-0", "warm-1"], [1, 2])  # the second forgets the first (the cap)
+    seen.trim(3, 0)
     # the logreg model: learn, score, explain, reason-code order
     n = len(spec.names)
     linear = LinearState(n)

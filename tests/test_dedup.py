@@ -11,10 +11,14 @@ from intentflow.dataflows.dedup import SeenIds, id_hashes
 
 
 class _DictSeen:
-    """Reference: id -> first ts, insertion-ordered, trimmed from the front."""
+    """Reference: id -> first ts, insertion-ordered, trimmed from the front.
 
-    def __init__(self) -> None:
+    With ``max_ids``, a new id at the cap first forgets the oldest one.
+    """
+
+    def __init__(self, max_ids: int = 0) -> None:
         self.seen: dict[str, int] = {}
+        self.max_ids = max_ids
 
     def admit(self, ids: list[str], ts: list[int]) -> list[bool]:
         out = []
@@ -22,6 +26,8 @@ class _DictSeen:
             if i in self.seen:
                 out.append(False)
             else:
+                if self.max_ids and len(self.seen) >= self.max_ids:
+                    del self.seen[next(iter(self.seen))]
                 self.seen[i] = t
                 out.append(True)
         return out
@@ -48,10 +54,10 @@ _op = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_op, max_size=30))
-def test_matches_a_dict_of_ids(ops: list[tuple[str, object]]) -> None:
-    got, ref = SeenIds(), _DictSeen()
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_op, max_size=30), st.sampled_from([0, 0, 1, 2, 5, 12]))
+def test_matches_a_dict_of_ids(ops: list[tuple[str, object]], cap: int) -> None:
+    got, ref = SeenIds(cap), _DictSeen(cap)
     for kind, arg in ops:
         if kind == "admit":
             items = list(arg)  # type: ignore[call-overload]
@@ -104,3 +110,56 @@ def test_a_snapshot_stores_sixteen_bytes_per_id() -> None:
     s = SeenIds()
     s.admit([f"https://example.com/events/{i:040d}" for i in range(10_000)], list(range(10_000)))
     assert len(pickle.dumps(s)) < 16 * 10_000 + 1000
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(_ids, st.integers(0, 100)), max_size=120),
+    st.lists(st.integers(1, 40), min_size=1, max_size=10),
+    st.integers(1, 15),
+)
+def test_the_cap_does_not_depend_on_batch_boundaries(
+    items: list[tuple[str, int]], cuts: list[int], cap: int
+) -> None:
+    ids, ts = [i for i, _ in items], [t for _, t in items]
+    whole = SeenIds(cap)
+    fresh = whole.admit(ids, ts).tolist()
+    split, got, at = SeenIds(cap), [], 0
+    while at < len(ids):
+        n = cuts[len(got) % len(cuts)]
+        got.append(split.admit(ids[at : at + n], ts[at : at + n]).tolist())
+        at += n
+    assert [x for part in got for x in part] == fresh
+    assert split.items() == whole.items()
+    assert len(whole) <= cap
+
+
+def test_a_capped_window_grows_to_its_cap_in_one_step() -> None:
+    """Past 65,536 ids the ring and table take the cap's size; no growth after."""
+    cap = 300_000
+    s, ref = SeenIds(cap), _DictSeen(cap)
+    sizes = []
+    for b in range(400):
+        ids = [f"evt-{b}-{i}" for i in range(1000)]
+        assert s.admit(ids, [b] * 1000).all()
+        ref.admit(ids, [b] * 1000)
+        sizes.append(s.nbytes)
+    assert len(s) == cap
+    assert len(set(sizes[70:])) == 1  # sized at 66,000 ids held, never again
+    assert len(set(sizes[:70])) > 3  # small windows still start small and double
+    # the oldest went first: the first 100 batches are forgotten, the rest held
+    assert not s.admit(["evt-399-0", "evt-100-0"], [0, 0]).any()
+    assert s.admit(["evt-99-999"], [0]).tolist() == [True]
+    restored = pickle.loads(pickle.dumps(s))
+    assert restored.max_ids == cap
+    assert len(restored) == cap
+
+
+def test_limit_forgets_the_oldest_above_a_new_cap() -> None:
+    s = SeenIds()
+    s.admit([f"e{i}" for i in range(10)], list(range(10)))
+    assert s.limit(4) == 6
+    assert [t for _, t in s.items()] == [6, 7, 8, 9]
+    # e9 is held; e5 (forgotten) and e10 are new, and each forgets the oldest held
+    assert s.admit(["e9", "e5", "e10"], [0, 0, 10]).tolist() == [False, True, True]
+    assert [t for _, t in s.items()] == [8, 9, 0, 10]
