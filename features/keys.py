@@ -38,8 +38,11 @@ __all__ = ["KeyTable", "drop", "probe", "put", "put_absent"]
 
 I64 = npt.NDArray[np.int64]
 
-#: Slot row of an empty slot (also what a lookup of an absent hash returns).
+#: What a lookup of an absent hash returns.
 EMPTY: Final = -1
+#: Column 1 of a free slot. A held hash's slot stores its row + 1, so that a new
+#: table is all zeros: its pages are mapped when first written, not when made.
+FREE: Final = 0
 #: Slots start at this many and double; a table is at most half full.
 MIN_SLOTS: Final = 1024
 
@@ -48,7 +51,7 @@ MIN_SLOTS: Final = 1024
 def _slot(slots: I64, h: int, mask: int) -> int:
     """The slot holding hash ``h``, or the empty slot that ends its probe run."""
     s = h & mask
-    while slots[s, 1] != EMPTY and slots[s, 0] != h:
+    while slots[s, 1] != FREE and slots[s, 0] != h:
         s = (s + 1) & mask
     return s
 
@@ -63,14 +66,14 @@ def _delete(slots: I64, s: int, mask: int) -> None:
     j = s
     while True:
         j = (j + 1) & mask
-        if slots[j, 1] == EMPTY:
+        if slots[j, 1] == FREE:
             break
         home = slots[j, 0] & mask
         if (home - s - 1) & mask >= (j - s) & mask:
             slots[s, 0] = slots[j, 0]
             slots[s, 1] = slots[j, 1]
             s = j
-    slots[s, 1] = EMPTY
+    slots[s, 1] = FREE
 
 
 @kernel
@@ -79,7 +82,7 @@ def probe(slots: I64, hashes: I64, out: I64) -> int:
     mask = slots.shape[0] - 1
     missing = 0
     for i in range(hashes.shape[0]):
-        row = slots[_slot(slots, hashes[i], mask), 1]  # an empty slot's row is -1
+        row = slots[_slot(slots, hashes[i], mask), 1] - 1  # a free slot gives -1
         out[i] = row
         if row == EMPTY:
             missing += 1
@@ -96,10 +99,10 @@ def put(slots: I64, hashes: I64, rows: I64) -> int:
     added = 0
     for i in range(hashes.shape[0]):
         s = _slot(slots, hashes[i], mask)
-        if slots[s, 1] == EMPTY:
+        if slots[s, 1] == FREE:
             added += 1
         slots[s, 0] = hashes[i]
-        slots[s, 1] = rows[i]
+        slots[s, 1] = rows[i] + 1
     return added
 
 
@@ -135,20 +138,20 @@ def put_absent(
     removed = 0
     for i in range(hashes.shape[0]):
         s = _slot(slots, hashes[i], mask)
-        if slots[s, 1] != EMPTY:
+        if slots[s, 1] != FREE:
             added[i] = False
             continue
         n = first + k
         if cap > 0 and n - (head + gone) >= cap:
             old = head + gone
             o = _slot(slots, ring_hash[old & ring_mask], mask)
-            if slots[o, 1] == old:
+            if slots[o, 1] == old + 1:
                 _delete(slots, o, mask)
                 removed += 1
                 s = _slot(slots, hashes[i], mask)  # the shift may have moved the run's end
             gone += 1
         slots[s, 0] = hashes[i]
-        slots[s, 1] = n
+        slots[s, 1] = n + 1
         pos = n & ring_mask
         ring_hash[pos] = hashes[i]
         ring_ts[pos] = ts[i]
@@ -163,7 +166,7 @@ def drop(slots: I64, hashes: I64) -> None:
     mask = slots.shape[0] - 1
     for i in range(hashes.shape[0]):
         s = _slot(slots, hashes[i], mask)
-        if slots[s, 1] != EMPTY:
+        if slots[s, 1] != FREE:
             _delete(slots, s, mask)
 
 
@@ -178,7 +181,7 @@ class KeyTable:
         n = MIN_SLOTS
         while n < 2 * expected:
             n *= 2
-        self._slots = np.full((n, 2), EMPTY, dtype=np.int64)
+        self._slots = np.zeros((n, 2), dtype=np.int64)
         self._held = 0
 
     def __len__(self) -> int:
@@ -250,6 +253,6 @@ class KeyTable:
         n = self._slots.shape[0]
         while 2 * need > n:
             n *= 2
-        old = self._slots[self._slots[:, 1] != EMPTY]
-        self._slots = np.full((n, 2), EMPTY, dtype=np.int64)
-        put(self._slots, np.ascontiguousarray(old[:, 0]), np.ascontiguousarray(old[:, 1]))
+        old = self._slots[self._slots[:, 1] != FREE]
+        self._slots = np.zeros((n, 2), dtype=np.int64)
+        put(self._slots, np.ascontiguousarray(old[:, 0]), np.ascontiguousarray(old[:, 1] - 1))
