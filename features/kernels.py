@@ -71,14 +71,27 @@ I8 = npt.NDArray[np.int8]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _options(fn: Callable[..., Any]) -> dict[str, Any]:
+    """:data:`NUMBA_OPTIONS`, without the on-disk cache outside the ``intentflow`` package.
+
+    Numba's cache records the name of the module that compiled a kernel, and
+    a process that cannot import that module cannot load it. A source folder
+    imported as a top-level package (pytest collecting ``features/keys.py``
+    from the repository root: docs/layout.md) must not write such entries.
+    """
+    if fn.__module__.startswith("intentflow."):
+        return NUMBA_OPTIONS
+    return {**NUMBA_OPTIONS, "cache": False}
+
+
 def kernel(fn: _F) -> _F:
     """Compile ``fn`` with :data:`NUMBA_OPTIONS` (lazily, on first call)."""
-    return cast(_F, njit(**NUMBA_OPTIONS)(fn))
+    return cast(_F, njit(**_options(fn))(fn))
 
 
 def inlined(fn: _F) -> _F:
     """Compile ``fn`` to be inlined into its callers (no per-call array overhead)."""
-    return cast(_F, njit(inline="always", **NUMBA_OPTIONS)(fn))
+    return cast(_F, njit(inline="always", **_options(fn))(fn))
 
 
 #: Events ahead whose state rows :func:`update_table` asks the CPU to fetch early.

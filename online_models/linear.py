@@ -32,11 +32,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 from river import linear_model, optim, preprocessing, utils
 
-from intentflow.features.kernels import NUMBA_OPTIONS, inlined
+from intentflow.features.kernels import inlined, kernel
 
 __all__ = [
     "CLIP_GRADIENT",
@@ -157,7 +156,7 @@ def _sgd_logreg_learn(
     scalars[1] = intercept
 
 
-sgd_logreg_learn = njit(**NUMBA_OPTIONS)(_sgd_logreg_learn)
+sgd_logreg_learn = kernel(_sgd_logreg_learn)
 
 
 def _logreg_scores(
@@ -202,7 +201,7 @@ def _logreg_scores(
             out[r] = 1.0 / (1.0 + math.exp(-z))
 
 
-logreg_scores = njit(**NUMBA_OPTIONS)(_logreg_scores)
+logreg_scores = kernel(_logreg_scores)
 
 
 def _logreg_contributions(
@@ -227,7 +226,7 @@ def _logreg_contributions(
             out[j] = ((x - mean[j]) / sd) * w[j]
 
 
-logreg_contributions = njit(**NUMBA_OPTIONS)(_logreg_contributions)
+logreg_contributions = kernel(_logreg_contributions)
 
 
 def _top_abs(values: FloatArray, out: NDArray[np.int64]) -> None:
@@ -252,7 +251,7 @@ def _top_abs(values: FloatArray, out: NDArray[np.int64]) -> None:
         out[r] = best
 
 
-top_abs = njit(**NUMBA_OPTIONS)(_top_abs)
+top_abs = kernel(_top_abs)
 
 
 class LinearState:

@@ -292,3 +292,27 @@ def test_each_window_gets_its_documented_resolution() -> None:
     }  # fmt: skip
     got = {w: format_duration(spec.resolution_ms(_ms(w))) for w in table}
     assert got == table
+
+
+def test_only_kernels_of_the_package_are_cached_on_disk() -> None:
+    """A source folder imported as a top-level package must not write Numba cache entries.
+
+    Numba's cache records the compiling module's name; ``features.keys`` (pytest
+    collecting the file from the repository root) could not be loaded by an
+    engine started elsewhere (docs/layout.md).
+    """
+    from numba import config
+
+    from intentflow.features import keys
+    from intentflow.features.kernels import kernel
+
+    def twice(x: int) -> int:
+        return 2 * x
+
+    twice.__module__ = "features.keys"
+    compiled = kernel(twice)
+    assert compiled(3) == 6
+    if getattr(config, "DISABLE_JIT", False):
+        pytest.skip("kernels are plain Python without the JIT")
+    assert type(keys.put._cache).__name__ == "FunctionCache"  # the package's kernels
+    assert type(compiled._cache).__name__ == "NullCache"
