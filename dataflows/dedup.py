@@ -38,12 +38,19 @@ __all__ = ["SEED", "SeenIds", "id_hashes"]
 #: XXH3 seed of event-id hashes (fixed: snapshots store the hashes).
 SEED: Final = 0x5EE1D
 _MIN_RING: Final = 1024
-#: Ids held beyond which the ring and the table are sized for the cap at once.
-_JUMP: Final = 1 << 16
 #: Ids whose times :meth:`SeenIds.trim` reads first (the chunk doubles while all are old).
 _TRIM_STEP: Final = 4096
 
 I64 = npt.NDArray[np.int64]
+
+
+def _ring_size(ids: int) -> int:
+    """The ring length for ``ids`` ids: a power of two, at least :data:`_MIN_RING`.
+
+    >>> _ring_size(1), _ring_size(1024), _ring_size(1025), _ring_size(1_000_000)
+    (1024, 1024, 2048, 1048576)
+    """
+    return max(_MIN_RING, 1 << max(0, ids - 1).bit_length())
 
 
 def id_hashes(ids: Sequence[str]) -> I64:
@@ -59,19 +66,22 @@ class SeenIds:
 
     With ``max_ids`` > 0 at most that many ids are held: a new id at the cap
     makes the oldest one forgotten, event by event, so the result does not
-    depend on how events are batched. Arrays start small and double; once
-    more than 65,536 ids are held they grow to the cap's size in one step,
-    so a busy shard pays one short pause for its growth instead of a pause
-    at every doubling (a doubling at half a million ids took about 0.1 s).
+    depend on how events are batched. The ring and the table are then
+    allocated for the cap at once, zeroed by the operating system: a page
+    takes memory when an id first lands on it, and the window never stops
+    the shard to grow (a growth step at 65,536 ids took 47 to 150 ms, most
+    of it the first touch of the new table's pages). Without a cap the
+    arrays start small and double.
     """
 
     def __init__(self, max_ids: int = 0) -> None:
-        self._table = KeyTable()
-        self._hash = np.zeros(_MIN_RING, dtype=np.int64)
-        self._ts = np.zeros(_MIN_RING, dtype=np.int64)
+        self._cap = max(0, max_ids)
+        ring = _ring_size(self._cap) if self._cap else _MIN_RING
+        self._table = KeyTable(self._cap)
+        self._hash = np.zeros(ring, dtype=np.int64)
+        self._ts = np.zeros(ring, dtype=np.int64)
         self._head = 0  # number of the oldest id held
         self._tail = 0  # number the next new id gets
-        self._cap = max(0, max_ids)
 
     @property
     def nbytes(self) -> int:
@@ -84,10 +94,16 @@ class SeenIds:
         return self._cap
 
     def limit(self, max_ids: int) -> int:
-        """Set the cap (0: none); forgets the oldest ids above it. Returns how many."""
+        """Set the cap (0: none); forgets the oldest ids above it. Returns how many.
+
+        A cap larger than the arrays gets its arrays now (at restore), not while
+        events flow.
+        """
         self._cap = max(0, max_ids)
         if self._cap and len(self) > self._cap:
             return self._forget(len(self) - self._cap)
+        if self._cap:
+            self._reserve(self._cap)
         return 0
 
     def __len__(self) -> int:
@@ -158,16 +174,15 @@ class SeenIds:
         return seq, seq & (self._hash.shape[0] - 1)
 
     def _reserve(self, need: int) -> None:
-        """A ring with room for ``need`` ids (and a table for the cap, past :data:`_JUMP`)."""
+        """A ring with room for ``need`` ids (and, with a cap raised by :meth:`limit`, a
+        ring and table for the new cap at once)."""
         cap = self._hash.shape[0]
         if need <= cap:
             return
-        if self._cap and need > _JUMP:
-            need = max(need, self._cap)  # the cap's size at once
+        if self._cap:
+            need = max(need, self._cap)
             self._table.reserve(need)
-        new_cap = cap
-        while new_cap < need:
-            new_cap *= 2
+        new_cap = max(cap, _ring_size(need))
         seq, old = self._order()
         new = seq & (new_cap - 1)
         h, ts = np.zeros(new_cap, dtype=np.int64), np.zeros(new_cap, dtype=np.int64)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -134,8 +136,8 @@ def test_the_cap_does_not_depend_on_batch_boundaries(
     assert len(whole) <= cap
 
 
-def test_a_capped_window_grows_to_its_cap_in_one_step() -> None:
-    """Past 65,536 ids the ring and table take the cap's size; no growth after."""
+def test_a_capped_window_is_sized_for_its_cap_and_never_grows() -> None:
+    """The arrays are allocated for the cap at once; an uncapped window doubles."""
     cap = 300_000
     s, ref = SeenIds(cap), _DictSeen(cap)
     sizes = []
@@ -145,14 +147,51 @@ def test_a_capped_window_grows_to_its_cap_in_one_step() -> None:
         ref.admit(ids, [b] * 1000)
         sizes.append(s.nbytes)
     assert len(s) == cap
-    assert len(set(sizes[70:])) == 1  # sized at 66,000 ids held, never again
-    assert len(set(sizes[:70])) > 3  # small windows still start small and double
+    assert len(set(sizes)) == 1
     # the oldest went first: the first 100 batches are forgotten, the rest held
     assert not s.admit(["evt-399-0", "evt-100-0"], [0, 0]).any()
     assert s.admit(["evt-99-999"], [0]).tolist() == [True]
     restored = pickle.loads(pickle.dumps(s))
     assert restored.max_ids == cap
     assert len(restored) == cap
+    assert restored.nbytes == s.nbytes
+    uncapped = SeenIds()
+    grown = []
+    for b in range(70):
+        uncapped.admit([f"evt-{b}-{i}" for i in range(1000)], [b] * 1000)
+        grown.append(uncapped.nbytes)
+    assert len(set(grown)) > 3
+    assert grown[0] < sizes[0] // 100
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_a_large_cap_takes_memory_only_as_ids_arrive() -> None:
+    """Pages of the arrays sized for the cap are untouched until ids land on them.
+
+    Ten ids touch at most a dozen pages, 2 MB each where numpy asks for huge pages.
+    """
+    before = _resident_bytes()
+    s = SeenIds(20_000_000)  # about 1.6 GB of ring and table if all of it were touched
+    s.admit([f"e{i}" for i in range(10)], list(range(10)))
+    assert s.nbytes > 1_500_000_000
+    assert _resident_bytes() - before < 100_000_000
+
+
+def test_raising_the_cap_sizes_the_arrays_at_once() -> None:
+    s = SeenIds(1000)
+    s.admit([f"e{i}" for i in range(10)], list(range(10)))
+    small = s.nbytes
+    assert s.limit(100_000) == 0
+    raised = s.nbytes
+    assert raised > 50 * small
+    s.admit([f"f{i}" for i in range(50_000)], [20] * 50_000)
+    assert s.nbytes == raised
+    assert len(s) == 50_010
 
 
 def test_limit_forgets_the_oldest_above_a_new_cap() -> None:
