@@ -48,6 +48,8 @@ def engine_parts(config: Config) -> EngineParts:
         catalog=catalog,
         dedup_window_ms=int(config.engine.dedup_window_s * 1000),
         dedup_max=config.engine.dedup_max_per_shard,
+        entities_per_shard=config.engine.entities_per_shard,
+        accounts_per_shard=config.engine.accounts_per_shard,
         housekeeping_interval_ms=int(config.engine.housekeeping_interval_s * 1000),
         learn_tick_ms=max(1, int(config.engine.learn_tick_s * 1000)),
     )

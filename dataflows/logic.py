@@ -81,6 +81,8 @@ class EngineParts:
     catalog: ActionCatalog
     dedup_window_ms: int = 86_400_000
     dedup_max: int = 1_000_000
+    entities_per_shard: int = 1024  # feature rows allocated at start (engine.entities_per_shard)
+    accounts_per_shard: int = 0  # 0: a sixteenth of entities_per_shard
     housekeeping_interval_ms: int = 60_000
     learn_tick_ms: int = 5_000
     initial_model: IntentModel | None = None  # warm start of fresh shards (--model-file)
@@ -139,7 +141,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         self._metrics = metrics or EngineMetrics()  # process-local, never snapshotted
         self._obs: ShardObserver | None = None
         if resume is None:
-            self.features = FeatureState(parts.spec)
+            self.features = FeatureState(
+                parts.spec,
+                initial_capacity=parts.entities_per_shard,
+                account_capacity=parts.accounts_per_shard,
+            )
             self.model = ModelSet(parts.model, parts.spec.spec_hash, parts.initial_model)
             self.labels = LabelBook(parts.labels)
             self.side = SideTargets(parts.labels, parts.model, parts.spec.spec_hash)
@@ -187,7 +193,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 "restore the directory from a backup or start a new one"
             )
         state = pickle.loads(snap.state)
-        self.features = FeatureState.restore(self._parts.spec, state["features"])
+        self.features = FeatureState.restore(
+            self._parts.spec,
+            state["features"],
+            initial_capacity=self._parts.entities_per_shard,
+            account_capacity=self._parts.accounts_per_shard,
+        )
         self.model = state["model"]
         self.labels = state["labels"]
         self.side = state["side"]

@@ -345,23 +345,35 @@ class FeatureState:
     """All feature state of one shard: entities and, keyed by account_id, accounts."""
 
     def __init__(
-        self, spec: FeatureSpec, *, initial_capacity: int = 1024, prefault: bool = False
+        self,
+        spec: FeatureSpec,
+        *,
+        initial_capacity: int = 1024,
+        account_capacity: int = 0,
+        prefault: bool = False,
     ) -> None:
         """A state with room for ``initial_capacity`` entities (the arrays grow beyond).
 
+        ``account_capacity`` is the accounts' (0: a sixteenth of the entities').
         The arrays are allocated zeroed and take resident memory only as rows
-        are handed out. ``prefault`` writes all capacity when it is allocated
+        are handed out; growing beyond them copies every row (a pause, longer
+        the more rows). ``prefault`` writes all capacity when it is allocated
         (at start and when the arrays double) instead, so that no page is
         first touched while events are processed: for a known population, at
         the cost of the memory up front.
         """
         if initial_capacity < 1:
             raise ValueError(f"initial_capacity must be >= 1, got {initial_capacity}")
+        if account_capacity < 0:
+            raise ValueError(f"account_capacity must be >= 0, got {account_capacity}")
         self.spec = spec
         self._capacity = initial_capacity
+        self._account_capacity = account_capacity
         self._entities = _Table(compile_program(spec, "entity"), initial_capacity, prefault)
         self._accounts = _Table(
-            compile_program(spec, "account"), _account_capacity(initial_capacity), prefault
+            compile_program(spec, "account"),
+            account_capacity or _account_capacity(initial_capacity),
+            prefault,
         )
         self._encoder = BatchEncoder(self._entities.program, self._accounts.program)
         self._with_accounts = self._accounts.program.n_outputs > 0
@@ -375,7 +387,10 @@ class FeatureState:
         self.late_dropped_account = 0
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (self.spec, self.snapshot(), self._capacity))
+        return (
+            _restore,
+            (self.spec, self.snapshot(), self._capacity, self._account_capacity),
+        )
 
     @property
     def n_entities(self) -> int:
@@ -391,6 +406,11 @@ class FeatureState:
     def nbytes(self) -> int:
         """Bytes of the state arrays (allocated capacity of both tables)."""
         return self._entities.nbytes + self._accounts.nbytes
+
+    @property
+    def entity_capacity(self) -> int:
+        """Entity rows allocated."""
+        return self._entities.capacity
 
     @property
     def account_capacity(self) -> int:
@@ -469,9 +489,18 @@ class FeatureState:
 
     @classmethod
     def restore(
-        cls, spec: FeatureSpec, snap: FeatureSnapshot, *, initial_capacity: int = 1024
+        cls,
+        spec: FeatureSpec,
+        snap: FeatureSnapshot,
+        *,
+        initial_capacity: int = 1024,
+        account_capacity: int = 0,
     ) -> FeatureState:
-        """Rebuild a state from ``snap``; :class:`SnapshotMismatchError` if it is foreign."""
+        """Rebuild a state from ``snap``; :class:`SnapshotMismatchError` if it is foreign.
+
+        The arrays get room for the capacities given or the snapshot's rows,
+        whichever is more.
+        """
         if snap.schema_version != SCHEMA_VERSION:
             raise SnapshotMismatchError(
                 f"feature snapshot has schema version {snap.schema_version}, this engine "
@@ -487,9 +516,12 @@ class FeatureState:
             )
         state = cls(spec, initial_capacity=1)
         state._capacity = initial_capacity
+        state._account_capacity = account_capacity
         state._entities = _Table.restore(state._entities.program, snap.entities, initial_capacity)
         state._accounts = _Table.restore(
-            state._accounts.program, snap.accounts, _account_capacity(initial_capacity)
+            state._accounts.program,
+            snap.accounts,
+            account_capacity or _account_capacity(initial_capacity),
         )
         for name, value in snap.counters:
             if name in _COUNTERS:
@@ -513,5 +545,7 @@ def _account_capacity(entity_capacity: int) -> int:
     return max(1, entity_capacity // 16)
 
 
-def _restore(spec: FeatureSpec, snap: FeatureSnapshot, capacity: int) -> FeatureState:
-    return FeatureState.restore(spec, snap, initial_capacity=capacity)
+def _restore(
+    spec: FeatureSpec, snap: FeatureSnapshot, capacity: int, accounts: int = 0
+) -> FeatureState:
+    return FeatureState.restore(spec, snap, initial_capacity=capacity, account_capacity=accounts)

@@ -102,6 +102,10 @@ class EngineSection:
     shards: int = 1  # one process's default; scale-out sets S up front (docs/scaling.md)
     dedup_window_s: float = 86400.0
     dedup_max_per_shard: int = 1_000_000
+    #: feature rows allocated per shard at start (the arrays double beyond, pausing the
+    #: shard: docs/capacity.md, "Growth pauses"); memory is taken as rows are used
+    entities_per_shard: int = 1024
+    accounts_per_shard: int = 0  # 0: a sixteenth of entities_per_shard
     housekeeping_interval_s: float = 60.0  # event time between evictions/trims
     learn_tick_s: float = 5.0  # event time between model updates from matured labels
     model_file: str = ""  # warm-start every fresh shard's model from this exported model file
@@ -249,6 +253,7 @@ def _validate(obj: Any, where: str) -> None:
         "housekeeping_interval_s",
         "learn_tick_s",
         "dedup_max_per_shard",
+        "entities_per_shard",
     }
     for f in fields(obj):
         value = getattr(obj, f.name)

@@ -68,3 +68,23 @@ def test_busy_poll_reaches_the_redis_source_and_sink() -> None:
     assert make_sink(cfg).config.busy_poll_us == 0
     with pytest.raises(ConfigError, match="busy_poll_us"):
         load_config(None, env={"INTENTFLOW__REDIS__BUSY_POLL_US": "-1"})
+
+
+def test_presized_feature_rows_reach_the_shards_and_survive_a_restore(tmp_path: Path) -> None:
+    """engine.entities_per_shard / accounts_per_shard size a shard's feature arrays,
+    fresh and restored (docs/capacity.md, "Growth pauses")."""
+    from intentflow.dataflows.flow import engine_parts
+    from intentflow.dataflows.logic import ShardLogic
+
+    path = tmp_path / "c.toml"
+    path.write_text("[engine]\nentities_per_shard = 5000\naccounts_per_shard = 700\n")
+    parts = engine_parts(load_config(path, env={}))
+    fresh = ShardLogic(parts, None)
+    assert (fresh.features.entity_capacity, fresh.features.account_capacity) == (5000, 700)
+    restored = ShardLogic(parts, fresh.snapshot())
+    assert (restored.features.entity_capacity, restored.features.account_capacity) == (5000, 700)
+    default = ShardLogic(engine_parts(load_config(None, env={})), None)
+    assert (default.features.entity_capacity, default.features.account_capacity) == (1024, 64)
+    path.write_text("[engine]\nentities_per_shard = 0\n")
+    with pytest.raises(ConfigError, match=r"engine\.entities_per_shard: must be > 0"):
+        load_config(path, env={})
