@@ -459,9 +459,13 @@ class LabelBook:
         self._ts = np.concatenate([self._ts, np.full(grow, _FREE_TS, np.int64)])
         self._seqs = np.concatenate([self._seqs, np.zeros(grow, np.int64)])
         self._scores = np.concatenate([self._scores, np.zeros(grow, np.float64)])
-        X = np.zeros((new, self._X.shape[1]), np.float64)
-        X[:cap] = self._X
-        self._X = X
+        if self._X.shape[0] < new:
+            # The feature rows, 8 bytes per feature and point, are allocated for the bound
+            # at once: zeroed by the operating system, a page takes memory when a point
+            # first lands on it, and they are never copied to grow (docs/capacity.md).
+            X = np.zeros((max(new, self.config.max_pending_total), self._X.shape[1]), np.float64)
+            X[:cap] = self._X[:cap]
+            self._X = X
 
     def _write(
         self, slots: Sequence[int], ts: IntArray, seqs: IntArray, scores: FloatArray, X: FloatArray

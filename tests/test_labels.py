@@ -140,6 +140,23 @@ def test_bounds_per_entity_and_total() -> None:
     assert b.stats()["evicted"] == 2
 
 
+def test_feature_rows_are_allocated_for_the_bound_and_never_copied() -> None:
+    """Pending points' feature rows take the bound's size at the first point; growing
+    the book never copies them (a copy pauses the shard: docs/capacity.md)."""
+    b = book(max_pending_per_entity=1, max_pending_total=5000, min_gap_ms=0)
+    assert b.observe("e0", 0, ROW * 0, 0.5)
+    rows = b._X
+    assert rows.shape == (5000, 2)
+    for i in range(1, 4000):
+        assert b.observe(f"e{i}", i, ROW * i, 0.5)
+    assert b._X is rows
+    assert b.n_pending == 4000
+    again = pickle.loads(pickle.dumps(b))
+    assert again._X.shape == (5000, 2)
+    got = again.expire(10**9)
+    assert sorted(got.X[:, 0].tolist()) == [float(i) for i in range(4000)]
+
+
 def test_late_points_are_refused_and_watermark_never_moves_back() -> None:
     b = book()
     b.expire(5 * H)
