@@ -272,8 +272,8 @@ class BatchEncoder:
         """
         if len(self._route_ids) >= _ROUTE_LIMIT:
             self._reset_routes()
-        rids = self._routes(events)
-        rid_a = np.array(rids, dtype=np.int64)
+        rid_a = self._routes(events)
+        rids: list[int] = rid_a.tolist()
         erows = entity.rows([ev.entity_id for ev in events])
         if account is None:
             keys = _Keys(erows, entity.hashes, None, _NO_HASHES, 0)
@@ -288,33 +288,36 @@ class BatchEncoder:
             self._add_extras(1, events, rids, rid_a, used, keys, a_enc)
         return Batch([ev.ts_ms for ev in events], rid_a, e_enc, a_enc)
 
-    def _routes(self, events: Sequence[Event]) -> list[int]:
+    def _routes(self, events: Sequence[Event]) -> npt.NDArray[np.int64]:
         """Route id of each event: types without filter props in bulk, then the others.
 
         Types routed by one equality-only prop are looked up in bulk under
         ``(type, value)`` when the value is a string or absent; the rest go
         one by one.
         """
-        route_ids = self._route_ids
+        n = len(events)
         types = [ev.type for ev in events]
-        rids: list[Any] = list(map(route_ids.get, types))  # unfiltered types: the type is the key
-        if None not in rids:
+        # unfiltered types: the type is the key (-1: a filtered type, or a new one)
+        rids = np.fromiter(map(self._route_ids.get, types, repeat(-1, n)), np.int64, n)
+        miss = np.flatnonzero(rids < 0).tolist()
+        if not miss:
             return rids
-        miss = [i for i, r in enumerate(rids) if r is None]
         prop_of, memo = self._prop_of, self._by_value
         pairs = [
             (t := types[i], x if type(x := events[i].props.get(prop_of.get(t, ""))) is str else
              None if x is None else _OTHER)
             for i in miss
         ]  # fmt: skip
-        for i, pair, rid in zip(miss, pairs, map(memo.get, pairs), strict=True):
-            if rid is None:
-                etype = pair[0]
-                rid = self._route(etype, events[i].props)
-                if etype in prop_of and pair[1] is not _OTHER:
-                    if len(memo) >= _ROUTE_LIMIT:
-                        memo.clear()
-                    memo[pair] = rid
+        found = np.fromiter(map(memo.get, pairs, repeat(-1, len(pairs))), np.int64, len(pairs))
+        rids[miss] = found
+        for k in np.flatnonzero(found < 0).tolist():  # not memoised: one by one
+            i, pair = miss[k], pairs[k]
+            etype = pair[0]
+            rid = self._route(etype, events[i].props)
+            if etype in prop_of and pair[1] is not _OTHER:
+                if len(memo) >= _ROUTE_LIMIT:
+                    memo.clear()
+                memo[pair] = rid
             rids[i] = rid
         return rids
 

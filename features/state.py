@@ -167,18 +167,13 @@ class _Table:
         if not missing:
             return rows, 0
         miss = np.flatnonzero(rows < 0).tolist()
-        first: dict[int, str] = {}  # hash -> key, in order of first sight
-        new: list[int] = []
-        for i in miss:
-            key = keys[i]
-            if key or not optional:
-                new.append(i)
-                hi = int(h[i])
-                if hi not in first:
-                    first[hi] = cast(str, key)  # a str unless optional (then it is true)
-        if first:
+        new = [i for i in miss if keys[i]] if optional else miss
+        if new:
+            hs = h[new]
+            # hash -> key in order of first sight (a repeated key keeps its first place)
+            first = dict(zip(hs.tolist(), [cast(str, keys[i]) for i in new], strict=True))
             self.add(list(first.values()), list(first))
-            rows[new] = self.table.lookup(h[new])
+            rows[new] = self.table.lookup(hs)
         return rows, len(miss) - len(new)
 
     def add(self, keys: Sequence[str], key_hashes: Sequence[int] | None = None) -> list[int]:
