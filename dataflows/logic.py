@@ -433,6 +433,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
                 pending_labels=self.labels.n_pending,
                 held_labels=self.labels.n_held,
                 model=self.model.metrics(),
+                grow_seconds=self.features.grow_seconds,
             )
         if self._logged:
             logged, self._logged = self._logged, []

@@ -9,7 +9,9 @@ and once for the account table. Semantics: docs/features.md.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,12 @@ _ARRAYS: Final[dict[str, tuple[type[np.generic], float | int, str]]] = {
 _update_table: Final[Callable[..., int]] = kern.update_table
 #: Rows given their empty values at a time, ahead of need (one numpy call per array each).
 _FILL_AHEAD: Final = 1024
+#: Rows from which a growth is logged as a warning (below: at debug level).
+_GROW_WARN_ROWS: Final = 65_536
+
+_PLURAL: Final = {"entity": "entities", "account": "accounts"}
+
+log = logging.getLogger(__name__)
 _COUNTERS: Final = ("late_dropped", "late_accepted", "late_clamped", "late_dropped_account")
 
 
@@ -130,6 +138,9 @@ class _Table:
             for name, (dtype, _, w) in _ARRAYS.items()
         }
         self.prefault = prefault
+        #: times the arrays grew, and the seconds those copies took (process-local)
+        self.grows = 0
+        self.grow_s = 0.0
         # the kernel's arguments that do not change from batch to batch (built on first use)
         self._layout: tuple[Any, ...] = ()
         self._state: tuple[npt.NDArray[Any], ...] = ()
@@ -218,7 +229,13 @@ class _Table:
             self.arrays[name][rows] = fill
 
     def _grow(self, capacity: int) -> None:
-        """Reallocate for ``capacity`` rows; only rows handed out are copied."""
+        """Reallocate for ``capacity`` rows; only rows handed out are copied.
+
+        The shard processes nothing meanwhile: the time is counted and logged
+        (a warning from :data:`_GROW_WARN_ROWS` rows on).
+        """
+        started = time.perf_counter()
+        old = self.capacity
         used = len(self.keys)
         self.key_hash = _resized(self.key_hash, capacity, used)
         self.clock = _resized(self.clock, capacity, used)
@@ -228,6 +245,21 @@ class _Table:
         self.filled = used  # the copy ends there; the rest is zeros
         if self.prefault:
             self._fill_to(capacity)
+        took = time.perf_counter() - started
+        self.grows += 1
+        self.grow_s += took
+        log.log(
+            logging.WARNING if old >= _GROW_WARN_ROWS else logging.DEBUG,
+            "feature state: %s rows grew from %d to %d; the shard stopped %.0f ms for it. "
+            "Set engine.%s_per_shard to the %s expected per shard to allocate them at "
+            'start (docs/capacity.md, "Growth pauses")',
+            self.program.key,
+            old,
+            capacity,
+            took * 1000.0,
+            _PLURAL.get(self.program.key, self.program.key),
+            _PLURAL.get(self.program.key, self.program.key),
+        )
 
     def evict(self, cutoff_ms: int) -> int:
         """Forget keys whose clock (latest event time) is before ``cutoff_ms``."""
@@ -401,6 +433,16 @@ class FeatureState:
     def nbytes(self) -> int:
         """Bytes of the state arrays (allocated capacity of both tables)."""
         return self._entities.nbytes + self._accounts.nbytes
+
+    @property
+    def grow_seconds(self) -> float:
+        """Seconds this process spent growing the arrays (both tables; not snapshotted)."""
+        return self._entities.grow_s + self._accounts.grow_s
+
+    @property
+    def grows(self) -> int:
+        """Times the arrays grew in this process (both tables)."""
+        return self._entities.grows + self._accounts.grows
 
     @property
     def entity_capacity(self) -> int:

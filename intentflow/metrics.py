@@ -181,8 +181,13 @@ class ShardObserver:
         pending_labels: int,
         model: Mapping[str, float],
         held_labels: int = 0,
+        grow_seconds: float = 0.0,
     ) -> None:
-        """Shard state sizes and the model's progressive-validation figures."""
+        """Shard state sizes and the model's progressive-validation figures.
+
+        ``grow_seconds``: the total so far of the time the shard stopped to grow
+        its feature arrays.
+        """
 
     def learned(self, matured: Labels) -> None:
         """Labels the model just learned from."""
@@ -437,6 +442,11 @@ class Metrics(EngineMetrics):
         self.dedup_ids = gauge(
             "intentflow_dedup_ids", "Event ids kept for de-duplication.", ("shard",)
         )
+        self.grow_seconds = counter(
+            "intentflow_state_grow_seconds",
+            "Seconds a shard stopped to grow its feature arrays (engine.entities_per_shard).",
+            ("shard",),
+        )
         self.pending_labels = gauge(
             "intentflow_labels_pending", "Decision points waiting for their label.", ("shard",)
         )
@@ -683,6 +693,7 @@ class _PromShardObserver(ShardObserver):
         self._positive = m.labels.labels("positive")
         self._negative = m.labels.labels("negative")
         self._next_state = 0.0
+        self._grow_seconds = 0.0  # reported so far
         self._alert_children: dict[tuple[str, str], Any] = {}
 
     def batch(self, n_in: int, n_duplicate: int, n_late: int, out: Sequence[Output]) -> None:
@@ -729,8 +740,12 @@ class _PromShardObserver(ShardObserver):
         pending_labels: int,
         model: Mapping[str, float],
         held_labels: int = 0,
+        grow_seconds: float = 0.0,
     ) -> None:
         m, s = self._m, self._shard
+        if grow_seconds > self._grow_seconds:
+            m.grow_seconds.labels(s).inc(grow_seconds - self._grow_seconds)
+            self._grow_seconds = grow_seconds
         m.entities.labels(s).set(entities)
         m.accounts.labels(s).set(accounts)
         m.state_bytes.labels(s, "features").set(feature_bytes)

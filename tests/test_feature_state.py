@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import math
 import os
 import pickle
@@ -425,6 +426,28 @@ def test_a_state_sized_for_its_keys_never_grows_and_keeps_its_size() -> None:
     assert FeatureState(spec, initial_capacity=320).account_capacity == 20  # a sixteenth
     with pytest.raises(ValueError, match="account_capacity"):
         FeatureState(spec, account_capacity=-1)
+
+
+def test_growth_is_counted_and_logged_with_the_setting_that_avoids_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intentflow.features import state as state_module
+
+    monkeypatch.setattr(state_module, "_GROW_WARN_ROWS", 8)
+    state = FeatureState(_spec(), initial_capacity=4)
+    assert (state.grows, state.grow_seconds) == (0, 0.0)
+    with caplog.at_level(logging.DEBUG, logger="intentflow.features.state"):
+        for i in range(20):  # one new entity per batch: 4 -> 8 -> 16 -> 32 rows
+            state.update([_ev(T0 + i, entity=f"c{i}", account=None)])
+    grown = [r for r in caplog.records if "entity rows grew" in r.getMessage()]
+    assert [r.levelno for r in grown] == [logging.DEBUG, logging.WARNING, logging.WARNING]
+    assert "from 8 to 16" in grown[1].getMessage()
+    assert "engine.entities_per_shard" in grown[1].getMessage()
+    assert state.grows == 3
+    assert state.grow_seconds > 0.0
+    unsized = FeatureState(_spec(), initial_capacity=32)
+    unsized.update([_ev(T0 + i, entity=f"c{i}", account=None) for i in range(20)])
+    assert unsized.grows == 0
 
 
 def test_prefault_writes_the_capacity_up_front() -> None:

@@ -445,3 +445,20 @@ def test_policy_and_rules_hooks_are_fed(tmp_path: Any) -> None:
     assert ratio is not None
     assert 0.0 <= ratio <= 1.0
     assert sum(1 for o in out if isinstance(o, AlertOut)) > 0
+
+
+def test_state_growth_seconds_are_counted_once() -> None:
+    """The shard reports its running total of growth time; the counter adds the increase."""
+    m = Metrics(process_collectors=False)
+    obs = m.shard("s0")
+    sizes: dict[str, Any] = {
+        "entities": 1,
+        "accounts": 1,
+        "feature_bytes": 1,
+        "dedup_ids": 1,
+        "pending_labels": 0,
+        "model": {},
+    }
+    for total in (0.0, 0.25, 0.25, 0.75):
+        obs.state(**sizes, grow_seconds=total)
+    assert m.sample("intentflow_state_grow_seconds_total", {"shard": "s0"}) == pytest.approx(0.75)
