@@ -345,8 +345,11 @@ class _Table:
 
     @classmethod
     def restore(cls, program: TableProgram, snap: TableSnapshot, capacity: int) -> _Table:
+        """A table holding ``snap``, with room for ``capacity`` rows or twice the
+        snapshot's, whichever is more: a resumed shard does not pause to grow at
+        its first new key (unused rows take no memory)."""
         n = len(snap.keys)
-        table = cls(program, max(capacity, n))
+        table = cls(program, max(capacity, 2 * n))
         table.add(snap.keys)  # rows 0 .. n-1, in order
         arrays = dict(snap.arrays)
         for name, (dtype, _, w) in _ARRAYS.items():
@@ -535,8 +538,8 @@ class FeatureState:
     ) -> FeatureState:
         """Rebuild a state from ``snap``; :class:`SnapshotMismatchError` if it is foreign.
 
-        The arrays get room for the capacities given or the snapshot's rows,
-        whichever is more.
+        The arrays get room for the capacities given or twice the snapshot's
+        rows, whichever is more.
         """
         if snap.schema_version != SCHEMA_VERSION:
             raise SnapshotMismatchError(

@@ -407,22 +407,25 @@ def test_spare_capacity_takes_no_resident_memory() -> None:
 def test_a_state_sized_for_its_keys_never_grows_and_keeps_its_size() -> None:
     """Capacities given up front hold every key without a copy, and survive a restore."""
     spec = _spec()
-    state = FeatureState(spec, initial_capacity=300, account_capacity=40)
+    state = FeatureState(spec, initial_capacity=1000, account_capacity=100)
     arrays = [id(a) for a in state._entities.arrays.values()]
-    events = [_ev(T0 + i, entity=f"c{i}", account=f"a{i % 40}") for i in range(300)]
+    events = [_ev(T0 + i, entity=f"c{i}", account=f"a{i % 40}") for i in range(1000)]
     got = state.update(events).values
-    assert (state.n_entities, state.n_accounts) == (300, 40)
-    assert (state.entity_capacity, state.account_capacity) == (300, 40)
+    assert (state.n_entities, state.n_accounts) == (1000, 40)
+    assert (state.entity_capacity, state.account_capacity) == (1000, 100)
     assert [id(a) for a in state._entities.arrays.values()] == arrays  # no reallocation
+    assert state.grows == 0
     assert got.tolist() == FeatureState(spec).update(events).values.tolist()
     for copy in (
         pickle.loads(pickle.dumps(state)),
-        FeatureState.restore(spec, state.snapshot(), initial_capacity=300, account_capacity=40),
+        FeatureState.restore(spec, state.snapshot(), initial_capacity=1000, account_capacity=100),
     ):
-        assert (copy.entity_capacity, copy.account_capacity) == (300, 40)
-    # a snapshot larger than the capacities asked for gets room for its rows
+        assert (copy.entity_capacity, copy.account_capacity) == (2000, 100)
+    # a snapshot larger than the capacities asked for gets room for twice its rows
     small = FeatureState.restore(spec, state.snapshot(), initial_capacity=10, account_capacity=2)
-    assert (small.entity_capacity, small.account_capacity) == (300, 40)
+    assert (small.entity_capacity, small.account_capacity) == (2000, 80)
+    small.update([_ev(T0 + 1400, entity="new", account="new")])
+    assert small.grows == 0
     assert FeatureState(spec, initial_capacity=320).account_capacity == 20  # a sixteenth
     with pytest.raises(ValueError, match="account_capacity"):
         FeatureState(spec, account_capacity=-1)
