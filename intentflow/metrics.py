@@ -694,6 +694,7 @@ class _PromShardObserver(ShardObserver):
         self._negative = m.labels.labels("negative")
         self._next_state = 0.0
         self._grow_seconds = 0.0  # reported so far
+        self._grow = m.grow_seconds.labels(shard)  # the series exists from the start
         self._alert_children: dict[tuple[str, str], Any] = {}
 
     def batch(self, n_in: int, n_duplicate: int, n_late: int, out: Sequence[Output]) -> None:
@@ -744,7 +745,7 @@ class _PromShardObserver(ShardObserver):
     ) -> None:
         m, s = self._m, self._shard
         if grow_seconds > self._grow_seconds:
-            m.grow_seconds.labels(s).inc(grow_seconds - self._grow_seconds)
+            self._grow.inc(grow_seconds - self._grow_seconds)
             self._grow_seconds = grow_seconds
         m.entities.labels(s).set(entities)
         m.accounts.labels(s).set(accounts)
