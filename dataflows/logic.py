@@ -215,7 +215,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EngineOutput, ShardSnapshot]):
         if not self._parts.snapshots:
             return _NO_SNAPSHOT
         state = {
-            "features": self.features.snapshot(),
+            "features": self.features.snapshot(copy=False),  # pickled below, at once
             "model": self.model,
             "labels": self.labels,
             "side": self.side,

@@ -311,6 +311,31 @@ def test_snapshot_is_an_immutable_copy() -> None:
         snap.spec_hash = "x"  # type: ignore[misc]
 
 
+def test_a_snapshot_without_copy_views_the_state_and_restores_the_same() -> None:
+    """``copy=False`` (the shard pickles at once) shares the live arrays when every row
+    is held, gathers them when some are free, and restores exactly like a copy."""
+    spec = _spec(entity_ttl="2d")
+    state = FeatureState(spec)
+    state.update([_ev(T0 + i, entity=f"c{i % 5}", category="pricing") for i in range(20)])
+    live = state._entities.arrays
+    views, copied = state.snapshot(copy=False), state.snapshot()
+    assert all(np.shares_memory(a, live[n]) for n, a in views.entities.arrays if a.size)
+    assert not any(np.shares_memory(a, live[n]) for n, a in copied.entities.arrays)
+    assert pickle.dumps(views) == pickle.dumps(copied)
+    with pytest.raises(ValueError, match="read-only"):
+        views.entities.clock[0] = 0
+    assert state.evict_idle(T0 + 19 + 2 * DAY + 1) > 0  # frees every row
+    state.update([_ev(T0 + 3 * DAY, entity="c1"), _ev(T0 + 3 * DAY, entity="new")])
+    assert state._entities.free  # some rows are free: a gather
+    views, copied = state.snapshot(copy=False), state.snapshot()
+    assert not any(np.shares_memory(a, live[n]) for n, a in views.entities.arrays)
+    assert pickle.dumps(views) == pickle.dumps(copied)
+    restored = FeatureState.restore(spec, views)  # views hold until the state changes
+    later = [_ev(T0 + 3 * DAY + 5, entity="new", category="pricing")]
+    want = state.update(later).values
+    assert restored.update(later).values.tolist() == want.tolist()
+
+
 def test_restore_refuses_a_snapshot_of_another_spec() -> None:
     old = _spec()
     state = FeatureState(old)
