@@ -15,6 +15,7 @@ the Redis rounds.
 
 from __future__ import annotations
 
+import http.client
 import math
 import re
 import socket
@@ -31,7 +32,7 @@ import redis
 
 from bench.common import DEMO_CONFIG, BenchError, Context, Engine, Keys
 
-__all__ = ["GeneratorRun", "crossing_times", "measure_generator", "processed_total"]
+__all__ = ["GeneratorRun", "crossing_times", "measure_generator", "processed_total", "scrape"]
 
 _PROCESSED: Final = re.compile(rb"^intentflow_events_processed_total\{[^}]*\} (\S+)$", re.M)
 _READY_TIMEOUT_S: Final = 300.0
@@ -83,6 +84,16 @@ def crossing_times(samples: list[tuple[float, float]], marks: list[float]) -> li
         t0, v0 = samples[i - 1]
         out.append(t0 + (t1 - t0) * (mark - v0) / (v1 - v0))
     return out
+
+
+def scrape(url: str, timeout: float = 2.0) -> bytes | None:
+    """The body at ``url``, or None when there is none to read: no server, or a
+    reply cut short (an engine exiting at the end of its input, mid-reply)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return bytes(reply.read())
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def _tail(events: int, eps: float = 0.0, poll_s: float = 0.0) -> int:
@@ -151,10 +162,8 @@ def measure_generator(
         engine.start()
         while True:
             code = engine.proc.poll()
-            try:
-                with urllib.request.urlopen(url, timeout=2.0) as reply:
-                    body = reply.read()
-            except OSError:
+            body = scrape(url)
+            if body is None:
                 if code is not None:
                     break
                 if not samples and time.monotonic() - t_start > _READY_TIMEOUT_S:

@@ -522,3 +522,36 @@ def test_the_generator_phase_tail_outlasts_four_polls(
     assert tail >= max(2000, events // 5)
     assert tail >= 4 * poll_s * eps  # events for four polls at that rate
     assert generator_tail(20_000, 40_000.0, 0.25) == 40_000  # the case that failed
+
+
+def _serve_once(reply: bytes) -> str:
+    """A server on a free local port that answers one request with ``reply`` and closes."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def answer() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+        srv.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"http://127.0.0.1:{srv.getsockname()[1]}/metrics"
+
+
+def test_a_metrics_reply_cut_short_reads_as_no_reply() -> None:
+    """An engine that exits mid-reply (the generator phase's end) is a failed poll,
+    not a crash of the benchmark."""
+    from bench.generator_phase import scrape
+
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    assert scrape(_serve_once(whole)) == b"hello"
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 22547\r\nConnection: close\r\n\r\nintentflow_"
+    assert scrape(_serve_once(cut)) is None
+    dead = _serve_once(b"")  # answers nothing and closes
+    assert scrape(dead) is None
