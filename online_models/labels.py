@@ -387,7 +387,8 @@ class LabelBook:
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in _POINT_STATE}
-        slots = np.array(sorted(p[2] for pts in self._points.values() for p in pts), np.intp)
+        # the slots holding a point, in order: a free slot's time is _FREE_TS
+        slots = np.flatnonzero(self._ts[: len(self._owner)] != _FREE_TS)
         state["schema"] = self.SCHEMA_VERSION
         state["pending"] = (
             [self._owner[s] for s in slots.tolist()],

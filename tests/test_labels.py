@@ -157,6 +157,26 @@ def test_feature_rows_are_allocated_for_the_bound_and_never_copied() -> None:
     assert sorted(got.X[:, 0].tolist()) == [float(i) for i in range(4000)]
 
 
+def test_a_pickle_holds_exactly_the_pending_points_in_slot_order() -> None:
+    """Slots freed by conversions, expiry and eviction are left out of the snapshot."""
+    b = book(max_pending_per_entity=30, min_gap_ms=0)
+    for i in range(60):
+        assert b.observe(f"e{i % 7}", 100 * i, ROW * i, i / 60)
+    b.on_conversion("e3", 100 * 40)  # labels e3's points in the horizon before it
+    b.evict_entity("e5")
+    b.expire(100 * 25 + H)  # points decided before 2500 are past their horizon
+    state = b.__getstate__()
+    owners, ts, _, _, X = state["pending"]
+    want = sorted(p[2] for pts in b._points.values() for p in pts)
+    assert len(owners) == b.n_pending == len(want) > 0
+    assert owners == [b._owner[s] for s in want]
+    assert ts.tolist() == b._ts[want].tolist()
+    assert X.tolist() == b._X[want].tolist()
+    again = pickle.loads(pickle.dumps(b))
+    assert again.n_pending == b.n_pending
+    assert summary(again.expire(10**9)) == summary(b.expire(10**9))
+
+
 def test_late_points_are_refused_and_watermark_never_moves_back() -> None:
     b = book()
     b.expire(5 * H)
