@@ -47,7 +47,7 @@ I64 = npt.NDArray[np.int64]
 def _ring_size(ids: int) -> int:
     """The ring length for ``ids`` ids: a power of two, at least :data:`_MIN_RING`.
 
-    >>> _ring_size(1), _ring_size(1024), _ring_size(1025), _ring_size(1_000_000)
+    >>> _ring_size(0), _ring_size(1024), _ring_size(1025), _ring_size(1_000_000)
     (1024, 1024, 2048, 1048576)
     """
     return max(_MIN_RING, 1 << max(0, ids - 1).bit_length())
@@ -76,7 +76,7 @@ class SeenIds:
 
     def __init__(self, max_ids: int = 0) -> None:
         self._cap = max(0, max_ids)
-        ring = _ring_size(self._cap) if self._cap else _MIN_RING
+        ring = _ring_size(self._cap)  # _MIN_RING without a cap
         self._table = KeyTable(self._cap)
         self._hash = np.zeros(ring, dtype=np.int64)
         self._ts = np.zeros(ring, dtype=np.int64)
@@ -182,7 +182,7 @@ class SeenIds:
         if self._cap:
             need = max(need, self._cap)
             self._table.reserve(need)
-        new_cap = max(cap, _ring_size(need))
+        new_cap = _ring_size(need)
         seq, old = self._order()
         new = seq & (new_cap - 1)
         h, ts = np.zeros(new_cap, dtype=np.int64), np.zeros(new_cap, dtype=np.int64)

@@ -182,7 +182,8 @@ class _Table:
         if new:
             hs = h[new]
             # hash -> key in order of first sight (a repeated key keeps its first place)
-            first = dict(zip(hs.tolist(), [cast(str, keys[i]) for i in new], strict=True))
+            new_keys = cast("list[str]", [keys[i] for i in new])  # true keys only
+            first = dict(zip(hs.tolist(), new_keys, strict=True))
             self.add(list(first.values()), list(first))
             rows[new] = self.table.lookup(hs)
         return rows, len(miss) - len(new)
@@ -246,6 +247,7 @@ class _Table:
         if self.prefault:
             self._fill_to(capacity)
         took = time.perf_counter() - started
+        plural = _PLURAL.get(self.program.key, self.program.key)
         self.grows += 1
         self.grow_s += took
         log.log(
@@ -257,8 +259,8 @@ class _Table:
             old,
             capacity,
             took * 1000.0,
-            _PLURAL.get(self.program.key, self.program.key),
-            _PLURAL.get(self.program.key, self.program.key),
+            plural,
+            plural,
         )
 
     def evict(self, cutoff_ms: int) -> int:
@@ -416,7 +418,7 @@ class FeatureState:
         self._entities = _Table(compile_program(spec, "entity"), initial_capacity, prefault)
         self._accounts = _Table(
             compile_program(spec, "account"),
-            account_capacity or _account_capacity(initial_capacity),
+            _account_capacity(initial_capacity, account_capacity),
             prefault,
         )
         self._encoder = BatchEncoder(self._entities.program, self._accounts.program)
@@ -581,7 +583,7 @@ class FeatureState:
         state._accounts = _Table.restore(
             state._accounts.program,
             snap.accounts,
-            account_capacity or _account_capacity(initial_capacity),
+            _account_capacity(initial_capacity, account_capacity),
         )
         for name, value in snap.counters:
             if name in _COUNTERS:
@@ -600,9 +602,10 @@ def _ints(x: Ints) -> npt.NDArray[np.int64]:
     return np.asarray(x, dtype=np.int64)
 
 
-def _account_capacity(entity_capacity: int) -> int:
-    """Accounts start at 1/16 of the entity capacity (they are fewer) and grow by doubling."""
-    return max(1, entity_capacity // 16)
+def _account_capacity(entity_capacity: int, given: int = 0) -> int:
+    """``given`` account rows, or by default (0) 1/16 of the entity capacity (accounts
+    are fewer); they grow by doubling beyond."""
+    return given or max(1, entity_capacity // 16)
 
 
 def _restore(
