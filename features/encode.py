@@ -42,6 +42,7 @@ __all__ = [
     "Batch",
     "BatchEncoder",
     "Encoded",
+    "Floats",
     "Ints",
     "KeyIndex",
     "str_hash",
@@ -60,6 +61,8 @@ _OTHER_SEED: Final = 1
 
 #: Integer columns of a batch: lists, or int64 arrays where built in bulk.
 Ints: TypeAlias = "list[int] | npt.NDArray[np.int64]"
+#: Float columns of a batch: lists, or float64 arrays where built in bulk.
+Floats: TypeAlias = "list[float] | npt.NDArray[np.float64]"
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Encoded:
     rows: Ints = field(default_factory=list)
     v_evt: Ints = field(default_factory=list)
     v_col: Ints = field(default_factory=list)
-    v_val: list[float] = field(default_factory=list)
+    v_val: Floats = field(default_factory=list)
     d_evt: Ints = field(default_factory=list)
     d_tab: Ints = field(default_factory=list)
     d_hash: Ints = field(default_factory=list)
@@ -181,9 +184,6 @@ def _plan(parts: tuple[KeyPart, ...]) -> tuple[str | None, frozenset[object], tu
 #: The key hashes of an absent account table.
 _NO_HASHES: Final = array("q")
 
-#: Stands for a prop value that is neither a string nor absent (never memoised).
-_OTHER: Final = object()
-
 _Extra = tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...]]
 
 
@@ -227,8 +227,9 @@ class BatchEncoder:
             None,
         ]
         self._has_extras: list[npt.NDArray[np.bool_] | None] = [None, None]
-        # types routed by one equality-only prop: their prop, and the route id
-        # of (type, value) for string or absent values seen
+        self._one_value: list[_OneValue | None] = [None, None]
+        # types routed by one equality-only prop: their prop; and the route id
+        # of (type, value) for string or absent values seen (see _routes)
         self._prop_of: dict[str, str] = {
             t: prop for t, (prop, _, _) in self._plans.items() if prop is not None
         }
@@ -250,6 +251,7 @@ class BatchEncoder:
             self._kind[t].append(-1 if extra is None else kinds.index(extra))
             self._tables[t] = None
             self._has_extras[t] = None
+            self._one_value[t] = None
         self._route_ids[key] = rid
         return rid
 
@@ -289,37 +291,38 @@ class BatchEncoder:
         return Batch([ev.ts_ms for ev in events], rid_a, e_enc, a_enc)
 
     def _routes(self, events: Sequence[Event]) -> npt.NDArray[np.int64]:
-        """Route id of each event: types without filter props in bulk, then the others.
+        """Route id of each event, looked up in bulk under ``(type, value)``.
 
-        Types routed by one equality-only prop are looked up in bulk under
-        ``(type, value)`` when the value is a string or absent; the rest go
-        one by one.
+        ``value`` is the event's value of the one equality-only prop that
+        routes its type (of a prop named "" for other types: absent, so
+        ``None``). Pairs not memoised, or a batch with an unhashable value,
+        go one by one; only pairs whose route depends on nothing else, with
+        a string or absent value, are memoised.
         """
         n = len(events)
-        types = [ev.type for ev in events]
-        # unfiltered types: the type is the key (-1: a filtered type, or a new one)
-        rids = np.fromiter(map(self._route_ids.get, types, repeat(-1, n)), np.int64, n)
-        miss = np.flatnonzero(rids < 0).tolist()
-        if not miss:
-            return rids
         prop_of, memo = self._prop_of, self._by_value
-        pairs = [
-            (t := types[i], x if type(x := events[i].props.get(prop_of.get(t, ""))) is str else
-             None if x is None else _OTHER)
-            for i in miss
-        ]  # fmt: skip
-        found = np.fromiter(map(memo.get, pairs, repeat(-1, len(pairs))), np.int64, len(pairs))
-        rids[miss] = found
-        for k in np.flatnonzero(found < 0).tolist():  # not memoised: one by one
-            i, pair = miss[k], pairs[k]
-            etype = pair[0]
+        pairs = [(t := ev.type, ev.props.get(prop_of.get(t, ""))) for ev in events]
+        try:
+            rids = np.fromiter(map(memo.get, pairs, repeat(-1, n)), np.int64, n)
+        except TypeError:  # an unhashable value (a list or dict): all one by one
+            rids = np.full(n, -1, dtype=np.int64)
+        for i in np.flatnonzero(rids < 0).tolist():  # not memoised: one by one
+            pair = pairs[i]
+            etype, x = pair
             rid = self._route(etype, events[i].props)
-            if etype in prop_of and pair[1] is not _OTHER:
+            if (x is None or type(x) is str) and self._memoable(etype):
                 if len(memo) >= _ROUTE_LIMIT:
                     memo.clear()
                 memo[pair] = rid
             rids[i] = rid
         return rids
+
+    def _memoable(self, etype: str) -> bool:
+        """Whether ``(etype, value)`` decides the route (see :meth:`_routes`)."""
+        if etype in self._prop_of:
+            return True
+        prop, _, parts = self._plans.get(etype, self._any_plan)
+        return prop is None and not parts
 
     def _route(self, etype: str, props: Mapping[str, Any]) -> int:
         """Route id of one event, from its key ``(type, classes)``."""
@@ -349,6 +352,52 @@ class BatchEncoder:
             self._has_extras[table] = cached
         return cached
 
+    def _value_targets(self, table: int) -> _OneValue:
+        """Per route id: its one valued target in ``table``, for routes with nothing else."""
+        cached = self._one_value[table]
+        if cached is None:
+            one = [x if x is not None and len(x[0]) == 1 and not x[1] else None
+                   for x in self._extras[table]]  # fmt: skip
+            cached = _OneValue(
+                np.array([-1 if x is None else x[0][0][0] for x in one], dtype=np.int64),
+                np.array(["" if x is None else x[0][0][1] for x in one], dtype=object),
+            )
+            self._one_value[table] = cached
+        return cached
+
+    def _add_values(
+        self,
+        table: int,
+        events: Sequence[Event],
+        rid_a: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.bool_] | None,
+        enc: Encoded,
+    ) -> bool:
+        """Encode a batch whose routes here each have one valued target and nothing else.
+
+        The values are read in one pass and checked, converted and clamped
+        as arrays, with the results of the loop in :meth:`_add_extras`:
+        numbers other than booleans, finite, clamped to ±VALUE_LIMIT.
+        Returns False, having encoded nothing, for an int too large for a float.
+        """
+        cols, props = self._value_targets(table)
+        evt = np.arange(rid_a.size) if mask is None else np.flatnonzero(mask)
+        routes = rid_a[evt]
+        names = props[routes].tolist()
+        vals = [events[i].props.get(p) for i, p in zip(evt.tolist(), names, strict=True)]
+        if not set(map(type, vals)) <= _NUMBERS:
+            vals = [x if type(x) is float or type(x) is int else math.nan for x in vals]
+        try:
+            v = np.array(vals, dtype=np.float64)
+        except OverflowError:
+            return False
+        keep = np.isfinite(v)
+        np.clip(v, -VALUE_LIMIT, VALUE_LIMIT, out=v)
+        if not keep.all():
+            evt, routes, v = evt[keep], routes[keep], v[keep]
+        enc.v_evt, enc.v_col, enc.v_val = evt, cols[routes], v
+        return True
+
     def _add_extras(
         self,
         table: int,
@@ -361,9 +410,10 @@ class BatchEncoder:
     ) -> None:
         """Valued and distinct contributions to ``table`` (0: entity, 1: account).
 
-        A batch whose only extra here is one distinct count of a key is
-        encoded with array operations; others take a loop over the events
-        that have extras.
+        A batch whose only extra here is one distinct count of a key, or
+        whose routes each have one valued target and nothing else, is encoded
+        with array operations; others take a loop over the events that have
+        extras.
         """
         extras = self._extras[table]
         kind = self._kind[table]
@@ -395,6 +445,10 @@ class BatchEncoder:
                     enc.d_tab.fill(tab)  # np.full costs several times more on small arrays
                     enc.d_hash = np.frombuffer(hashes, dtype=np.int64)[src[evt]]
                 return
+        kind_extras = self._kind_extras[table]
+        single = all(len(kind_extras[k][0]) == 1 and not kind_extras[k][1] for k in kinds)
+        if single and self._add_values(table, events, rid_a, mask, enc):
+            return
         v_evt: list[int] = []
         v_col: list[int] = []
         v_val: list[float] = []
@@ -449,6 +503,17 @@ class BatchEncoder:
                 d_hash.append(h)
         enc.v_evt, enc.v_col, enc.v_val = v_evt, v_col, v_val
         enc.d_evt, enc.d_tab, enc.d_hash = d_evt, d_tab, d_hash
+
+
+class _OneValue(NamedTuple):
+    """Per route id: the column and prop of its one valued target (-1 and "": none)."""
+
+    cols: npt.NDArray[np.int64]
+    props: npt.NDArray[np.object_]
+
+
+#: Value types that count as numbers (``bool`` does not).
+_NUMBERS: Final = frozenset({float, int})
 
 
 class _Keys(NamedTuple):

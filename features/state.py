@@ -297,7 +297,7 @@ class _Table:
             route_table[1],
             _ints(enc.v_evt),
             _ints(enc.v_col),
-            np.array(enc.v_val, dtype=np.float64) if enc.v_val else _NO_FLOATS,
+            np.asarray(enc.v_val, dtype=np.float64) if len(enc.v_val) else _NO_FLOATS,
             _ints(enc.d_evt),
             _ints(enc.d_tab),
             _ints(enc.d_hash),

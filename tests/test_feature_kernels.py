@@ -40,7 +40,10 @@ WHERE: list[list[str]] = [
 ]
 GAPS = [0, 1, 999, 1_000, 9_999, 10_000, 29_999, 60_000, 299_999, HOUR, 4 * HOUR, DAY, 7 * DAY]
 BACKS = [1, 30_000, 60_000, 5 * MINUTE, HOUR, 2 * HOUR, DAY]
-X_VALUES: list[Any] = [0, 1, 2.5, -3.25, 7, "9", None, math.nan, math.inf, 1e20, -1e20, True]
+X_VALUES: list[Any] = [
+    *(0, 1, 2.5, -3.25, 7, "9", None, math.nan, math.inf, 1e20, -1e20, True, -0.0),
+    10**400,  # an int too large for a float
+]
 CAT_VALUES: list[Any] = ["a", "b", True, 1, 1.0, 0, None, ["a"], {"a": 1}]
 PAGE_VALUES: list[Any] = ["p1", "p2", "p3", "p4", "p5", 1, 1.0, math.nan, None, ["p1"]]
 
@@ -235,6 +238,35 @@ def test_engine_equals_reference(spec: FeatureSpec, ops: list[Op]) -> None:
 @given(ops=streams(max_ops=60))
 def test_default_spec_equals_reference(ops: list[Op]) -> None:
     run_and_compare(FeatureSpec.default(), ops, capacity=2)
+
+
+VALUE_SPECS = [
+    {"types": ["page_view"], "value": "props.x", "aggregations": ["sum", "min", "max", "last"],
+     "windows": ["1h"]},
+    {"types": ["cart_add"], "value": "props.y", "aggregations": ["sum", "mean"], "windows": ["1h"]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("odd", X_VALUES, ids=repr)
+def test_value_props_of_any_type_in_a_batch_equal_the_reference(odd: Any) -> None:
+    """Batches whose routes each value one prop are encoded as arrays: the same rows.
+
+    Each batch mixes one value of any type (bool, string, None, non-finite,
+    out of range, an int too large for a float) with plain numbers, as the
+    only value of a batch and next to another type's value prop.
+    """
+    spec = FeatureSpec.from_dict({"views": VALUE_SPECS[0], "carts": VALUE_SPECS[1]})
+    ops: list[Op] = []
+    ts = T0
+    for batch in ([odd], [odd, 2, 3.5], [1, odd], [odd, odd]):
+        for x in batch:
+            ts += 1_000
+            for etype, prop in (("page_view", "x"), ("cart_add", "y")):
+                ev = Event(event_id=str(ts), ts_ms=ts, entity_id="e1", type=etype,
+                           props={prop: x})  # fmt: skip
+                ops.append(Op("event", ev))
+        ops.append(Op("batch"))
+    run_and_compare(spec, ops)
 
 
 def _event(ts: int, entity: str = "e1", **props: Any) -> Event:
