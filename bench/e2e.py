@@ -63,7 +63,16 @@ from intentflow.display import percentile
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.redisutil import connect, ping_or_fail
 
-__all__ = ["HELP", "LOADS", "Latency", "Sizes", "Throughput", "add_arguments", "run"]
+__all__ = [
+    "HELP",
+    "LOADS",
+    "Latency",
+    "Sizes",
+    "Throughput",
+    "add_arguments",
+    "bounded_rate_warnings",
+    "run",
+]
 
 HELP: Final = (
     "whole pipeline through Redis: max events/s, latency at 25, 50 and 75 percent of it, "
@@ -85,8 +94,8 @@ PROBE_TYPE: Final = "bench_probe"
 PROBE_CONTACTS: Final = 64
 #: Latency probes per second of the live phase (``--probe-rate``).
 PROBE_RATE: Final = 50.0
-#: ... within these bounds (events/s).
-RATE_BOUNDS: Final = (100.0, 30_000.0)
+#: ... within these bounds (events/s); a load whose rate they bound gets a warning.
+RATE_BOUNDS: Final = (100.0, 200_000.0)
 #: Warn when the engine got less of a core than this in a throughput round ...
 BUSY_CPU_SHARE: Final = 0.8
 #: Warn when the engine needed longer than this after the producer stopped (a backlog).
@@ -144,7 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rate",
         type=float,
         help="offered events/s of the 50%% run (default: 50%% of the measured eps, within "
-        "100..30000); the other loads are scaled from it",
+        "100..200000); the other loads are scaled from it",
     )
     p.add_argument(
         "--probe-rate",
@@ -760,7 +769,7 @@ def default_rate(eps: float, share: float = RATE_SHARE) -> float:
     """The offered rate used when ``--rate`` is not given: ``share`` of eps, within bounds.
 
     >>> default_rate(30_000.0), default_rate(100.0), default_rate(1e6)
-    (15000.0, 100.0, 30000.0)
+    (15000.0, 100.0, 200000.0)
     >>> default_rate(4_000.0, 0.25), default_rate(4_000.0, 0.75)
     (1000.0, 3000.0)
     """
@@ -865,6 +874,22 @@ def _tp_warnings(tp: Throughput, who: str) -> list[str]:
     return []
 
 
+def bounded_rate_warnings(offered: float, load: int, eps: float) -> list[str]:
+    """A warning when :data:`RATE_BOUNDS` made a load's default rate other than its share of eps.
+
+    >>> bounded_rate_warnings(30_000.0, 50, 60_000.0)
+    []
+    >>> bounded_rate_warnings(200_000.0, 75, 300_000.0)[0][:40]
+    'at 75% load: offered 200,000 events/s, b'
+    """
+    if offered == round(load / 100.0 * eps):
+        return []
+    return [
+        f"at {load}% load: offered {offered:,.0f} events/s, bounded by RATE_BOUNDS "
+        f"{RATE_BOUNDS[0]:,.0f}..{RATE_BOUNDS[1]:,.0f}: not {load}% of eps ({eps:,.0f})"
+    ]
+
+
 def _lat_warnings(lt: Latency, load: int) -> list[str]:
     at = f"at {load}% load: "
     warnings: list[str] = []
@@ -954,6 +979,8 @@ def run(args: argparse.Namespace, ctx: Context) -> Result:
     warnings = _tp_warnings(tp, "the engine") + _tp_warnings(nv, "the naive flow")
     for load in loads:
         warnings += _lat_warnings(runs[load], load)
+        if args.rate is None:
+            warnings += bounded_rate_warnings(runs[load].offered_rate, load, tp.eps)
     dead = tp.dead_letters + sum(r.dead_letters for r in runs.values())
     if dead:
         warnings.append(f"{dead} dead letters (expected none)")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is not installed: it runs from the repository root
     sys.path.insert(0, str(ROOT))
 
-from bench.e2e import RATE_BOUNDS, default_rate  # noqa: E402
+from bench.e2e import RATE_BOUNDS, bounded_rate_warnings, default_rate  # noqa: E402
 from bench.generator_phase import _tail as generator_tail  # noqa: E402
 from bench.naive import FEATURES, NaiveAlert, NaiveConfig, NaiveMark, decide  # noqa: E402
 from bench.naive import update_entity as naive_update  # noqa: E402
@@ -504,9 +504,15 @@ def test_latency_probes_match_their_rule() -> None:
 def test_default_rate_is_the_share_of_eps_within_the_bounds() -> None:
     low, high = RATE_BOUNDS
     assert default_rate(32_000.0) == 16_000.0
-    assert default_rate(32_000.0, 0.75) == 24_000.0  # 75 % of today's eps: not capped
+    assert default_rate(32_000.0, 0.75) == 24_000.0
+    assert default_rate(66_000.0, 0.75) == 49_500.0  # 75 % of the best eps so far: not capped
     assert default_rate(1e6, 0.75) == high
     assert default_rate(10.0, 0.25) == low
+    # a bounded rate is said, an unbounded one is not
+    assert bounded_rate_warnings(default_rate(66_000.0, 0.75), 75, 66_000.0) == []
+    (warning,) = bounded_rate_warnings(default_rate(1e6, 0.5), 50, 1e6)
+    assert "bounded by RATE_BOUNDS" in warning
+    assert "not 50% of eps" in warning
 
 
 @given(
