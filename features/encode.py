@@ -275,19 +275,18 @@ class BatchEncoder:
         if len(self._route_ids) >= _ROUTE_LIMIT:
             self._reset_routes()
         rid_a = self._routes(events)
-        rids: list[int] = rid_a.tolist()
         erows = entity.rows([ev.entity_id for ev in events])
         if account is None:
             keys = _Keys(erows, entity.hashes, None, _NO_HASHES, 0)
         else:
             arows, missing = account.account_rows([ev.account_id for ev in events])
             keys = _Keys(erows, entity.hashes, arows, account.hashes, missing)
-        used = set(rids)
+        used = np.flatnonzero(np.bincount(rid_a)).tolist()  # the route ids in the batch
         e_enc, a_enc = Encoded(keys.row_a), Encoded()
-        self._add_extras(0, events, rids, rid_a, used, keys, e_enc)
+        self._add_extras(0, events, rid_a, used, keys, e_enc)
         if keys.arow_a is not None:
             a_enc.rows = keys.arow_a
-            self._add_extras(1, events, rids, rid_a, used, keys, a_enc)
+            self._add_extras(1, events, rid_a, used, keys, a_enc)
         return Batch([ev.ts_ms for ev in events], rid_a, e_enc, a_enc)
 
     def _routes(self, events: Sequence[Event]) -> npt.NDArray[np.int64]:
@@ -402,9 +401,8 @@ class BatchEncoder:
         self,
         table: int,
         events: Sequence[Event],
-        rids: list[int],
         rid_a: npt.NDArray[np.int64],
-        used: set[int],
+        used: list[int],
         keys: _Keys,
         enc: Encoded,
     ) -> None:
@@ -459,6 +457,7 @@ class BatchEncoder:
         arows = None if keys.arow_a is None else keys.arow_a.tolist()
         e_hashes, a_hashes = keys.e_hashes, keys.a_hashes
         memo, lim, isfinite = self._hashes, VALUE_LIMIT, math.isfinite
+        rids: list[int] = rid_a.tolist()
         sel = range(len(rids)) if mask is None else np.flatnonzero(mask).tolist()
         for i in sel:
             valued, distinct = extras[rids[i]]  # type: ignore[misc]
