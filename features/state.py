@@ -23,7 +23,7 @@ import numpy.typing as npt
 from intentflow.errors import SnapshotMismatchError
 from intentflow.events import Event
 from intentflow.features import kernels as kern
-from intentflow.features.encode import BatchEncoder, Encoded, Ints, str_hashes
+from intentflow.features.encode import BatchEncoder, Encoded, Ints, str_hash_array
 from intentflow.features.keys import KeyTable
 from intentflow.features.program import TableProgram, compile_program
 from intentflow.features.spec import FeatureSpec
@@ -195,11 +195,11 @@ class _Table:
         """
         if key_hashes is None:
             key_hashes = [hash(k) for k in keys]
-        hashes = str_hashes(keys)
+        hashes = str_hash_array(keys)
         held = self.keys
         reuse = min(len(self.free), len(keys))
         out = [self.free.pop() for _ in range(reuse)]
-        for r, key, h in zip(out, keys, hashes, strict=False):
+        for r, key, h in zip(out, keys, hashes[:reuse].tolist(), strict=False):
             held[r] = key
             self.hashes[r] = h
         if reuse < len(keys):  # the rest go to new rows at the end
@@ -208,7 +208,7 @@ class _Table:
             if end > self.capacity:
                 self._grow(max(end, 2 * self.capacity))
             held.extend(keys[reuse:])
-            self.hashes.extend(hashes[reuse:])
+            self.hashes.frombytes(hashes[reuse:].tobytes())  # int64, as the array's "q"
             out.extend(range(start, end))
             if end > self.filled:  # rows never handed out are empty once filled
                 self._fill_to(min(self.capacity, max(end, self.filled + _FILL_AHEAD)))
