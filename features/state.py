@@ -177,18 +177,21 @@ class _Table:
         rows, missing = self.table.lookup_counted(h)
         if not missing:
             return rows, 0
-        miss = np.flatnonzero(rows < 0).tolist()
-        new = [i for i in miss if keys[i]] if optional else miss
-        if new:
+        miss = np.flatnonzero(rows < 0)
+        new = np.array([i for i in miss.tolist() if keys[i]], np.int64) if optional else miss
+        if new.size:
             hs = h[new]
-            # hash -> key in order of first sight (a repeated key keeps its first place)
-            new_keys = cast("list[str]", [keys[i] for i in new])  # true keys only
-            first = dict(zip(hs.tolist(), new_keys, strict=True))
-            self.add(list(first.values()), list(first))
+            uniq, first = np.unique(hs, return_index=True)
+            # a key new more than once in the batch gets its row at its first sight
+            pick = new if uniq.size == hs.size else new[np.sort(first)]
+            new_keys = cast("list[str]", [keys[i] for i in pick.tolist()])  # true keys only
+            self.add(new_keys, h[pick])
             rows[new] = self.table.lookup(hs)
         return rows, len(miss) - len(new)
 
-    def add(self, keys: Sequence[str], key_hashes: Sequence[int] | None = None) -> list[int]:
+    def add(
+        self, keys: Sequence[str], key_hashes: Sequence[int] | npt.NDArray[np.int64] | None = None
+    ) -> list[int]:
         """Allocate rows for ``keys`` (distinct, none held yet), in order; returns them.
 
         ``key_hashes`` are the keys' ``hash`` values when the caller has them.
@@ -213,7 +216,7 @@ class _Table:
             if end > self.filled:  # rows never handed out are empty once filled
                 self._fill_to(min(self.capacity, max(end, self.filled + _FILL_AHEAD)))
         got = np.array(out, dtype=np.int64)
-        kh = np.array(key_hashes, dtype=np.int64)
+        kh = np.asarray(key_hashes, dtype=np.int64)
         self.key_hash[got] = kh
         self.table.insert(kh, got)
         return out
