@@ -182,11 +182,13 @@ class _Table:
         if new.size:
             hs = h[new]
             uniq, first = np.unique(hs, return_index=True)
-            # a key new more than once in the batch gets its row at its first sight
-            pick = new if uniq.size == hs.size else new[np.sort(first)]
-            new_keys = cast("list[str]", [keys[i] for i in pick.tolist()])  # true keys only
-            self.add(new_keys, h[pick])
-            rows[new] = self.table.lookup(hs)
+            new_keys = cast("list[str]", [keys[i] for i in new.tolist()])  # true keys only
+            if uniq.size == hs.size:  # each new key once: its row is the one added
+                rows[new] = self.add(new_keys, hs)
+            else:  # a key new more than once in the batch gets its row at its first sight
+                firsts = np.sort(first)
+                self.add([new_keys[j] for j in firsts.tolist()], hs[firsts])
+                rows[new] = self.table.lookup(hs)
         return rows, len(miss) - len(new)
 
     def add(
