@@ -13,7 +13,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from intentflow.config import Config
 from intentflow.contracts import Limits, Rejection, dead_letter, parse_event
@@ -27,7 +27,7 @@ from intentflow.online_models.labels import LabelConfig
 from intentflow.online_models.model import ModelConfig
 from intentflow.online_models.scorelog import ScoreLogBatch
 from intentflow.rules.provider import RulesProvider
-from intentflow.sinks.base import DeadLetterOut, Output
+from intentflow.sinks.base import DeadLetterOut, OutputSink
 
 __all__ = ["build_flow", "engine_parts", "make_parser"]
 
@@ -81,6 +81,11 @@ def make_parser(
     return parse_batch
 
 
+def _sink_item(output: Any) -> tuple[str, Any]:
+    """``output`` keyed for a partitioned sink (its one partition takes every key)."""
+    return ("out", output)
+
+
 def _values(batch: list[tuple[str, Any]]) -> list[Any]:
     """The values of a batch of ``(key, value)`` items."""
     return [value for _, value in batch]
@@ -89,7 +94,7 @@ def _values(batch: list[tuple[str, Any]]) -> list[Any]:
 def build_flow(
     config: Config,
     source: Source[RawItem],
-    sink: Sink[Output],
+    sink: OutputSink,
     *,
     parts: EngineParts | None = None,
     flow_id: str = "intentflow",
@@ -151,6 +156,23 @@ def build_flow(
                 dead.append(x)
         return [*groups.items(), *dead]
 
+    if shards == 1:  # every event goes to the one shard: no key to compute per event
+        only = names[0] if config.engine.affinity else shard_key("", 1)
+
+        def parse_one_shard(
+            items: list[RawItem],
+        ) -> list[tuple[str, list[Event]] | DeadLetterOut]:
+            parsed = parse(items)
+            events = [x for x in parsed if type(x) is Event]
+            if len(events) == len(parsed):
+                return [(only, events)] if events else []
+            dead: list[tuple[str, list[Event]] | DeadLetterOut] = [
+                x for x in parsed if isinstance(x, DeadLetterOut)
+            ]
+            return [(only, events), *dead] if events else dead
+
+        parse_and_route = parse_one_shard
+
     parsed = op.flat_map_batch("parse", raw, parse_and_route)
     split = op.branch("valid", parsed, lambda x: type(x) is tuple)
     keyed: Any = split.trues
@@ -167,5 +189,7 @@ def build_flow(
         op.output("score_log", logged.trues, score_log)
         results = logged.falses
     merged = op.merge("outputs", results, dead)
+    if isinstance(sink, FixedPartitionedSink):  # a partitioned sink takes (key, output) pairs
+        merged = op.map("sink_key", merged, _sink_item)
     op.output("sink", merged, sink)
     return flow

@@ -42,7 +42,7 @@ class RawItem(NamedTuple):
 
     source: str
     offset: str
-    payload: bytes | None
+    payload: bytes | dict[str, Any] | None  # a dict: decoded by the source (the generator)
     ingest_ts: float  # wall time the source read it, epoch ms
     produced_ts: float | None  # producer's send time, epoch ms, when given
 
@@ -541,7 +541,10 @@ class _GeneratorPartition(StatefulSourcePartition[RawItem, Any]):
             return []
         self._awake = None
         first = self._gen.position
-        payloads = self._gen.next_payloads(want)
+        if self._src.decoded:
+            payloads: list[Any] = self._gen.next_decoded(want)
+        else:
+            payloads = self._gen.next_payloads(want)
         now = _now_ms()
         items = [RawItem("generator", str(first + i), p, now, now) for i, p in enumerate(payloads)]
         self._pacer.sent_n(len(items))
@@ -557,13 +560,20 @@ class _GeneratorPartition(StatefulSourcePartition[RawItem, Any]):
 
 @dataclass
 class GeneratorSource(FixedPartitionedSource[RawItem, Any]):
-    """The seeded synthetic buyer-journey generator as a single-partition source."""
+    """The seeded synthetic buyer-journey generator as a single-partition source.
+
+    With ``decoded`` (the engine's choice when ``limits.max_payload_bytes`` is
+    at least :data:`~intentflow.generator.GENERATED_MAX_BYTES`) valid events
+    are handed to the parse step as dicts, not as JSON to decode again; the
+    parse step validates them by the same rules (poison items stay bytes).
+    """
 
     config: GeneratorConfig
     batch_size: int = 1000
     rate: float = 0.0
     duration_s: float = 0.0
     count: int = 0
+    decoded: bool = False
 
     def list_parts(self) -> list[str]:
         return ["generator"]

@@ -93,6 +93,9 @@ class OutputSection:
     score_log: str = ""  # every score, for offline evaluation: a JSONL path or redis:STREAM
     sink: str = "redis"  # redis | redis-cluster (cluster_url) | kafka ([kafka] section)
     cluster_url: str = ""  # a Redis Cluster node for sink = "redis-cluster" (docs/scaling.md)
+    #: with one worker in all, send each batch ahead and confirm it before the next one
+    #: and at every epoch's end (docs/sinks.md, "Pipelined writes"); sink = "redis" only
+    pipelined: bool = True
 
 
 @dataclass(frozen=True)

@@ -188,8 +188,13 @@ def _check_outcome(props: dict[str, Any]) -> Rejection | None:
     return None
 
 
+#: The size :func:`parse_event` assumes for a payload handed over decoded: large
+#: enough that every string's length is checked.
+_UNSIZED: Final = 1 << 62
+
+
 def parse_event(
-    payload: bytes | None,
+    payload: bytes | dict[str, Any] | None,
     limits: Limits,
     now_ms: int,
     source: str = "",
@@ -207,16 +212,27 @@ def parse_event(
     :func:`_validate`, which applies the rules in order and builds the exact
     rejection. The inline tests only accept what :func:`_validate` accepts,
     and build the same event.
+
+    A source that makes its events itself (the generator) may hand one over
+    as the decoded object instead of its JSON: it is validated by the same
+    rules but the payload size, which such a source keeps far below the
+    limit.
     """
-    if payload is None:
-        return Rejection("missing_payload", "the entry has no event field")
-    size = len(payload)
-    if size > limits.max_payload_bytes:
-        return Rejection("payload_too_large", f"{size} bytes, limit is {limits.max_payload_bytes}")
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as err:
-        return _classify_decode_error(payload, err)
+    if isinstance(payload, dict):  # decoded by its source: every rule but the size applies
+        obj: Any = payload
+        size = _UNSIZED
+    else:
+        if payload is None:
+            return Rejection("missing_payload", "the entry has no event field")
+        size = len(payload)
+        if size > limits.max_payload_bytes:
+            return Rejection(
+                "payload_too_large", f"{size} bytes, limit is {limits.max_payload_bytes}"
+            )
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as err:
+            return _classify_decode_error(payload, err)
     # orjson builds exact built-in types, so ``type(x) is`` tests suffice.
     # Any test that fails hands the payload to _validate. The tests are
     # separate statements to keep the jumps short: CPython 3.11 only
@@ -350,14 +366,22 @@ def _validate(
 
 def dead_letter(
     rejection: Rejection,
-    payload: bytes | None,
+    payload: bytes | dict[str, Any] | None,
     limits: Limits,
     *,
     source: str,
     offset: str,
     received_ts: float,
 ) -> dict[str, Any]:
-    """Build the dead-letter record (``dlq.schema.json``) for a rejected payload."""
+    """Build the dead-letter record (``dlq.schema.json``) for a rejected payload.
+
+    A payload handed over decoded is recorded as its JSON.
+    """
+    if isinstance(payload, dict):
+        try:
+            payload = orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            payload = repr(payload).encode()
     raw = payload or b""
     return {
         "schema_version": DLQ_SCHEMA_VERSION,

@@ -38,6 +38,7 @@ import orjson
 from intentflow.errors import ConfigError, SnapshotMismatchError
 
 __all__ = [
+    "GENERATED_MAX_BYTES",
     "STAGE_NAMES",
     "BuyerJourneyGenerator",
     "GeneratorConfig",
@@ -402,6 +403,11 @@ class GeneratorSnapshot:
     poison_offset: int
 
 
+#: Every valid event the generator makes encodes to fewer bytes than this (about
+#: 200 at most; tests/test_generator.py checks it). A source may hand them over
+#: decoded when the payload size limit is at least this.
+GENERATED_MAX_BYTES: Final = 1024
+
 _SEP: Final = b',{"event_id":'
 
 
@@ -569,13 +575,33 @@ class BuyerJourneyGenerator:
 
     def next_payloads(self, n: int) -> list[bytes]:
         """The next ``n`` items as raw bytes: ``orjson`` events with poison mixed in."""
-        out: list[bytes] = []
+        return self._next_items(n, encoded=True)  # type: ignore[return-value]
+
+    def next_decoded(self, n: int) -> list[dict[str, Any] | bytes]:
+        """The items of :meth:`next_payloads`, valid events as their dicts, not their JSON.
+
+        Poison items stay bytes. The dicts are the generator's own: read them,
+        do not change them.
+
+        >>> config = GeneratorConfig(seed=1, entities=50, start_ms=1_700_000_000_000)
+        >>> [orjson.loads(p) for p in BuyerJourneyGenerator(config).next_payloads(3)] == (
+        ...     BuyerJourneyGenerator(config).next_decoded(3))
+        True
+        """
+        return self._next_items(n, encoded=False)
+
+    def _next_items(self, n: int, *, encoded: bool) -> list[dict[str, Any] | bytes]:
+        out: list[dict[str, Any] | bytes] = []
         while len(out) < n:
             blk = self._current_block()
-            if blk.encoded is None:  # encode only what was not handed out as dicts
-                blk.encoded_from = self._vpos
-                blk.encoded = _encode_many(blk.events[self._vpos :])
-            enc, base = blk.encoded, blk.encoded_from
+            enc: list[Any]
+            if not encoded:
+                enc, base = blk.events, 0
+            else:
+                if blk.encoded is None:  # encode only what was not handed out as dicts
+                    blk.encoded_from = self._vpos
+                    blk.encoded = _encode_many(blk.events[self._vpos :])
+                enc, base = blk.encoded, blk.encoded_from
             counts = blk.poison_counts
             if counts is None:
                 take = min(n - len(out), len(blk.events) - self._vpos)

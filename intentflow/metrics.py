@@ -199,8 +199,13 @@ class ShardObserver:
 class SinkObserver:
     """What one sink partition reports; this base ignores everything."""
 
-    def delivered(self, items: Sequence[Output], writer: SinkCounters) -> None:
-        """A batch is in Redis (called right after the pipeline returned)."""
+    def delivered(
+        self, items: Sequence[Output], writer: SinkCounters, sent_ms: float | None = None
+    ) -> None:
+        """A batch is in Redis (called once its replies were read).
+
+        ``sent_ms``: when a batch sent ahead was sent (epoch ms); ``None``: just now.
+        """
 
     def failed(self, writer: SinkCounters) -> None:
         """A batch could not be written (the flow fails next)."""
@@ -817,8 +822,10 @@ class _PromSinkObserver(SinkObserver):
         if d:
             m.sink_backoff.inc(d)
 
-    def delivered(self, items: Sequence[Output], writer: SinkCounters) -> None:
-        now_ms = time.time() * 1000.0
+    def delivered(
+        self, items: Sequence[Output], writer: SinkCounters, sent_ms: float | None = None
+    ) -> None:
+        now_ms = time.time() * 1000.0 if sent_ms is None else sent_ms
         m = self._m
         m.heartbeat()
         self._sync(writer)

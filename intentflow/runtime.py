@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from intentflow.config import Config
@@ -33,10 +32,10 @@ from intentflow.dataflows.sources import (
     RedisStreamSource,
 )
 from intentflow.errors import ConfigError, RecoveryError
-from intentflow.generator import GeneratorConfig
+from intentflow.generator import GENERATED_MAX_BYTES, GeneratorConfig
 from intentflow.metrics import EngineMetrics
-from intentflow.sinks.base import Output
-from intentflow.sinks.redis_sink import RedisSink, RedisSinkConfig
+from intentflow.sinks.base import OutputSink
+from intentflow.sinks.redis_sink import PipelinedRedisSink, RedisSink, RedisSinkConfig
 
 if TYPE_CHECKING:
     from intentflow.cluster import Placement
@@ -108,32 +107,44 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
         rate=inp.rate,
         duration_s=inp.duration_s,
         count=inp.count,
+        decoded=config.limits.max_payload_bytes >= GENERATED_MAX_BYTES,
     )
 
 
-def make_sink(config: Config, metrics: EngineMetrics | None = None) -> RedisSink:
-    """The Redis sink for alerts, latest scores and dead letters."""
+def make_sink(
+    config: Config, metrics: EngineMetrics | None = None, *, workers: int = 1
+) -> RedisSink | PipelinedRedisSink:
+    """The Redis sink for alerts, latest scores and dead letters.
+
+    ``workers``: workers in the whole run. With one, and ``output.pipelined``,
+    the sink sends each batch ahead (:class:`PipelinedRedisSink`).
+    """
     out = config.output
-    return RedisSink(
-        RedisSinkConfig(
-            url=config.redis.url,
-            alerts_stream=out.alerts_stream,
-            alerts_maxlen=out.alerts_maxlen,
-            dlq_stream=out.dlq_stream,
-            dlq_maxlen=out.dlq_maxlen,
-            score_key_prefix=out.score_key_prefix,
-            score_ttl_s=out.score_ttl_s,
-            seen_key_prefix=out.seen_key_prefix,
-            seen_ttl_s=out.seen_ttl_s,
-            max_retries=out.max_retries,
-            busy_poll_us=config.redis.busy_poll_us,
-        ),
-        metrics,
+    sink_config = RedisSinkConfig(
+        url=config.redis.url,
+        alerts_stream=out.alerts_stream,
+        alerts_maxlen=out.alerts_maxlen,
+        dlq_stream=out.dlq_stream,
+        dlq_maxlen=out.dlq_maxlen,
+        score_key_prefix=out.score_key_prefix,
+        score_ttl_s=out.score_ttl_s,
+        seen_key_prefix=out.seen_key_prefix,
+        seen_ttl_s=out.seen_ttl_s,
+        max_retries=out.max_retries,
+        busy_poll_us=config.redis.busy_poll_us,
     )
+    if out.pipelined and workers == 1:
+        return PipelinedRedisSink(sink_config, metrics)
+    return RedisSink(sink_config, metrics)
 
 
-def make_output(config: Config, metrics: EngineMetrics | None = None) -> Sink[Output]:
-    """The sink named by ``output.sink``: Redis, a Redis Cluster or Kafka."""
+def make_output(
+    config: Config, metrics: EngineMetrics | None = None, *, workers: int = 1
+) -> OutputSink:
+    """The sink named by ``output.sink``: Redis, a Redis Cluster or Kafka.
+
+    ``workers``: workers in the whole run (see :func:`make_sink`).
+    """
     if config.output.sink == "kafka":
         from intentflow.sinks.kafka_sink import make_kafka_sink
 
@@ -142,11 +153,15 @@ def make_output(config: Config, metrics: EngineMetrics | None = None) -> Sink[Ou
         from intentflow.sinks.cluster import make_cluster_sink
 
         return make_cluster_sink(config, metrics)
-    return make_sink(config, metrics)
+    return make_sink(config, metrics, workers=workers)
 
 
 def make_flow(
-    config: Config, metrics: EngineMetrics | None = None, placement: Placement | None = None
+    config: Config,
+    metrics: EngineMetrics | None = None,
+    placement: Placement | None = None,
+    *,
+    workers: int = 1,
 ) -> Dataflow:
     """The production dataflow for ``config``, reporting to ``metrics`` when given.
 
@@ -155,6 +170,8 @@ def make_flow(
 
     ``engine.model_file`` warm-starts every fresh shard's model from an
     exported model file; ``output.score_log`` adds the score log.
+    ``workers``: worker threads of this process (``placement`` gives the
+    process count), which picks the Redis sink (:func:`make_sink`).
     """
     from intentflow.dataflows.flow import engine_parts
     from intentflow.online_models.modelfile import load_model_file
@@ -191,7 +208,7 @@ def make_flow(
     return build_flow(
         config,
         source,
-        make_output(config, metrics),
+        make_output(config, metrics, workers=workers * (placement.processes if placement else 1)),
         parts=parts,
         metrics=metrics,
         score_log=score_log,

@@ -5,12 +5,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from bytewax.outputs import Sink
 
 __all__ = [
     "AlertOut",
     "DeadLetterOut",
     "Output",
+    "OutputSink",
     "OutputWriter",
     "Record",
     "ScoreOut",
@@ -69,6 +73,9 @@ class DeadLetterOut:
 
 
 Output: TypeAlias = AlertOut | ScoreOut | ScoresOut | DeadLetterOut
+#: What the flow's output step accepts: a sink of outputs, or a partitioned sink of
+#: ``(key, output)`` pairs (the flow keys its outputs for it).
+OutputSink: TypeAlias = "Sink[Output] | Sink[tuple[str, Output]]"
 #: One output record: an :data:`Output` with every :class:`ScoresOut` taken apart.
 Record: TypeAlias = AlertOut | ScoreOut | DeadLetterOut
 

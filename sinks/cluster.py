@@ -102,8 +102,11 @@ class RedisClusterOutputWriter(RedisOutputWriter):
     """:class:`RedisOutputWriter` for a Redis Cluster (any node's URL in ``config.url``).
 
     ``config.seen_key_prefix`` and ``config.alerts_stream`` must hash to one
-    slot (:func:`cluster_key_names` makes such names).
+    slot (:func:`cluster_key_names` makes such names). It never sends ahead:
+    :meth:`send_batch` writes at once.
     """
+
+    _pipelines = False  # keys span slots: one command per write, through the cluster client
 
     def __init__(
         self,

@@ -27,11 +27,23 @@ from typing import Any, Final
 import numpy as np
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from intentflow.errors import SinkError
 from intentflow.metrics import EngineMetrics, SinkObserver
-from intentflow.redisutil import BUSY_POLL_US, connect, raw_pipeline, redact_url
+from intentflow.redisutil import (
+    BUSY_POLL_US,
+    connect,
+    raw_pipeline,
+    read_replies,
+    redact_url,
+    send_commands,
+)
 from intentflow.sinks.base import (
     AlertOut,
     DeadLetterOut,
@@ -51,7 +63,10 @@ from intentflow.sinks.lua import (
 
 __all__ = [
     "ALERTS_PER_CALL",
+    "PIPELINED_PART",
     "SCORES_PER_CALL",
+    "PipelinedRedisSink",
+    "PipelinedRedisSinkPartition",
     "RedisOutputWriter",
     "RedisSink",
     "RedisSinkConfig",
@@ -128,6 +143,17 @@ class _Prepared:
     dead: list[bytes]
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch whose commands were sent and whose replies are still to be read."""
+
+    batch: _Prepared
+    calls: list[_Call]
+    n_commands: int
+    n_items: int = 0
+    busy_s: float = 0.0  # time spent preparing and sending it
+
+
 def _numbers(values: Any, dtype: type) -> list[bytes]:
     """Each value as the text of a JSON number (floats: the shortest that reads back the same)."""
     text = orjson.dumps(np.asarray(values, dtype=dtype), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -154,8 +180,10 @@ class RedisOutputWriter(OutputWriter):
     keeping only the last score of each entity in a batch),
     ``dead_letters_written``, ``retries``, ``script_loads`` (times the
     scripts were loaded: after connecting and after the server lost them),
-    ``batches`` (batches delivered), ``last_batch_latency_s`` (wall time of
-    the last delivered batch, retries included), ``backoff_s`` (total time
+    ``batches`` (batches delivered), ``last_batch_latency_s`` (wall time the
+    writer spent on the last delivered batch, retries included; for a batch
+    sent ahead by :meth:`send_batch`, sending it plus reading its replies,
+    not the time in between), ``backoff_s`` (total time
     slept before retries) and ``connected`` (``None`` before the first
     attempt, then whether the last attempt reached Redis).
     """
@@ -163,6 +191,8 @@ class RedisOutputWriter(OutputWriter):
     #: Items per script call on a single server (see :data:`SCORES_PER_CALL`).
     scores_per_call: int = SCORES_PER_CALL
     alerts_per_call: int = ALERTS_PER_CALL
+    #: Whether :meth:`send_batch` sends ahead (the single server's scripted writes).
+    _pipelines: bool = True
 
     def __init__(
         self,
@@ -176,6 +206,7 @@ class RedisOutputWriter(OutputWriter):
         self._owns_client = client is None
         self._conn: Any = None  # the client's connection the scripted writes use
         self._script_loaded = False
+        self._flight: _Flight | None = None  # a batch sent by send_batch, replies unread
         self._rng = random.Random(seed)
         self.alerts_written = 0
         self.alerts_duplicate = 0
@@ -195,56 +226,145 @@ class RedisOutputWriter(OutputWriter):
         Raises :class:`ValueError`/:class:`TypeError` for a malformed record
         (nothing of the batch is written then) and
         :class:`~intentflow.errors.SinkError` when Redis cannot take the batch
-        within ``max_retries`` retries or rejects a command.
+        within ``max_retries`` retries or rejects a command. A batch sent by
+        :meth:`send_batch` and not yet confirmed is confirmed first.
         """
+        self.confirm()
+        if not items:
+            return
+        started = time.perf_counter()
+        self._write_retrying(self._prepare(items), len(items), started, None)
+
+    def send_batch(self, items: list[Output]) -> None:
+        """Send ``items`` in one pipeline and return without waiting for the replies.
+
+        :meth:`confirm` reads them; at most one batch is in flight, so the
+        batch sent before is confirmed first. Redis runs the commands as soon
+        as they arrive, while the caller works on. A batch that cannot be
+        sent is written as :meth:`write_batch` writes it (retries included)
+        before this returns. Only a single server's scripted writes are sent
+        ahead; any other writer writes at once.
+
+        >>> from intentflow.redisutil import EmbeddedRedis
+        >>> from intentflow.sinks.base import ScoresOut
+        >>> with EmbeddedRedis() as server:
+        ...     writer = RedisOutputWriter(RedisSinkConfig(url=server.url))
+        ...     writer.send_batch([ScoresOut({"c-1": (0.5, 1_700_000_000_000, "m1")})])
+        ...     sent = writer.in_flight
+        ...     writer.confirm()
+        ...     writer.close()
+        >>> sent, writer.in_flight, writer.scores_written
+        (True, False, 1)
+        """
+        self.confirm()
         if not items:
             return
         started = time.perf_counter()
         batch = self._prepare(items)
+        if not self._pipelines:
+            self._write_retrying(batch, len(items), started, None)
+            return
+        try:
+            flight = self._send_scripted(self._redis(), batch)
+        except FATAL as exc:
+            raise self._refused(exc) from exc
+        except RETRYABLE as exc:
+            self._write_retrying(batch, len(items), started, exc)
+            return
+        flight.n_items = len(items)
+        flight.busy_s = time.perf_counter() - started
+        self._flight = flight
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a batch was sent by :meth:`send_batch` and not confirmed yet."""
+        return self._flight is not None
+
+    def confirm(self) -> None:
+        """Read the replies of the batch in flight, if any, and count what it wrote.
+
+        A connection that broke before all replies came back sends the whole
+        batch again (writes are idempotent), with the retries of
+        :meth:`write_batch`; an error reply raises as there.
+        """
+        flight = self._flight
+        if flight is None:
+            return
+        self._flight = None
+        started = time.perf_counter()
+        try:
+            counts = self._receive_scripted(self._redis(), flight)
+        except FATAL as exc:
+            raise self._refused(exc) from exc
+        except RETRYABLE as exc:
+            self._write_retrying(flight.batch, flight.n_items, started - flight.busy_s, exc)
+            return
+        self._delivered(counts, flight.busy_s + time.perf_counter() - started)
+
+    def _write_retrying(
+        self, batch: _Prepared, n_items: int, started: float, error: Exception | None
+    ) -> None:
+        """Write ``batch`` until it is in Redis; ``error``: what the first attempt met."""
         attempt = 0
         while True:
-            try:
-                written, duplicates, scores, dead = self._write_once(batch)
-                break
-            except FATAL as exc:
-                raise SinkError(
-                    f"Redis at {redact_url(self.config.url)} refused the sink's credentials or"
-                    f" permissions ({type(exc).__name__}); fix --redis-url / REDIS_URL"
-                    " or the user's ACL"
-                ) from exc
-            except RETRYABLE as exc:
+            if error is not None:
                 attempt += 1
                 self._script_loaded = False
                 self.connected = False
                 if attempt > self.config.max_retries:
                     raise SinkError(
-                        f"Redis sink could not write a batch of {len(items)} records to"
+                        f"Redis sink could not write a batch of {n_items} records to"
                         f" {redact_url(self.config.url)} after {attempt} attempts"
-                        f" ({type(exc).__name__}); check that Redis is running and reachable"
+                        f" ({type(error).__name__}); check that Redis is running and reachable"
                         " (--redis-url / REDIS_URL)"
-                    ) from exc
+                    ) from error
                 self.retries += 1
                 delay = self._backoff_s(attempt)
                 self.backoff_s += delay
                 log.warning(
                     "Redis sink: %s unreachable (%s); retry %d of %d in %.2fs",
                     redact_url(self.config.url),
-                    type(exc).__name__,
+                    type(error).__name__,
                     attempt,
                     self.config.max_retries,
                     delay,
                 )
                 time.sleep(delay)
+                error = None
+            try:
+                counts = self._write_once(batch)
+                break
+            except FATAL as exc:
+                raise self._refused(exc) from exc
+            except RETRYABLE as exc:
+                error = exc
+        self._delivered(counts, time.perf_counter() - started)
+
+    def _refused(self, exc: Exception) -> SinkError:
+        return SinkError(
+            f"Redis at {redact_url(self.config.url)} refused the sink's credentials or"
+            f" permissions ({type(exc).__name__}); fix --redis-url / REDIS_URL"
+            " or the user's ACL"
+        )
+
+    def _delivered(self, counts: tuple[int, int, int, int], seconds: float) -> None:
+        written, duplicates, scores, dead = counts
         self.connected = True
         self.alerts_written += written
         self.alerts_duplicate += duplicates
         self.scores_written += scores
         self.dead_letters_written += dead
         self.batches += 1
-        self.last_batch_latency_s = time.perf_counter() - started
+        self.last_batch_latency_s = seconds
 
     def close(self) -> None:
-        """Close the connection pool if the writer created it."""
+        """Confirm the batch in flight, then close the connection pool if the writer created it."""
+        try:
+            self.confirm()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self._conn is not None and self._client is not None and not self._owns_client:
             self._client.connection_pool.release(self._conn)
         self._conn = None
@@ -367,6 +487,10 @@ class RedisOutputWriter(OutputWriter):
 
         Alerts go first: they are the output that matters most.
         """
+        return self._receive_scripted(client, self._send_scripted(client, batch))
+
+    def _send_scripted(self, client: redis.Redis, batch: _Prepared) -> _Flight:
+        """The first half of :meth:`_write_scripted`: send the batch's commands."""
         cfg = self.config
         calls = self._calls(batch)
         if calls and not self._script_loaded:
@@ -374,9 +498,14 @@ class RedisOutputWriter(OutputWriter):
         commands: list[tuple[Any, ...]] = [_evalsha(call) for call in calls]
         dlq, maxlen = cfg.dlq_stream, cfg.dlq_maxlen
         commands += [("XADD", dlq, "MAXLEN", "~", maxlen, "*", "dlq", p) for p in batch.dead]
-        conn = self._connection(client)
-        results = raw_pipeline(conn, commands, cfg.busy_poll_us / 1e6)
+        send_commands(self._connection(client), commands)
+        return _Flight(batch, calls, len(commands))
 
+    def _receive_scripted(self, client: redis.Redis, flight: _Flight) -> tuple[int, int, int, int]:
+        """The second half of :meth:`_write_scripted`: read and check the replies."""
+        conn = self._connection(client)
+        results = read_replies(conn, flight.n_commands, self.config.busy_poll_us / 1e6)
+        calls = flight.calls
         counts = [0, 0, 0, 0]  # alerts written, duplicates, scores, dead letters
         no_script: list[_Call] = []
         for call, result in zip(calls, results, strict=False):
@@ -531,3 +660,91 @@ class RedisSink(DynamicSink[Output]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> RedisSinkPartition:
         """Return a partition with its own :class:`RedisOutputWriter` (connects lazily)."""
         return RedisSinkPartition(RedisOutputWriter(self.config), self.metrics.sink())
+
+
+#: The one partition of :class:`PipelinedRedisSink`.
+PIPELINED_PART: Final = "redis"
+
+
+class PipelinedRedisSinkPartition(StatefulSinkPartition[Output, None]):
+    """The partition of :class:`PipelinedRedisSink`: sends ahead, confirms at every epoch.
+
+    Each batch is sent without waiting for Redis's replies, which are read
+    when the next batch is sent, at the end of every epoch
+    (:meth:`snapshot`) and at :meth:`close`. Bytewax commits an epoch only
+    after this partition's snapshot, so a committed epoch's output is in
+    Redis: delivery stays at least once.
+    """
+
+    def __init__(self, writer: RedisOutputWriter, observer: SinkObserver | None = None) -> None:
+        self.writer = writer
+        self.observer = observer or SinkObserver()
+        self._sent: tuple[list[Output], float] | None = None  # the batch in flight, sent at
+
+    def write_batch(self, values: list[Output]) -> None:
+        """Confirm the batch before, then send this one."""
+        self._confirm()
+        sent_ms = time.time() * 1000.0
+        try:
+            self.writer.send_batch(values)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._sent = (values, sent_ms)
+
+    def snapshot(self) -> None:
+        """Confirm the batch in flight: the epoch's output is in Redis before it commits."""
+        self._confirm()
+
+    def close(self) -> None:
+        """Confirm the batch in flight and close the writer's connection."""
+        try:
+            self._confirm()
+        finally:
+            self.writer.close()
+
+    def _confirm(self) -> None:
+        sent = self._sent
+        if sent is None:
+            return
+        self._sent = None
+        try:
+            self.writer.confirm()
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self.observer.delivered(sent[0], self.writer, sent[1])
+
+    def _failed(self, exc: Exception) -> None:
+        self.observer.failed(self.writer)
+        log.error("the Redis sink failed and stops the dataflow: %s", exc)
+
+
+class PipelinedRedisSink(FixedPartitionedSink[Output, None]):
+    """:class:`RedisSink` for a dataflow of one worker, sending each batch ahead.
+
+    Items are ``(key, output)`` pairs (the flow keys them); there is one
+    partition, so every output goes to it. The engine uses it when the
+    whole run has one worker and ``output.pipelined`` is on
+    (docs/sinks.md, "Pipelined writes"); with more workers every output
+    would cross to the worker owning the partition, so :class:`RedisSink`
+    writes from each worker instead.
+    """
+
+    def __init__(self, config: RedisSinkConfig, metrics: EngineMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or EngineMetrics()
+
+    def list_parts(self) -> list[str]:
+        """The one partition, :data:`PIPELINED_PART`."""
+        return [PIPELINED_PART]
+
+    def part_fn(self, item_key: str) -> int:
+        """Every key goes to the one partition."""
+        return 0
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> PipelinedRedisSinkPartition:
+        """A partition with its own writer; there is no position to resume from."""
+        return PipelinedRedisSinkPartition(RedisOutputWriter(self.config), self.metrics.sink())

@@ -264,10 +264,13 @@ EDGE_LIMITS = [
 
 
 def same_as_full_rules(obj: dict[str, Any], limits: Limits) -> bool:
-    """parse_event's fast path decides like the reference path, _validate."""
+    """parse_event's fast path decides like the reference path, _validate, for JSON and dicts."""
     payload = orjson.dumps(obj)
+    want = _validate(orjson.loads(payload), limits, NOW, "s", "7", 1.5, 2.5)
     got = parse_event(payload, limits, NOW, "s", "7", 1.5, 2.5)
-    return got == _validate(orjson.loads(payload), limits, NOW, "s", "7", 1.5, 2.5)
+    # the same object handed over decoded, as the generator source does
+    decoded = parse_event(orjson.loads(payload), limits, NOW, "s", "7", 1.5, 2.5)
+    return got == want and decoded == want
 
 
 MINIMAL = {"event_id": "e", "ts": NOW, "entity_id": "c", "type": "t"}  # short payloads
@@ -304,3 +307,25 @@ def test_fast_path_agrees_with_the_full_rules(
     props: Any, edits: dict[str, Any], limits: Limits
 ) -> None:
     assert same_as_full_rules({**good(props=props), **edits}, limits)
+
+
+def test_a_decoded_payload_is_recorded_as_its_json_in_a_dead_letter() -> None:
+    obj = {"event_id": "", "ts": NOW, "entity_id": "c", "type": "t"}
+    res = parse_event(obj, LIMITS, NOW)
+    assert isinstance(res, Rejection)
+    assert res.reason == "missing_field"
+    record = dead_letter(res, obj, LIMITS, source="generator", offset="3", received_ts=1.0)
+    assert orjson.loads(record["payload"]) == obj
+    assert record["payload_bytes"] == len(orjson.dumps(obj))
+
+
+def test_a_decoded_payload_skips_only_the_size_limit() -> None:
+    obj = {**good(), "props": {"text": "y" * 100}}
+    small = Limits(max_payload_bytes=50)
+    refused = parse_event(orjson.dumps(obj), small, NOW)
+    assert isinstance(refused, Rejection)
+    assert refused.reason == "payload_too_large"
+    assert isinstance(parse_event(obj, small, NOW), Event)
+    too_long = parse_event(obj, Limits(max_text_chars=99), NOW)
+    assert isinstance(too_long, Rejection)
+    assert too_long.reason == "text_too_long"

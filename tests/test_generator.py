@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from intentflow.errors import ConfigError, SnapshotMismatchError
 from intentflow.generator import (
+    GENERATED_MAX_BYTES,
     BuyerJourneyGenerator,
     GeneratorConfig,
     GeneratorSnapshot,
@@ -104,8 +105,15 @@ def split_run(cfg: GeneratorConfig, mode: str, batches: list[int]) -> list[Any]:
     gen = BuyerJourneyGenerator(cfg)
     out: list[Any] = []
     for n in batches:
-        out.extend(gen.next_events(n) if mode == "events" else gen.next_payloads(n))
+        out.extend(take(gen, mode, n))
     return out
+
+
+def take(gen: BuyerJourneyGenerator, mode: str, n: int) -> list[Any]:
+    """The next ``n`` items: valid events (``events``), all items as bytes or decoded."""
+    if mode == "events":
+        return gen.next_events(n)
+    return gen.next_payloads(n) if mode == "payloads" else gen.next_decoded(n)
 
 
 # ------------------------------------------------------------------ determinism
@@ -120,11 +128,44 @@ def test_same_config_gives_identical_bytes_and_other_seed_differs() -> None:
 @HYP
 @given(
     batches=st.lists(st.integers(1, 2500), min_size=1, max_size=6),
-    mode=st.sampled_from(["events", "payloads"]),
+    mode=st.sampled_from(["events", "payloads", "decoded"]),
 )
 def test_batch_sizes_do_not_change_the_sequence(batches: list[int], mode: str) -> None:
     total = sum(batches)
     assert split_run(MESSY, mode, batches) == split_run(MESSY, mode, [total])
+
+
+@HYP
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from(["payloads", "decoded"]), st.integers(1, 1500)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_decoded_items_are_the_payloads_decoded(calls: list[tuple[str, int]]) -> None:
+    gen = BuyerJourneyGenerator(MESSY)
+    got: list[Any] = []
+    for mode, n in calls:
+        got.extend(take(gen, mode, n))
+    want = BuyerJourneyGenerator(MESSY).next_payloads(len(got))
+    decoded = [x if isinstance(x, bytes) else orjson.dumps(x) for x in got]
+    assert decoded == want  # poison stays bytes; each event is its JSON, decoded
+    assert sum(isinstance(x, bytes) for x in got) > 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    entities=st.sampled_from([1, 7, 300, 100_000]),
+    unknown=st.floats(0.0, 0.5),
+)
+def test_every_valid_event_is_smaller_than_the_decoded_size_bound(
+    seed: int, entities: int, unknown: float
+) -> None:
+    config = GeneratorConfig(seed=seed, entities=entities, unknown_type_fraction=unknown)
+    sizes = [len(orjson.dumps(e)) for e in BuyerJourneyGenerator(config).next_events(6000)]
+    assert max(sizes) < GENERATED_MAX_BYTES
 
 
 def test_iter_events_matches_next_events() -> None:
@@ -160,14 +201,14 @@ def test_mixing_calls_keeps_the_valid_event_sequence(calls: list[tuple[str, int]
 @given(
     split=st.integers(0, 6000),
     batches=st.lists(st.integers(1, 1800), min_size=1, max_size=4),
-    mode=st.sampled_from(["events", "payloads"]),
+    mode=st.sampled_from(["events", "payloads", "decoded"]),
 )
 def test_restore_continues_exactly_like_an_uninterrupted_run(
     split: int, batches: list[int], mode: str
 ) -> None:
     whole = split_run(MESSY, mode, [split, *batches]) if split else split_run(MESSY, mode, batches)
     first = BuyerJourneyGenerator(MESSY)
-    head = first.next_events(split) if mode == "events" else first.next_payloads(split)
+    head = take(first, mode, split)
     snap = pickle.loads(pickle.dumps(first.snapshot()))
     conv_at_split = first.conversions()
     resumed = BuyerJourneyGenerator.restore(MESSY, snap)
@@ -175,11 +216,9 @@ def test_restore_continues_exactly_like_an_uninterrupted_run(
     assert resumed.conversions() == conv_at_split
     tail: list[Any] = []
     for n in batches:
-        tail.extend(resumed.next_events(n) if mode == "events" else resumed.next_payloads(n))
+        tail.extend(take(resumed, mode, n))
     assert head + tail == whole
-    first_rest = [
-        first.next_events(n) if mode == "events" else first.next_payloads(n) for n in batches
-    ]
+    first_rest = [take(first, mode, n) for n in batches]
     assert resumed.conversions() == first.conversions()
     assert [x for part in first_rest for x in part] == tail
 
@@ -475,3 +514,36 @@ def test_recent_signals_predict_a_purchase_within_the_horizon(
 def test_bad_config_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field if field != "out_of_order_fraction" else "max_"):
         GeneratorConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ahead_ms", [0, 2 * 86_400_000])
+def test_the_source_hands_over_decoded_events_that_parse_like_their_json(ahead_ms: int) -> None:
+    from intentflow.contracts import Limits
+    from intentflow.dataflows.flow import make_parser
+    from intentflow.dataflows.sources import GeneratorSource
+    from intentflow.events import Event
+
+    # ahead_ms: events two days ahead of the clock are refused (ts_in_future) either way
+    config = dataclasses.replace(MESSY, start_ms=int(time.time() * 1000) + ahead_ms)
+    parse = make_parser(Limits())
+
+    def read(decoded: bool) -> list[Any]:
+        source = GeneratorSource(config, batch_size=700, count=5000, decoded=decoded)
+        part = source.build_part("input", "generator", None)
+        out: list[Any] = []
+        while True:
+            try:
+                items = part.next_batch()
+            except StopIteration:
+                return out
+            for x in parse(items):  # without the read times, which differ between runs
+                if isinstance(x, Event):
+                    out.append(dataclasses.replace(x, ingest_ts=0.0, produced_ts=None))
+                else:
+                    out.append({k: v for k, v in x.record.items() if k != "received_ts"})
+
+    decoded, encoded = read(True), read(False)
+    assert decoded == encoded
+    events = sum(isinstance(x, Event) for x in decoded)
+    assert len(decoded) == 5000
+    assert (events > 4000) if ahead_ms == 0 else (events == 0)

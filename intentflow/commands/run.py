@@ -80,7 +80,7 @@ def run_config(
         metrics, server = serve_engine_metrics(
             config, host=metrics_address[0], port=metrics_address[1]
         )
-    flow = make_flow(config, metrics, placement)
+    flow = make_flow(config, metrics, placement, workers=workers)
     # Start-up objects (modules, config, compiled kernels' wrappers) live for the whole
     # run: move them out of the collector's generations, so that collections triggered
     # by per-batch garbage never scan them again (shorter GC pauses in the tail).
