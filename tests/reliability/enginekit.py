@@ -22,6 +22,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -383,6 +384,28 @@ def produce(client: redis.Redis, payloads: list[bytes]) -> None:
     from intentflow.commands.produce import Producer
 
     Producer(client, "intentflow:events:", 2).send(payloads)
+
+
+def produce_gradually(
+    client: redis.Redis, payloads: list[bytes], chunk: int = 100, pause_s: float = 0.15
+) -> threading.Thread:
+    """:func:`produce` in chunks with pauses, in a thread (started; join it).
+
+    An engine then cannot read the whole input at once, however fast it is:
+    a kill at a share of the alerts lands mid-stream.
+    """
+    from intentflow.commands.produce import Producer
+
+    producer = Producer(client, "intentflow:events:", 2)
+
+    def send() -> None:
+        for i in range(0, len(payloads), chunk):
+            producer.send(payloads[i : i + chunk])
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=send, name="produce-gradually", daemon=True)
+    thread.start()
+    return thread
 
 
 def alert_stream(client: redis.Redis) -> list[tuple[str, str, float]]:

@@ -36,6 +36,7 @@ from enginekit import (
     engine_args,
     kill_during_write,
     produce,
+    produce_gradually,
     recovery_bytes,
     run_to_end,
     shard_states,
@@ -70,7 +71,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
     rng = random.Random(seed)
-    produce(redis_client, reference.payloads)
+    producer = produce_gradually(redis_client, reference.payloads)
     rec, log = tmp_path / "recovery", tmp_path / "engine.log"
     total = len(reference.decisions)
     # Three kills, each once the alert stream holds a random share of all alerts,
@@ -98,6 +99,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(
         finally:
             engine.kill9()
         seen_at_kill.append(redis_client.xlen("intentflow:alerts"))
+    producer.join()
     assert any(0 < n < total for n in seen_at_kill), f"no kill mid-stream: {seen_at_kill}"
     finish(forkserver, redis_url, rec, log, reference, redis_client)
     check_equal(redis_client, rec, reference)
