@@ -5,7 +5,10 @@ repository root, ``dataflows.main:get_flow``), configured from the
 environment: ``INTENTFLOW_CONFIG`` (a TOML file), ``REDIS_URL`` and
 ``INTENTFLOW__SECTION__KEY`` overrides. Recovery flags are Bytewax's own
 (``-r DIR -s SECONDS``). A Redis URL is required here: the embedded server is
-only for ``intentflow run`` and ``intentflow demo``.
+only for ``intentflow run`` and ``intentflow demo``. The worker count is
+``bytewax.run``'s, unknown when the flow is built, so the Redis sink writes
+from every worker and waits for each batch (docs/sinks.md, "Pipelined
+writes").
 """
 
 from __future__ import annotations
@@ -28,4 +31,5 @@ def get_flow() -> Dataflow:
         raise ConfigError(
             "set REDIS_URL (or redis.url in INTENTFLOW_CONFIG) to run under bytewax.run"
         )
-    return make_flow(config)
+    # bytewax.run picks the worker count (-w, -i/-a): a sink that suits any count
+    return make_flow(config, workers=None)

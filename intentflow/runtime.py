@@ -112,12 +112,13 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
 
 
 def make_sink(
-    config: Config, metrics: EngineMetrics | None = None, *, workers: int = 1
+    config: Config, metrics: EngineMetrics | None = None, *, workers: int | None = 1
 ) -> RedisSink | PipelinedRedisSink:
     """The Redis sink for alerts, latest scores and dead letters.
 
-    ``workers``: workers in the whole run. With one, and ``output.pipelined``,
-    the sink sends each batch ahead (:class:`PipelinedRedisSink`).
+    ``workers``: workers in the whole run (``None``: not known here). With
+    one, and ``output.pipelined``, the sink sends each batch ahead
+    (:class:`PipelinedRedisSink`).
     """
     out = config.output
     sink_config = RedisSinkConfig(
@@ -139,7 +140,7 @@ def make_sink(
 
 
 def make_output(
-    config: Config, metrics: EngineMetrics | None = None, *, workers: int = 1
+    config: Config, metrics: EngineMetrics | None = None, *, workers: int | None = 1
 ) -> OutputSink:
     """The sink named by ``output.sink``: Redis, a Redis Cluster or Kafka.
 
@@ -156,12 +157,19 @@ def make_output(
     return make_sink(config, metrics, workers=workers)
 
 
+def _total_workers(workers: int | None, placement: Placement | None) -> int | None:
+    """Workers in the whole run: this process's times the processes (``None``: not known)."""
+    if workers is None:
+        return None
+    return workers * (placement.processes if placement is not None else 1)
+
+
 def make_flow(
     config: Config,
     metrics: EngineMetrics | None = None,
     placement: Placement | None = None,
     *,
-    workers: int = 1,
+    workers: int | None = 1,
 ) -> Dataflow:
     """The production dataflow for ``config``, reporting to ``metrics`` when given.
 
@@ -171,7 +179,8 @@ def make_flow(
     ``engine.model_file`` warm-starts every fresh shard's model from an
     exported model file; ``output.score_log`` adds the score log.
     ``workers``: worker threads of this process (``placement`` gives the
-    process count), which picks the Redis sink (:func:`make_sink`).
+    process count; ``None``: not known, as under ``bytewax.run``), which
+    picks the Redis sink (:func:`make_sink`).
     """
     from intentflow.dataflows.flow import engine_parts
     from intentflow.online_models.modelfile import load_model_file
@@ -208,7 +217,7 @@ def make_flow(
     return build_flow(
         config,
         source,
-        make_output(config, metrics, workers=workers * (placement.processes if placement else 1)),
+        make_output(config, metrics, workers=_total_workers(workers, placement)),
         parts=parts,
         metrics=metrics,
         score_log=score_log,

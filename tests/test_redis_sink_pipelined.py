@@ -273,10 +273,15 @@ def test_a_one_worker_dataflow_writes_every_output_through_the_pipelined_sink(
 
 @pytest.mark.parametrize(
     ("workers", "pipelined", "kind"),
-    [(1, True, PipelinedRedisSink), (2, True, RedisSink), (1, False, RedisSink)],
+    [
+        (1, True, PipelinedRedisSink),
+        (2, True, RedisSink),
+        (None, True, RedisSink),  # bytewax.run: the worker count is not known
+        (1, False, RedisSink),
+    ],
 )
 def test_the_engine_sends_ahead_only_with_one_worker_in_all(
-    workers: int, pipelined: bool, kind: type
+    workers: int | None, pipelined: bool, kind: type
 ) -> None:
     config = Config(output=OutputSection(pipelined=pipelined))
     assert type(make_sink(config, workers=workers)) is kind
