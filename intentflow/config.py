@@ -113,6 +113,10 @@ class EngineSection:
     learn_tick_s: float = 5.0  # event time between model updates from matured labels
     model_file: str = ""  # warm-start every fresh shard's model from this exported model file
     affinity: bool = False  # one input partition per shard, read where it is owned (scaling.md)
+    #: objects allocated between collections of the garbage collector's youngest
+    #: generation once the engine runs (Python's default is 700); 0 keeps Python's
+    #: setting (docs/configuration.md, engine.gc_young_threshold)
+    gc_young_threshold: int = 10_000
 
 
 @dataclass(frozen=True)

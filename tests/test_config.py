@@ -88,3 +88,11 @@ def test_presized_feature_rows_reach_the_shards_and_survive_a_restore(tmp_path: 
     path.write_text("[engine]\nentities_per_shard = 0\n")
     with pytest.raises(ConfigError, match=r"engine\.entities_per_shard: must be > 0"):
         load_config(path, env={})
+
+
+def test_the_young_generation_threshold_defaults_to_ten_thousand_and_is_checked() -> None:
+    assert load_config(None, env={}).engine.gc_young_threshold == 10_000
+    env = {"INTENTFLOW__ENGINE__GC_YOUNG_THRESHOLD": "0"}
+    assert load_config(None, env=env).engine.gc_young_threshold == 0  # Python's own setting
+    with pytest.raises(ConfigError, match="gc_young_threshold"):
+        load_config(None, env={"INTENTFLOW__ENGINE__GC_YOUNG_THRESHOLD": "-5"})
