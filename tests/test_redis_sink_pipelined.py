@@ -285,3 +285,45 @@ def test_the_engine_sends_ahead_only_with_one_worker_in_all(
 ) -> None:
     config = Config(output=OutputSection(pipelined=pipelined))
     assert type(make_sink(config, workers=workers)) is kind
+
+
+class Snapshots(PipelinedRedisSinkPartition):
+    """Records, at each of Bytewax's snapshots, the batches written and confirmed so far."""
+
+    log: list[tuple[int, int, bool]] = []  # (write_batch calls, batches confirmed, in flight)
+
+    def __init__(self, writer: RedisOutputWriter) -> None:
+        super().__init__(writer)
+        self.calls = 0
+
+    def write_batch(self, values: list[Output]) -> None:
+        self.calls += 1
+        super().write_batch(values)
+
+    def snapshot(self) -> None:
+        super().snapshot()
+        self.log.append((self.calls, self.writer.batches, self.writer.in_flight))
+
+
+class SnapshotsSink(PipelinedRedisSink):
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> Snapshots:
+        return Snapshots(RedisOutputWriter(self.config))
+
+
+def test_bytewax_snapshots_the_sink_at_every_epoch_after_confirming_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    from datetime import timedelta
+
+    Snapshots.log = []
+    items: list[Output] = [alert(f"e{i}") for i in range(12)]
+    flow = Dataflow("pipelined_sink_epochs")
+    stream = op.input("inp", flow, TestingSource(items, batch_size=2))
+    keyed = op.map("key", stream, lambda x: ("k", x))
+    op.output("out", keyed, SnapshotsSink(RedisSinkConfig(url=redis_url)))
+    run_main(flow, epoch_interval=timedelta(0))  # an epoch per input batch
+    log = Snapshots.log
+    assert len(log) >= 3  # asked at epoch ends, without a recovery directory too
+    assert all(calls == confirmed and not in_flight for calls, confirmed, in_flight in log)
+    assert log[-1][0] >= 1
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == [f"e{i}" for i in range(12)]
