@@ -14,6 +14,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -546,7 +547,10 @@ class _GeneratorPartition(StatefulSourcePartition[RawItem, Any]):
         else:
             payloads = self._gen.next_payloads(want)
         now = _now_ms()
-        items = [RawItem("generator", str(first + i), p, now, now) for i, p in enumerate(payloads)]
+        # RawItem(...) goes through a Python-level __new__: build the tuples in C instead
+        offsets = map(str, range(first, first + len(payloads)))
+        rows = zip(repeat("generator"), offsets, payloads, repeat(now), repeat(now))
+        items: list[RawItem] = list(map(tuple.__new__, repeat(RawItem), rows))
         self._pacer.sent_n(len(items))
         self._stop.took(len(items))
         return items
