@@ -156,24 +156,20 @@ def build_flow(
                 dead.append(x)
         return [*groups.items(), *dead]
 
-    if shards == 1:  # every event goes to the one shard: no key to compute per event
-        only = names[0] if config.engine.affinity else shard_key("", 1)
+    only = names[0] if config.engine.affinity else shard_key("", 1)
 
-        def parse_one_shard(
-            items: list[RawItem],
-        ) -> list[tuple[str, list[Event]] | DeadLetterOut]:
-            parsed = parse(items)
-            events = [x for x in parsed if type(x) is Event]
-            if len(events) == len(parsed):
-                return [(only, events)] if events else []
-            dead: list[tuple[str, list[Event]] | DeadLetterOut] = [
-                x for x in parsed if isinstance(x, DeadLetterOut)
-            ]
-            return [(only, events), *dead] if events else dead
+    def parse_one_shard(items: list[RawItem]) -> list[tuple[str, list[Event]] | DeadLetterOut]:
+        # With one shard every event goes to it: no key to compute per event.
+        parsed = parse(items)
+        events = [x for x in parsed if type(x) is Event]
+        if len(events) == len(parsed):
+            return [(only, events)] if events else []
+        dead: list[tuple[str, list[Event]] | DeadLetterOut] = [
+            x for x in parsed if isinstance(x, DeadLetterOut)
+        ]
+        return [(only, events), *dead] if events else dead
 
-        parse_and_route = parse_one_shard
-
-    parsed = op.flat_map_batch("parse", raw, parse_and_route)
+    parsed = op.flat_map_batch("parse", raw, parse_one_shard if shards == 1 else parse_and_route)
     split = op.branch("valid", parsed, lambda x: type(x) is tuple)
     keyed: Any = split.trues
     dead: Any = split.falses

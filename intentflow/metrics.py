@@ -825,7 +825,7 @@ class _PromSinkObserver(SinkObserver):
     def delivered(
         self, items: Sequence[Output], writer: SinkCounters, sent_ms: float | None = None
     ) -> None:
-        now_ms = time.time() * 1000.0 if sent_ms is None else sent_ms
+        at_ms = time.time() * 1000.0 if sent_ms is None else sent_ms  # when it left
         m = self._m
         m.heartbeat()
         self._sync(writer)
@@ -836,7 +836,7 @@ class _PromSinkObserver(SinkObserver):
         starts = [_start_ms(o.alert) for o in items if type(o) is AlertOut]
         if starts:
             m.event_to_alert.observe_many(
-                max(0.0, (now_ms - s) / 1000.0) for s in starts if s is not None
+                max(0.0, (at_ms - s) / 1000.0) for s in starts if s is not None
             )
 
     def failed(self, writer: SinkCounters) -> None:

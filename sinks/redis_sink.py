@@ -621,6 +621,15 @@ class RedisOutputWriter(OutputWriter):
         )
 
 
+def _report_failure(observer: SinkObserver, writer: RedisOutputWriter, exc: Exception) -> None:
+    """Count a failed batch and say why: Bytewax reports a failed sink as a bare panic.
+
+    URLs in ``exc`` are already redacted.
+    """
+    observer.failed(writer)
+    log.error("the Redis sink failed and stops the dataflow: %s", exc)
+
+
 class RedisSinkPartition(StatelessSinkPartition[Output]):
     """The per-worker partition of :class:`RedisSink`; ``writer`` exposes the counters."""
 
@@ -633,9 +642,7 @@ class RedisSinkPartition(StatelessSinkPartition[Output]):
         try:
             self.writer.write_batch(items)
         except Exception as exc:
-            self.observer.failed(self.writer)
-            # Bytewax reports a failed sink as a bare panic: say why here (URLs are redacted).
-            log.error("the Redis sink failed and stops the dataflow: %s", exc)
+            _report_failure(self.observer, self.writer, exc)
             raise
         self.observer.delivered(items, self.writer)
 
@@ -688,7 +695,7 @@ class PipelinedRedisSinkPartition(StatefulSinkPartition[Output, None]):
         try:
             self.writer.send_batch(values)
         except Exception as exc:
-            self._failed(exc)
+            _report_failure(self.observer, self.writer, exc)
             raise
         self._sent = (values, sent_ms)
 
@@ -711,13 +718,9 @@ class PipelinedRedisSinkPartition(StatefulSinkPartition[Output, None]):
         try:
             self.writer.confirm()
         except Exception as exc:
-            self._failed(exc)
+            _report_failure(self.observer, self.writer, exc)
             raise
         self.observer.delivered(sent[0], self.writer, sent[1])
-
-    def _failed(self, exc: Exception) -> None:
-        self.observer.failed(self.writer)
-        log.error("the Redis sink failed and stops the dataflow: %s", exc)
 
 
 class PipelinedRedisSink(FixedPartitionedSink[Output, None]):
