@@ -31,6 +31,7 @@ __all__ = [
     "GeneratorSource",
     "JsonlFileSource",
     "RawItem",
+    "ReadAhead",
     "RedisStreamSource",
     "partition_for",
 ]
@@ -173,6 +174,8 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._block_ms = int(src.idle_block_ms) if src.partitions == 1 else 0
         self._idle = False  # the last read returned nothing
         self._ahead = False  # a read was sent ahead and its replies are not read yet
+        # the replies of the read ahead, received early by receive_ahead (or its error)
+        self._early: list[Any] | Exception | None = None
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
@@ -294,7 +297,11 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
 
     def _receive(self) -> Any:
         """The entries of the transaction :meth:`_send` sent (None: none, or reset)."""
-        replies = read_replies(self._conn, 4, self._src.busy_poll_us / 1e6)
+        replies, self._early = self._early, None
+        if isinstance(replies, Exception):
+            raise replies
+        if replies is None:
+            replies = read_replies(self._conn, 4, self._src.busy_poll_us / 1e6)
         for reply in replies:  # MULTI, the two QUEUED, then EXEC's array
             if isinstance(reply, Exception):
                 raise reply
@@ -370,6 +377,27 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         )
         self._metrics.input_gap(self._partition, kind)
 
+    def receive_ahead(self) -> None:
+        """Receive the read sent ahead now, if its reply has started to arrive.
+
+        Redis writes a large reply only as fast as the reader takes it: over
+        a unix socket about 64 KiB, then it waits until the reader has read
+        some (a batch of 1,000 producer entries is about 190 KiB). The rest
+        is written when Redis has time for it, and a stage that has just
+        sent Redis a few milliseconds of work (the sink's scripts) would make
+        the next read wait that long. :class:`ReadAhead` calls this before such
+        a stage. The replies are kept for :meth:`next_batch`, which returns
+        them as it would have; the position moves only then. An error is kept
+        too, and raised by :meth:`next_batch`, which handles it as its own.
+        """
+        if not self._ahead or self._early is not None or self._conn is None:
+            return
+        try:
+            if self._conn.can_read(0):
+                self._early = read_replies(self._conn, 4, 0.0)
+        except Exception as exc:  # raised (and handled) by next_batch
+            self._early = exc
+
     def next_awake(self) -> datetime | None:
         return self._awake
 
@@ -379,6 +407,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
     def _drop_client(self) -> None:
         """Forget the client and its connection (after an error; the next read reconnects)."""
         self._ahead = False
+        self._early = None
         if self._conn is not None:
             self._conn.disconnect()
             self._conn = None
@@ -387,7 +416,43 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             self._client = None
 
     def close(self) -> None:
+        if self._src.read_ahead is not None:
+            self._src.read_ahead.unregister(self)
         self._drop_client()
+
+
+class ReadAhead:
+    """Has the Redis source's reads sent ahead received before another stage keeps Redis busy.
+
+    A source partition that is behind sends its next read with each batch
+    (:meth:`_RedisStreamPartition.next_batch`). Redis answers it at once,
+    but writes a reply larger than the socket takes at once (over a unix
+    socket, more than about 64 KiB) only as the reader reads it. When the
+    pipelined sink sends a batch of scripts in between, the rest of the
+    reply waits behind them, and so does the next batch. The sink calls
+    :meth:`receive` before it sends: every registered partition receives
+    its read ahead then, while Redis has nothing else to do (docs/sinks.md,
+    "The input's read ahead"). One instance serves one worker's partitions
+    and sink.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[_RedisStreamPartition] = []
+
+    def register(self, part: _RedisStreamPartition) -> None:
+        """Include ``part`` in :meth:`receive` until it is unregistered (at its close)."""
+        if part not in self._parts:
+            self._parts.append(part)
+
+    def unregister(self, part: _RedisStreamPartition) -> None:
+        """Leave ``part`` out of :meth:`receive`."""
+        if part in self._parts:
+            self._parts.remove(part)
+
+    def receive(self) -> None:
+        """Receive every registered partition's read ahead whose reply has started to arrive."""
+        for part in self._parts:
+            part.receive_ahead()
 
 
 @dataclass
@@ -421,6 +486,9 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     duration_s: float = 0.0
     count: int = 0
     metrics: EngineMetrics | None = field(default=None, repr=False, compare=False)
+    #: Partitions register here, so that the sink can receive their reads ahead
+    #: before it sends (:class:`ReadAhead`; one worker only).
+    read_ahead: ReadAhead | None = field(default=None, repr=False, compare=False)
 
     def list_parts(self) -> list[str]:
         return [f"{self.prefix}{i}" for i in range(self.partitions)]
@@ -428,9 +496,12 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: str | None
     ) -> _RedisStreamPartition:
-        return _RedisStreamPartition(
+        part = _RedisStreamPartition(
             self, for_part, resume_state or self.start_id, resumed=resume_state is not None
         )
+        if self.read_ahead is not None:
+            self.read_ahead.register(part)
+        return part
 
 
 # --- JSONL files ---------------------------------------------------------------

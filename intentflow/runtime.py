@@ -29,6 +29,7 @@ from intentflow.dataflows.sources import (
     GeneratorSource,
     JsonlFileSource,
     RawItem,
+    ReadAhead,
     RedisStreamSource,
 )
 from intentflow.errors import ConfigError, RecoveryError
@@ -164,6 +165,20 @@ def _total_workers(workers: int | None, placement: Placement | None) -> int | No
     return workers * (placement.processes if placement is not None else 1)
 
 
+def connect_read_ahead(source: Source[RawItem], output: OutputSink) -> bool:
+    """Have a pipelined sink receive the Redis input's reads ahead before it sends.
+
+    Only a flow of one worker has a :class:`PipelinedRedisSink`, so the
+    source's partitions and the sink run on one thread (docs/sinks.md, "The
+    input's read ahead"). Returns whether they were connected.
+    """
+    if isinstance(source, RedisStreamSource) and isinstance(output, PipelinedRedisSink):
+        source.read_ahead = ReadAhead()
+        output.before_send = source.read_ahead.receive
+        return True
+    return False
+
+
 def make_flow(
     config: Config,
     metrics: EngineMetrics | None = None,
@@ -214,10 +229,12 @@ def make_flow(
         from intentflow.cluster import affine_source
 
         source = affine_source(config, source, placement)
+    output = make_output(config, metrics, workers=_total_workers(workers, placement))
+    connect_read_ahead(source, output)
     return build_flow(
         config,
         source,
-        make_output(config, metrics, workers=_total_workers(workers, placement)),
+        output,
         parts=parts,
         metrics=metrics,
         score_log=score_log,

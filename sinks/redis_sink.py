@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -683,14 +684,22 @@ class PipelinedRedisSinkPartition(StatefulSinkPartition[Output, None]):
     Redis: delivery stays at least once.
     """
 
-    def __init__(self, writer: RedisOutputWriter, observer: SinkObserver | None = None) -> None:
+    def __init__(
+        self,
+        writer: RedisOutputWriter,
+        observer: SinkObserver | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> None:
         self.writer = writer
         self.observer = observer or SinkObserver()
+        self.before_send = before_send
         self._sent: tuple[list[Output], float] | None = None  # the batch in flight, sent at
 
     def write_batch(self, values: list[Output]) -> None:
-        """Confirm the batch before, then send this one."""
+        """Confirm the batch before, call ``before_send``, then send this one."""
         self._confirm()
+        if self.before_send is not None:
+            self.before_send()  # ReadAhead.receive: the input's read ahead, while Redis is idle
         sent_ms = time.time() * 1000.0
         try:
             self.writer.send_batch(values)
@@ -734,9 +743,16 @@ class PipelinedRedisSink(FixedPartitionedSink[Output, None]):
     writes from each worker instead.
     """
 
-    def __init__(self, config: RedisSinkConfig, metrics: EngineMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: RedisSinkConfig,
+        metrics: EngineMetrics | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or EngineMetrics()
+        #: Called before each batch is sent (the flow passes ``ReadAhead.receive``).
+        self.before_send = before_send
 
     def list_parts(self) -> list[str]:
         """The one partition, :data:`PIPELINED_PART`."""
@@ -750,4 +766,6 @@ class PipelinedRedisSink(FixedPartitionedSink[Output, None]):
         self, step_id: str, for_part: str, resume_state: None
     ) -> PipelinedRedisSinkPartition:
         """A partition with its own writer; there is no position to resume from."""
-        return PipelinedRedisSinkPartition(RedisOutputWriter(self.config), self.metrics.sink())
+        return PipelinedRedisSinkPartition(
+            RedisOutputWriter(self.config), self.metrics.sink(), self.before_send
+        )

@@ -14,12 +14,15 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
 from intentflow.config import Config, OutputSection
+from intentflow.dataflows.sources import GeneratorSource, RedisStreamSource
 from intentflow.errors import SinkError
+from intentflow.generator import GeneratorConfig
 from intentflow.metrics import SinkCounters, SinkObserver
 from intentflow.redisutil import EmbeddedRedis, connect
-from intentflow.runtime import make_sink
+from intentflow.runtime import connect_read_ahead, make_sink
 from intentflow.sinks.base import DeadLetterOut, Output, ScoreOut
 from intentflow.sinks.redis_sink import (
+    PIPELINED_PART,
     PipelinedRedisSink,
     PipelinedRedisSinkPartition,
     RedisOutputWriter,
@@ -230,6 +233,24 @@ def test_the_partition_confirms_at_every_snapshot_and_at_close(
     assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["p1", "p2", "p3"]
 
 
+def test_the_partition_calls_before_send_after_confirming_and_before_sending(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    seen: list[tuple[int, bool, int]] = []  # (batches confirmed, in flight, alerts in Redis)
+    writer = RedisOutputWriter(RedisSinkConfig(url=redis_url), seed=8)
+
+    def before_send() -> None:
+        seen.append((writer.batches, writer.in_flight, len(stream_alerts(redis_client))))
+
+    part = PipelinedRedisSinkPartition(writer, before_send=before_send)
+    part.write_batch([alert("s1")])
+    part.write_batch([alert("s2")])
+    part.close()
+    # before each send: the batch before is confirmed, this one is not sent yet
+    assert seen == [(0, False, 0), (1, False, 1)]
+    assert [a["alert_id"] for a in stream_alerts(redis_client)] == ["s1", "s2"]
+
+
 def test_the_partition_reports_a_failed_confirmation(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -285,6 +306,27 @@ def test_the_engine_sends_ahead_only_with_one_worker_in_all(
 ) -> None:
     config = Config(output=OutputSection(pipelined=pipelined))
     assert type(make_sink(config, workers=workers)) is kind
+
+
+def test_only_a_pipelined_sink_receives_the_redis_inputs_reads_ahead() -> None:
+    def redis_source() -> RedisStreamSource:
+        return RedisStreamSource(url="redis://localhost:1")
+
+    sink = PipelinedRedisSink(RedisSinkConfig(url="redis://localhost:1"))
+    source = redis_source()
+    assert connect_read_ahead(source, sink)
+    assert source.read_ahead is not None
+    assert sink.before_send == source.read_ahead.receive
+    assert sink.build_part("out", PIPELINED_PART, None).before_send == source.read_ahead.receive
+    waits = RedisSink(
+        RedisSinkConfig(url="redis://localhost:1")
+    )  # several workers: each writes and waits
+    assert not connect_read_ahead(other := redis_source(), waits)
+    assert other.read_ahead is None
+    gen = GeneratorSource(GeneratorConfig(seed=1, entities=5))
+    assert not connect_read_ahead(
+        gen, PipelinedRedisSink(RedisSinkConfig(url="redis://localhost:1"))
+    )
 
 
 class Snapshots(PipelinedRedisSinkPartition):

@@ -16,7 +16,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intentflow.dataflows.sources import RawItem, RedisStreamSource
+from intentflow.dataflows.sources import RawItem, ReadAhead, RedisStreamSource
 from intentflow.redisutil import EmbeddedRedis
 
 PREFIX = "ahead-test:events:"
@@ -193,3 +193,117 @@ def test_linger_defers_the_read_after_a_batch_that_was_not_full(
         assert part.next_awake() is None  # the default: no linger
     finally:
         part.close()
+
+
+# --- receiving the read ahead early (ReadAhead) -------------------------------------------
+
+BIG = 1000  # entries per batch: a read of them is about 230 KiB, far more than a socket takes
+
+
+def _fill_big(client: redis.Redis, n: int) -> list[bytes]:
+    """``n`` entries of about 200 bytes, each with the producer's two fields."""
+    payloads = [(f'{{"event_id":"e{i}","pad":"' + "x" * 170 + '"}').encode() for i in range(n)]
+    pipe = client.pipeline(transaction=False)
+    for p in payloads:
+        pipe.xadd(STREAM, {b"event": p, b"produced_ts": b"1.0"})
+    pipe.execute()
+    return payloads
+
+
+def _reader_output(client: redis.Redis) -> dict[str, int]:
+    """Output buffer figures of the source's connection (the one whose last command was EXEC)."""
+    readers = [c for c in client.client_list() if c.get("cmd") == "exec"]
+    assert len(readers) == 1, readers
+    return {k: int(readers[0][k]) for k in ("obl", "oll", "omem")}
+
+
+def _wait_answered(client: redis.Redis, redis_url: str) -> None:
+    """Wait until Redis has answered the read ahead (on a unix socket: and holds its rest)."""
+    if not redis_url.startswith("unix"):
+        time.sleep(0.05)  # over TCP the kernel takes the whole reply: nothing to observe
+        return
+    deadline = time.monotonic() + 5.0
+    while _reader_output(client)["omem"] == 0:
+        assert time.monotonic() < deadline, "Redis never answered the read sent ahead"
+        time.sleep(0.005)
+
+
+def test_receive_ahead_takes_the_whole_reply_off_redis(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The rest of a large reply leaves Redis at receive_ahead, and the batch is the same."""
+    sent = _fill_big(redis_client, 2 * BIG + 10)
+    part = _source(redis_url, BIG).build_part("input", STREAM, None)
+    try:
+        assert [i.payload for i in part.next_batch()] == sent[:BIG]  # full: reads ahead
+        _wait_answered(redis_client, redis_url)
+        part.receive_ahead()
+        assert _reader_output(redis_client)["omem"] == 0  # Redis holds nothing for the reader
+        # the position is still the end of the batch returned
+        assert part.snapshot().encode() == redis_client.xrange(STREAM, count=BIG)[-1][0]
+        part.receive_ahead()  # a second call receives nothing more and changes nothing
+        second = part.next_batch()
+        assert [i.payload for i in second] == sent[BIG : 2 * BIG]
+        assert part.snapshot() == second[-1].offset  # the position moved when it was returned
+        assert [i.payload for i in part.next_batch()] == sent[2 * BIG :]
+    finally:
+        part.close()
+
+
+def test_receive_ahead_without_a_read_ahead_reads_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    sent = _fill(redis_client, 3)
+    part = _source(redis_url, 4).build_part("input", STREAM, None)
+    try:
+        part.receive_ahead()  # nothing read yet
+        assert [i.payload for i in part.next_batch()] == sent  # 3 of 4: caught up, no read ahead
+        part.receive_ahead()
+        more = _fill(redis_client, 2, start=3)
+        assert [i.payload for i in part.next_batch()] == more  # read when asked, not before
+    finally:
+        part.close()
+
+
+def test_a_connection_lost_before_receive_ahead_is_handled_by_next_batch(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The error is kept for next_batch, which backs off and reads on: nothing lost or doubled."""
+    sent = _fill_big(redis_client, 2 * BIG)
+    part = _source(redis_url, BIG).build_part("input", STREAM, None)
+    got: list[bytes | None] = []
+    try:
+        got += [i.payload for i in part.next_batch()]
+        _wait_answered(redis_client, redis_url)
+        reader = next(c for c in redis_client.client_list() if c.get("cmd") == "exec")
+        redis_client.client_kill_filter(_id=reader["id"])
+        part.receive_ahead()  # fails (or receives what was already sent): never raises
+        for _ in range(40):  # a failed call backs off; a later one reads again from the position
+            got += [i.payload for i in part.next_batch()]
+            if len(got) >= len(sent):
+                break
+            time.sleep(0.05)
+    finally:
+        part.close()
+    assert got == sent
+
+
+def test_read_ahead_receives_for_its_partitions_until_they_close(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    sent = _fill_big(redis_client, 2 * BIG)
+    hub = ReadAhead()
+    source = RedisStreamSource(
+        url=redis_url, prefix=PREFIX, batch_size=BIG, idle_block_ms=0, read_ahead=hub
+    )
+    part = source.build_part("input", STREAM, None)
+    try:
+        assert [i.payload for i in part.next_batch()] == sent[:BIG]
+        _wait_answered(redis_client, redis_url)
+        hub.receive()
+        assert _reader_output(redis_client)["omem"] == 0
+        assert [i.payload for i in part.next_batch()] == sent[BIG:]
+    finally:
+        part.close()
+    hub.receive()  # a closed partition is no longer included (it would raise on its connection)
+    assert hub._parts == []
