@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -382,7 +383,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
 
         Redis writes a large reply only as fast as the reader takes it: over
         a unix socket about 64 KiB, then it waits until the reader has read
-        some (a batch of 1,000 producer entries is about 190 KiB). The rest
+        some (a batch of 1,000 producer entries is about 250 KiB). The rest
         is written when Redis has time for it, and a stage that has just
         sent Redis a few milliseconds of work (the sink's scripts) would make
         the next read wait that long. :class:`ReadAhead` calls this before such
@@ -432,27 +433,29 @@ class ReadAhead:
     reply waits behind them, and so does the next batch. The sink calls
     :meth:`receive` before it sends: every registered partition receives
     its read ahead then, while Redis has nothing else to do (docs/sinks.md,
-    "The input's read ahead"). One instance serves one worker's partitions
-    and sink.
+    "The input's read ahead"). A partition's connection is used only by
+    the thread that built it: :meth:`receive` includes only the partitions
+    registered by its caller's thread (with one worker, all of them).
     """
 
     def __init__(self) -> None:
-        self._parts: list[_RedisStreamPartition] = []
+        self._parts: list[tuple[_RedisStreamPartition, int]] = []  # (partition, thread id)
 
     def register(self, part: _RedisStreamPartition) -> None:
-        """Include ``part`` in :meth:`receive` until it is unregistered (at its close)."""
-        if part not in self._parts:
-            self._parts.append(part)
+        """Include ``part`` in this thread's :meth:`receive` until it is unregistered."""
+        self.unregister(part)
+        self._parts.append((part, threading.get_ident()))
 
     def unregister(self, part: _RedisStreamPartition) -> None:
-        """Leave ``part`` out of :meth:`receive`."""
-        if part in self._parts:
-            self._parts.remove(part)
+        """Leave ``part`` out of :meth:`receive` (at its close)."""
+        self._parts = [(p, t) for p, t in self._parts if p is not part]
 
     def receive(self) -> None:
-        """Receive every registered partition's read ahead whose reply has started to arrive."""
-        for part in self._parts:
-            part.receive_ahead()
+        """Receive the read ahead of this thread's partitions whose reply has started to arrive."""
+        me = threading.get_ident()
+        for part, thread in self._parts:
+            if thread == me:
+                part.receive_ahead()
 
 
 @dataclass

@@ -56,4 +56,9 @@ def test_every_package_is_declared_for_wheels() -> None:
         for init in (root / top).rglob("__init__.py"):
             rel = init.parent.relative_to(root / top)
             found.add(".".join([name, *rel.parts]) if rel.parts else name)
-    assert found == set(meta["packages"])
+    # directories of data files only (no __init__.py), declared so that they ship
+    data_only = set(meta["package-data"]) - found
+    for pkg in data_only:
+        assert (root / pkg.replace(".", "/")).is_dir(), pkg
+    assert data_only == {"intentflow.defaults", "intentflow.schemas"}
+    assert found | data_only == set(meta["packages"])

@@ -10,8 +10,11 @@ notice the read-ahead.
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
+import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -307,3 +310,46 @@ def test_read_ahead_receives_for_its_partitions_until_they_close(
         part.close()
     hub.receive()  # a closed partition is no longer included (it would raise on its connection)
     assert hub._parts == []
+
+
+def test_read_ahead_receives_only_for_partitions_of_the_calling_thread(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A partition's connection belongs to the worker thread that built it."""
+    if not redis_url.startswith("unix"):
+        pytest.skip("over TCP Redis holds nothing back: nothing to observe")
+    sent = _fill_big(redis_client, 2 * BIG)
+    hub = ReadAhead()
+    source = RedisStreamSource(
+        url=redis_url, prefix=PREFIX, batch_size=BIG, idle_block_ms=0, read_ahead=hub
+    )
+    got: list[bytes | None] = []
+    held: list[int] = []
+
+    def worker(step: str) -> None:
+        if step == "read":
+            parts.append(source.build_part("input", STREAM, None))
+            got.extend(i.payload for i in parts[0].next_batch())
+        elif step == "receive":
+            hub.receive()
+        else:
+            got.extend(i.payload for i in parts[0].next_batch())
+            parts[0].close()
+
+    parts: list[Any] = []
+
+    def in_worker(step: str) -> None:
+        t = threading.Thread(target=worker, args=(step,))
+        t.start()
+        t.join()
+
+    in_worker("read")
+    _wait_answered(redis_client, redis_url)
+    hub.receive()  # another thread: leaves the worker's partition alone
+    held.append(_reader_output(redis_client)["omem"])
+    in_worker("receive")
+    held.append(_reader_output(redis_client)["omem"])
+    in_worker("finish")
+    assert held[0] > 0
+    assert held[1] == 0
+    assert got == sent
