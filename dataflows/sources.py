@@ -177,6 +177,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._ahead = False  # a read was sent ahead and its replies are not read yet
         # the replies of the read ahead, received early by receive_ahead (or its error)
         self._early: list[Any] | Exception | None = None
+        self._replies = 4  # replies the commands sent last will get
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
@@ -192,13 +193,14 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 self._ahead = False
                 resp: Any = self._receive()
             else:
-                if self._idle and self._blocks():
-                    # Wait (up to the block) for an entry after the position. The read
-                    # below takes it, with the gap check, which therefore also runs at
-                    # least once per block while idle: a deleted or recreated stream
-                    # (whose new ids may be behind the position) is still noticed.
-                    self._client.xread({self._key: self._last_id}, count=1, block=self._block_ms)
-                resp = self._read(self._stop.budget(self._src.batch_size))
+                # Idle: wait (up to the block) for an entry after the position. The
+                # checked read is sent right behind the wait, and Redis runs it as soon
+                # as the wait ends: one round trip. It takes the entry, with the gap
+                # check, which therefore also runs at least once per block while idle:
+                # a deleted or recreated stream (whose new ids may be behind the
+                # position) is still noticed.
+                block = self._block_ms if self._idle and self._blocks() else 0
+                resp = self._read(self._stop.budget(self._src.batch_size), block)
         except (redis.ConnectionError, redis.TimeoutError) as err:
             # Jittered exponential backoff: uniform in [d/2, d], d doubling up to 2 s.
             self._backoff = min(2.0, max(0.05, self._backoff * 2))
@@ -273,28 +275,31 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         """
         return self._block_ms > 0 and self._last_id != "$"
 
-    def _read(self, count: int) -> Any:
+    def _read(self, count: int, block_ms: int = 0) -> Any:
         """``XINFO STREAM`` and ``XREAD`` in one transaction, so a gap is seen before a read.
 
         Sent as one raw pipeline on the partition's own connection
         (:func:`~intentflow.redisutil.raw_pipeline`): the entries arrive as
         Redis sent them, ``[[stream, [[id, [field, value, ...]], ...]]]``.
+        ``block_ms`` > 0: first wait up to that long for an entry after the
+        position (``XREAD BLOCK``); Redis runs the transaction when it ends.
         """
-        self._send(count)
+        self._send(count, block_ms)
         return self._receive()
 
-    def _send(self, count: int) -> None:
+    def _send(self, count: int, block_ms: int = 0) -> None:
         """Send the transaction of :meth:`_read` from the current position."""
-        key = self._key
-        send_commands(
-            self._conn,
-            (
-                ("MULTI",),
-                ("XINFO", "STREAM", key),
-                ("XREAD", "COUNT", count, "STREAMS", key, self._last_id),
-                ("EXEC",),
-            ),
-        )
+        key, last = self._key, self._last_id
+        commands: list[tuple[Any, ...]] = [
+            ("MULTI",),
+            ("XINFO", "STREAM", key),
+            ("XREAD", "COUNT", count, "STREAMS", key, last),
+            ("EXEC",),
+        ]
+        if block_ms > 0:  # (BLOCK 0 would wait for ever)
+            commands.insert(0, ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", key, last))
+        send_commands(self._conn, commands)
+        self._replies = len(commands)
 
     def _receive(self) -> Any:
         """The entries of the transaction :meth:`_send` sent (None: none, or reset)."""
@@ -302,7 +307,8 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         if isinstance(replies, Exception):
             raise replies
         if replies is None:
-            replies = read_replies(self._conn, 4, self._src.busy_poll_us / 1e6)
+            replies = read_replies(self._conn, self._replies, self._src.busy_poll_us / 1e6)
+        replies = replies[-4:]  # a wait's reply before them only told when it ended
         for reply in replies:  # MULTI, the two QUEUED, then EXEC's array
             if isinstance(reply, Exception):
                 raise reply
@@ -395,7 +401,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             return
         try:
             if self._conn.can_read(0):
-                self._early = read_replies(self._conn, 4, 0.0)
+                self._early = read_replies(self._conn, self._replies, 0.0)
         except Exception as exc:  # raised (and handled) by next_batch
             self._early = exc
 

@@ -91,3 +91,38 @@ def test_idle_block_zero_polls(redis_url: str, redis_client: redis.Redis) -> Non
         assert part.next_awake() is not None
     finally:
         part.close()
+
+
+def test_the_read_behind_the_wait_takes_every_entry_that_came_with_the_first(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The wait ends at the first entry; the checked read sent behind it takes the batch."""
+    stream = f"{PREFIX}0"
+    redis_client.xadd(stream, {b"event": b"first"})
+    part = RedisStreamSource(url=redis_url, prefix=PREFIX, idle_block_ms=10_000).build_part(
+        "input", stream, None
+    )
+
+    def add_five() -> None:
+        time.sleep(0.3)
+        pipe = redis_client.pipeline(transaction=True)  # all five at once, as a producer batch
+        for i in range(5):
+            pipe.xadd(stream, {b"event": f"b{i}".encode()})
+        pipe.execute()
+
+    try:
+        assert [i.payload for i in part.next_batch()] == [b"first"]
+        assert part.next_batch() == []
+        writer = threading.Thread(target=add_five)
+        writer.start()
+        got = part.next_batch()  # waits, then reads
+        writer.join()
+        assert [i.payload for i in got] == [f"b{i}".encode() for i in range(5)]
+        assert part.snapshot() == got[-1].offset
+        assert part.next_batch() == []  # after a batch: one read without waiting, then idle
+        later = _add_later(redis_client, stream, 0.1)
+        again = part.next_batch()  # the connection is in step for the next wait
+        later.join()
+        assert [i.payload for i in again] == [b"late"]
+    finally:
+        part.close()
