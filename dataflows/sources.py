@@ -177,7 +177,6 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         self._ahead = False  # a read was sent ahead and its replies are not read yet
         # the replies of the read ahead, received early by receive_ahead (or its error)
         self._early: list[Any] | Exception | None = None
-        self._replies = 4  # replies the commands sent last will get
 
     def next_batch(self) -> list[RawItem]:
         self._stop.check()
@@ -193,11 +192,11 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
                 self._ahead = False
                 resp: Any = self._receive()
             else:
-                # Idle: wait (up to the block) for an entry after the position. The
-                # checked read is sent right behind the wait, and Redis runs it as soon
-                # as the wait ends: one round trip. It takes the entry, with the gap
-                # check, which therefore also runs at least once per block while idle:
-                # a deleted or recreated stream (whose new ids may be behind the
+                # When idle, wait (up to the block) for an entry after the position.
+                # The checked read is sent right behind the wait, and Redis runs it as
+                # soon as the wait ends: one round trip. It takes the entry, with the
+                # gap check, which therefore also runs at least once per block while
+                # idle: a deleted or recreated stream (whose new ids may be behind the
                 # position) is still noticed.
                 block = self._block_ms if self._idle and self._blocks() else 0
                 resp = self._read(self._stop.budget(self._src.batch_size), block)
@@ -284,11 +283,10 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         ``block_ms`` > 0: first wait up to that long for an entry after the
         position (``XREAD BLOCK``); Redis runs the transaction when it ends.
         """
-        self._send(count, block_ms)
-        return self._receive()
+        return self._receive(self._send(count, block_ms))
 
-    def _send(self, count: int, block_ms: int = 0) -> None:
-        """Send the transaction of :meth:`_read` from the current position."""
+    def _send(self, count: int, block_ms: int = 0) -> int:
+        """Send the transaction of :meth:`_read` from the current position; the reply count."""
         key, last = self._key, self._last_id
         commands: list[tuple[Any, ...]] = [
             ("MULTI",),
@@ -299,15 +297,18 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         if block_ms > 0:  # (BLOCK 0 would wait for ever)
             commands.insert(0, ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", key, last))
         send_commands(self._conn, commands)
-        self._replies = len(commands)
+        return len(commands)
 
-    def _receive(self) -> Any:
-        """The entries of the transaction :meth:`_send` sent (None: none, or reset)."""
+    def _receive(self, n: int = 4) -> Any:
+        """The entries of the transaction :meth:`_send` sent (``n`` replies; None: none, or reset).
+
+        A read sent ahead never waits: 4 replies, kept by :meth:`receive_ahead` if it came first.
+        """
         replies, self._early = self._early, None
         if isinstance(replies, Exception):
             raise replies
         if replies is None:
-            replies = read_replies(self._conn, self._replies, self._src.busy_poll_us / 1e6)
+            replies = read_replies(self._conn, n, self._src.busy_poll_us / 1e6)
         replies = replies[-4:]  # a wait's reply before them only told when it ended
         for reply in replies:  # MULTI, the two QUEUED, then EXEC's array
             if isinstance(reply, Exception):
@@ -401,7 +402,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             return
         try:
             if self._conn.can_read(0):
-                self._early = read_replies(self._conn, self._replies, 0.0)
+                self._early = read_replies(self._conn, 4, 0.0)  # sent ahead: no wait
         except Exception as exc:  # raised (and handled) by next_batch
             self._early = exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -28,14 +29,19 @@ def _add_later(client: redis.Redis, stream: str, delay_s: float) -> threading.Th
     return thread
 
 
+def _one_stream(redis_url: str, block_ms: int = 10_000) -> Any:
+    """The partition of the one stream ``{PREFIX}0``, waiting up to ``block_ms`` when idle."""
+    return RedisStreamSource(url=redis_url, prefix=PREFIX, idle_block_ms=block_ms).build_part(
+        "input", f"{PREFIX}0", None
+    )
+
+
 def test_one_idle_stream_waits_for_its_next_entry(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     stream = f"{PREFIX}0"
     redis_client.xadd(stream, {b"event": b"first"})
-    part = RedisStreamSource(url=redis_url, prefix=PREFIX, idle_block_ms=10_000).build_part(
-        "input", stream, None
-    )
+    part = _one_stream(redis_url)
     try:
         assert [i.payload for i in part.next_batch()] == [b"first"]
         assert part.next_batch() == []  # nothing more: the reader is idle now
@@ -52,9 +58,7 @@ def test_a_block_that_times_out_returns_nothing_and_reading_goes_on(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     stream = f"{PREFIX}0"
-    part = RedisStreamSource(url=redis_url, prefix=PREFIX, idle_block_ms=20).build_part(
-        "input", stream, None
-    )
+    part = _one_stream(redis_url, block_ms=20)
     try:
         assert part.next_batch() == []  # the stream does not exist yet
         assert part.next_batch() == []  # blocked 20 ms, nothing came
@@ -99,9 +103,7 @@ def test_the_read_behind_the_wait_takes_every_entry_that_came_with_the_first(
     """The wait ends at the first entry; the checked read sent behind it takes the batch."""
     stream = f"{PREFIX}0"
     redis_client.xadd(stream, {b"event": b"first"})
-    part = RedisStreamSource(url=redis_url, prefix=PREFIX, idle_block_ms=10_000).build_part(
-        "input", stream, None
-    )
+    part = _one_stream(redis_url)
 
     def add_five() -> None:
         time.sleep(0.3)
