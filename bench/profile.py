@@ -7,7 +7,7 @@ runtime around them, over the synthetic stream through a real Redis:
   (:class:`~intentflow.dataflows.sources.RedisStreamSource`: ``XINFO`` +
   ``XREAD`` of up to ``batch`` entries);
 - **parse**: the flow's parse step (:func:`~intentflow.dataflows.flow.make_parser`);
-- then the batch is split by shard (``engine.shards``, 4) as Bytewax routes
+- then the batch is split by shard (``engine.shards``, 1 by default) as Bytewax routes
   it, and each shard's :meth:`ShardLogic.on_batch` runs, inside which
   **dedup** (``_dedup``), **features** (``FeatureState.update``),
   **labels** (``LabelBook.observe_many``/``on_conversion``/``expire``),
@@ -304,14 +304,15 @@ def measure_stages(
     entities: int,
     seed: int,
     event_time_rate: float,
-    batch: int = 1000,
+    batch: int | None = None,
     rules_path: Path | None = EXAMPLE_RULES,
 ) -> StageProfile:
     """Stage seconds over ``events`` events after ``warmup`` (see the module docstring)."""
+    cfg = load_config(DEMO_CONFIG, env={})
+    batch = cfg.input.batch if batch is None else batch  # None: as the engine reads
     if events < 1 or warmup < 0 or batch < 1:
         raise BenchError("profile: events and batch must be positive, warmup non-negative")
     warmup = -(-warmup // batch) * batch  # whole batches, so the timed part starts cleanly
-    cfg = load_config(DEMO_CONFIG, env={})
     parts = engine_parts(cfg)
     shards = cfg.engine.shards
     parse = make_parser(cfg.limits)

@@ -214,7 +214,7 @@ def kafka_source(config: Config) -> KafkaEventSource:
         brokers_of(config),
         k.events_topic,
         partitions=inp.partitions,
-        batch_size=inp.batch_size,
+        batch_size=inp.batch,
         tail=k.tail,
         properties=read_properties(k.properties) if k.properties else None,
         count=inp.count,

@@ -23,6 +23,7 @@ import orjson
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from intentflow.config import SOURCE_BATCH_SIZES
 from intentflow.generator import BuyerJourneyGenerator, GeneratorConfig
 from intentflow.metrics import EngineMetrics
 from intentflow.redisutil import BUSY_POLL_US, connect, read_replies, redact_url, send_commands
@@ -480,7 +481,9 @@ class RedisStreamSource(FixedPartitionedSource[RawItem, str]):
     url: str
     prefix: str = "intentflow:events:"
     partitions: int = 1
-    batch_size: int = 1000
+    #: Entries per read (and batch) at most. A reader that fell behind works this
+    #: many at a time before its outputs go out (docs/configuration.md).
+    batch_size: int = SOURCE_BATCH_SIZES["redis"]
     poll_idle_ms: float = 1.0
     #: With a single partition, an idle reader waits in ``XREAD BLOCK`` up to this
     #: many ms for the next entry instead of polling every ``poll_idle_ms`` (0: poll).

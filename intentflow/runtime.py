@@ -78,7 +78,7 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
             url=config.redis.url,
             prefix=inp.events_prefix,
             partitions=inp.partitions,
-            batch_size=inp.batch_size,
+            batch_size=inp.batch,
             poll_idle_ms=inp.poll_idle_ms,
             idle_block_ms=inp.idle_block_ms,
             linger_ms=inp.linger_ms,
@@ -97,14 +97,14 @@ def make_source(config: Config, metrics: EngineMetrics | None = None) -> Source[
                 raise ConfigError(f"input.path: {p} is not a file")
         return JsonlFileSource(
             paths,
-            batch_size=inp.batch_size,
+            batch_size=inp.batch,
             rate=inp.rate,
             duration_s=inp.duration_s,
             count=inp.count,
         )
     return GeneratorSource(
         generator_config(config.generator),
-        batch_size=inp.batch_size,
+        batch_size=inp.batch,
         rate=inp.rate,
         duration_s=inp.duration_s,
         count=inp.count,

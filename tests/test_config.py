@@ -96,3 +96,25 @@ def test_the_young_generation_threshold_defaults_to_ten_thousand_and_is_checked(
     assert load_config(None, env=env).engine.gc_young_threshold == 0  # Python's own setting
     with pytest.raises(ConfigError, match="gc_young_threshold"):
         load_config(None, env={"INTENTFLOW__ENGINE__GC_YOUNG_THRESHOLD": "-5"})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 250),  # the Redis input's own batch
+        ({"INTENTFLOW__INPUT__SOURCE": "generator"}, 1000),  # a replay keeps the larger one
+        ({"INTENTFLOW__INPUT__BATCH_SIZE": "500"}, 500),
+        ({"INTENTFLOW__INPUT__SOURCE": "generator", "INTENTFLOW__INPUT__BATCH_SIZE": "64"}, 64),
+    ],
+)
+def test_batch_size_zero_means_the_sources_own(env: dict[str, str], expected: int) -> None:
+    from intentflow.runtime import make_source
+
+    cfg = load_config(None, env=env)
+    assert cfg.input.batch == expected
+    assert make_source(cfg).batch_size == expected  # type: ignore[attr-defined]
+
+
+def test_batch_size_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"input\.batch_size: must be >= 0"):
+        load_config(None, env={"INTENTFLOW__INPUT__BATCH_SIZE": "-1"})

@@ -156,7 +156,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     provider.load_initial()
     events, bad = read_events(args.events, config)
     run = run_rules(
-        events, parts, provider, shards=config.engine.shards, batch_size=config.input.batch_size
+        events, parts, provider, shards=config.engine.shards, batch_size=config.input.batch
     )
     if args.json:
         for alert in run.alerts:
