@@ -307,23 +307,34 @@ def holds_sqlite_write_lock(db: Path) -> bool:
         os.close(fd)
 
 
-def kill_during_write(engine: Engine, db: Path, timeout_s: float = 30.0) -> bool:
+#: What :func:`kill_during_write` returns when the kill landed inside a write.
+IN_WRITE = "in a write"
+
+
+def kill_during_write(engine: Engine, db: Path, timeout_s: float = 30.0) -> str:
     """``kill -9`` the engine while it is inside a write transaction of ``db``.
 
     The engine is frozen with SIGSTOP before each look, so a lock seen held
-    is still held when SIGKILL lands. Returns ``False`` if no write was
-    caught within ``timeout_s`` (the engine is then killed anyway).
+    is still held when SIGKILL lands. Returns :data:`IN_WRITE` when a write
+    was caught; otherwise why not (the engine exited by itself, with its
+    code, or no write came within ``timeout_s``), and the engine is then
+    killed anyway.
     """
     deadline = time.monotonic() + timeout_s
+    looks = 0
     while time.monotonic() < deadline and engine.alive():
         os.kill(engine.pid, signal.SIGSTOP)
+        looks += 1
         if holds_sqlite_write_lock(db):
             engine.kill9()
-            return True
+            return IN_WRITE
         os.kill(engine.pid, signal.SIGCONT)
         time.sleep(0.002)
+    if not engine.alive():
+        engine.kill9()  # reaps it
+        return f"exited by itself with code {engine.exitcode} after {looks} looks"
     engine.kill9()
-    return False
+    return f"no write in {timeout_s:g} s ({looks} looks)"
 
 
 # --- the uninterrupted reference run and the end-of-test comparison ----------------------
