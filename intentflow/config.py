@@ -24,6 +24,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, get_type_hints
 
 import orjson
@@ -62,12 +63,9 @@ class RedisSection:
 #: next output: a reader that fell behind takes 250 entries at a time, not 1,000,
 #: which halved the p99 under load at the same maximum throughput (docs/configuration.md,
 #: "input.batch_size"). Replays (file, generator) keep the larger batch.
-SOURCE_BATCH_SIZES: Final[dict[str, int]] = {
-    "redis": 250,
-    "kafka": 1000,
-    "file": 1000,
-    "generator": 1000,
-}
+SOURCE_BATCH_SIZES: Final[Mapping[str, int]] = MappingProxyType(
+    {"redis": 250, "kafka": 1000, "file": 1000, "generator": 1000}
+)
 
 
 @dataclass(frozen=True)
