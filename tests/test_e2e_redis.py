@@ -99,6 +99,8 @@ def test_external_producer_gets_alerts_and_garbage_is_dead_lettered(
     wait_for(lambda: redis_client.xlen("intentflow:dlq") >= 5, 90, "dead letters", proc, log)
     wait_for(lambda: redis_client.xlen("intentflow:alerts") > 10, 90, "alerts", proc, log)
     assert proc.poll() is None, "bad input must not stop the flow"
+    # The effective input batch is logged at start: the Redis source's own, 250.
+    assert "running: source=redis partitions=1 batch=250 " in log.read_text()
 
     reasons = sorted(
         orjson.loads(f[b"dlq"])["reason"] for _id, f in redis_client.xrange("intentflow:dlq")

@@ -118,9 +118,10 @@ def run_config(
     ):
         log.warning("%s", warning)
     log.info(
-        "running: source=%s partitions=%d redis=%s recovery=%s workers=%d config=%s",
+        "running: source=%s partitions=%d batch=%d redis=%s recovery=%s workers=%d config=%s",
         config.input.source,
         config.input.partitions,
+        config.input.batch,
         redact_url(config.redis.url),
         config.recovery.dir or "off",
         workers,
