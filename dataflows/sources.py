@@ -41,6 +41,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: A Redis reader whose last batch brought at least this many entries is busy: the
+#: next read is sent before the sink's batch (``_RedisStreamPartition.send_ahead``).
+#: Below it a read sent ahead would mostly come back empty and cost a round trip
+#: before the reader's idle wait.
+SEND_AHEAD_MIN = 16
+
+
 class RawItem(NamedTuple):
     """One undecoded input record and where it came from."""
 
@@ -175,6 +182,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         # an idle single stream waits in Redis for its next entry (no polling)
         self._block_ms = int(src.idle_block_ms) if src.partitions == 1 else 0
         self._idle = False  # the last read returned nothing
+        self._last_n = 0  # entries the last batch returned
         self._ahead = False  # a read was sent ahead and its replies are not read yet
         # the replies of the read ahead, received early by receive_ahead (or its error)
         self._early: list[Any] | Exception | None = None
@@ -222,6 +230,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             got = resp[0][1] if resp else []
             self._probe.polled(self._client, got[-1][0] if got else self._last_id, len(got))
         if not resp:
+            self._last_n = 0
             self._idle = True
             if self._blocks():
                 self._awake = None  # the next call waits in XREAD BLOCK
@@ -250,6 +259,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             append(make(RawItem, (label, entry_id.decode(), payload, now, produced_ts)))
         self._last_id = entries[-1][0].decode()
         self._positioned = True
+        self._last_n = len(items)
         self._stop.took(len(items))
         if len(items) < self._src.batch_size and self._src.linger_ms > 0:
             # Caught up: let the next entries gather for a while, so that a low rate
@@ -407,6 +417,32 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
         except Exception as exc:  # raised (and handled) by next_batch
             self._early = exc
 
+    def send_ahead(self) -> None:
+        """Send the next read now, when the reader is busy and has none in flight.
+
+        Busy: its last batch brought at least :data:`SEND_AHEAD_MIN` entries
+        (a full batch has its next read sent already). :class:`ReadAhead`
+        calls this before the sink sends its batch, so Redis answers the
+        read before it runs the sink's scripts, and the reply is there when
+        the engine asks for it, instead of waiting behind those scripts. The
+        read takes what has arrived by then; later entries go to the read
+        after it. The position moves when the batch is returned, as for any
+        read ahead. Never with ``linger_ms``, whose wait lets entries gather.
+        """
+        if (
+            self._ahead
+            or self._conn is None
+            or self._last_n < SEND_AHEAD_MIN
+            or self._src.linger_ms > 0
+            or self._stop.budget(1) <= 0
+        ):
+            return
+        try:
+            self._send(self._stop.budget(self._src.batch_size))
+            self._ahead = True
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._drop_client()  # the next call reconnects and reads normally
+
     def next_awake(self) -> datetime | None:
         return self._awake
 
@@ -431,19 +467,23 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
 
 
 class ReadAhead:
-    """Has the Redis source's reads sent ahead received before another stage keeps Redis busy.
+    """Puts the Redis source's reads ahead of the pipelined sink's scripts.
 
     A source partition that is behind sends its next read with each batch
     (:meth:`_RedisStreamPartition.next_batch`). Redis answers it at once,
     but writes a reply larger than the socket takes at once (over a unix
     socket, more than about 64 KiB) only as the reader reads it. When the
     pipelined sink sends a batch of scripts in between, the rest of the
-    reply waits behind them, and so does the next batch. The sink calls
-    :meth:`receive` before it sends: every registered partition receives
-    its read ahead then, while Redis has nothing else to do (docs/sinks.md,
-    "The input's read ahead"). A partition's connection is used only by
-    the thread that built it: :meth:`receive` includes only the partitions
-    registered by its caller's thread (with one worker, all of them).
+    reply waits behind them, and so does the next batch. A busy partition
+    that is not behind would send its next read only after the sink's
+    batch, and wait behind those scripts too. The sink calls
+    :meth:`before_send` before it sends: every registered partition
+    receives its read ahead then (:meth:`receive`), while Redis has nothing
+    else to do, and a busy one without a read in flight sends it
+    (:meth:`send`) (docs/sinks.md, "The input's read ahead"). A
+    partition's connection is used only by the thread that built it: both
+    include only the partitions registered by the caller's thread (with
+    one worker, all of them).
     """
 
     def __init__(self) -> None:
@@ -464,6 +504,18 @@ class ReadAhead:
         for part, thread in self._parts:
             if thread == me:
                 part.receive_ahead()
+
+    def send(self) -> None:
+        """Send the next read of this thread's busy partitions that have none in flight."""
+        me = threading.get_ident()
+        for part, thread in self._parts:
+            if thread == me:
+                part.send_ahead()
+
+    def before_send(self) -> None:
+        """What the sink calls before it sends a batch: :meth:`receive`, then :meth:`send`."""
+        self.receive()
+        self.send()
 
 
 @dataclass

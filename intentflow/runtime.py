@@ -166,7 +166,7 @@ def _total_workers(workers: int | None, placement: Placement | None) -> int | No
 
 
 def connect_read_ahead(source: Source[RawItem], output: OutputSink) -> bool:
-    """Have a pipelined sink receive the Redis input's reads ahead before it sends.
+    """Have a pipelined sink receive and send the Redis input's reads ahead before it sends.
 
     Only a flow of one worker has a :class:`PipelinedRedisSink`, so the
     source's partitions and the sink run on one thread (docs/sinks.md, "The
@@ -174,7 +174,7 @@ def connect_read_ahead(source: Source[RawItem], output: OutputSink) -> bool:
     """
     if isinstance(source, RedisStreamSource) and isinstance(output, PipelinedRedisSink):
         source.read_ahead = ReadAhead()
-        output.before_send = source.read_ahead.receive
+        output.before_send = source.read_ahead.before_send
         return True
     return False
 

@@ -699,7 +699,7 @@ class PipelinedRedisSinkPartition(StatefulSinkPartition[Output, None]):
         """Confirm the batch before, call ``before_send``, then send this one."""
         self._confirm()
         if self.before_send is not None:
-            self.before_send()  # ReadAhead.receive: the input's read ahead, while Redis is idle
+            self.before_send()  # ReadAhead.before_send: the input's reads, ahead of our scripts
         sent_ms = time.time() * 1000.0
         try:
             self.writer.send_batch(values)
@@ -751,7 +751,7 @@ class PipelinedRedisSink(FixedPartitionedSink[Output, None]):
     ) -> None:
         self.config = config
         self.metrics = metrics or EngineMetrics()
-        #: Called before each batch is sent (the flow passes ``ReadAhead.receive``).
+        #: Called before each batch is sent (the flow passes ``ReadAhead.before_send``).
         self.before_send = before_send
 
     def list_parts(self) -> list[str]:

@@ -316,8 +316,8 @@ def test_only_a_pipelined_sink_receives_the_redis_inputs_reads_ahead() -> None:
     source = redis_source()
     assert connect_read_ahead(source, sink)
     assert source.read_ahead is not None
-    assert sink.before_send == source.read_ahead.receive
-    assert sink.build_part("out", PIPELINED_PART, None).before_send == source.read_ahead.receive
+    assert sink.before_send == source.read_ahead.before_send
+    assert sink.build_part("out", PIPELINED_PART, None).before_send == source.read_ahead.before_send
     waits = RedisSink(
         RedisSinkConfig(url="redis://localhost:1")
     )  # several workers: each writes and waits

@@ -13,13 +13,15 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intentflow.dataflows.sources import RawItem, ReadAhead, RedisStreamSource
+from intentflow.dataflows import sources
+from intentflow.dataflows.sources import SEND_AHEAD_MIN, RawItem, ReadAhead, RedisStreamSource
 from intentflow.redisutil import EmbeddedRedis
 
 PREFIX = "ahead-test:events:"
@@ -65,6 +67,44 @@ def test_a_caught_up_reader_does_not_read_ahead(redis_url: str, redis_client: re
         part.close()
 
 
+def test_a_busy_reader_sends_its_next_read_when_asked_before_the_sink_sends(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """send_ahead: the read takes what has arrived then; later entries go to the read after."""
+    first = _fill(redis_client, SEND_AHEAD_MIN)
+    part = _source(redis_url, 1000).build_part("input", STREAM, None)
+    try:
+        assert [i.payload for i in part.next_batch()] == first  # not full: nothing sent ahead
+        during = _fill(redis_client, 5, start=SEND_AHEAD_MIN)  # arrived while the engine worked
+        part.send_ahead()
+        part.send_ahead()  # one read in flight at most
+        late = _fill(redis_client, 3, start=SEND_AHEAD_MIN + 5)
+        second = part.next_batch()
+        assert [i.payload for i in second] == during
+        assert part.snapshot() == second[-1].offset
+        assert [i.payload for i in part.next_batch()] == late
+    finally:
+        part.close()
+
+
+@pytest.mark.parametrize(("n", "linger_ms"), [(SEND_AHEAD_MIN - 1, 0.0), (SEND_AHEAD_MIN, 5.0)])
+def test_a_quiet_or_lingering_reader_sends_nothing_ahead(
+    redis_url: str, redis_client: redis.Redis, n: int, linger_ms: float
+) -> None:
+    first = _fill(redis_client, n)
+    source = RedisStreamSource(
+        url=redis_url, prefix=PREFIX, batch_size=1000, idle_block_ms=0, linger_ms=linger_ms
+    )
+    part = source.build_part("input", STREAM, None)
+    try:
+        assert [i.payload for i in part.next_batch()] == first
+        part.send_ahead()
+        more = _fill(redis_client, 4, start=n)
+        assert [i.payload for i in part.next_batch()] == more  # read when asked, not before
+    finally:
+        part.close()
+
+
 def test_the_count_limit_stops_the_read_ahead(redis_url: str, redis_client: redis.Redis) -> None:
     sent = _fill(redis_client, 12)
     part = _source(redis_url, 4, count=8).build_part("input", STREAM, None)
@@ -85,25 +125,33 @@ def test_the_count_limit_stops_the_read_ahead(redis_url: str, redis_client: redi
     n=st.integers(0, 40),
     batch=st.integers(1, 7),
     stops=st.lists(st.integers(0, 12), min_size=1, max_size=4),
+    send_ahead=st.booleans(),
 )
 def test_resuming_from_any_snapshot_reads_every_entry_once(
-    redis_url: str, n: int, batch: int, stops: list[int]
+    redis_url: str, n: int, batch: int, stops: list[int], send_ahead: bool
 ) -> None:
-    """Stop after any number of calls (a read may be pending), resume from the snapshot."""
+    """Stop after any number of calls (a read may be pending), resume from the snapshot.
+
+    With ``send_ahead`` the sink's hook sends a read after every batch of at
+    least one entry, as a busy reader's would be.
+    """
     client = redis.Redis.from_url(redis_url)
     try:
         client.delete(STREAM)
         sent = _fill(client, n)
         got: list[bytes | None] = []
         resume: str | None = None
-        for calls in [*stops, n + 2]:  # the last run reads to the end
-            part = _source(redis_url, batch).build_part("input", STREAM, resume)
-            try:
-                for _ in range(calls):
-                    got += [i.payload for i in part.next_batch()]
-                resume = part.snapshot()
-            finally:
-                part.close()
+        with mock.patch.object(sources, "SEND_AHEAD_MIN", 1):
+            for calls in [*stops, n + 2]:  # the last run reads to the end
+                part = _source(redis_url, batch).build_part("input", STREAM, resume)
+                try:
+                    for _ in range(calls):
+                        got += [i.payload for i in part.next_batch()]
+                        if send_ahead:
+                            part.send_ahead()
+                    resume = part.snapshot()
+                finally:
+                    part.close()
         assert got == sent
     finally:
         client.close()
@@ -353,3 +401,32 @@ def test_read_ahead_receives_only_for_partitions_of_the_calling_thread(
     assert held[0] > 0
     assert held[1] == 0
     assert got == sent
+
+
+def test_before_send_sends_for_this_threads_busy_partitions_only(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """ReadAhead.before_send (the pipelined sink's hook) sends a busy partition's next read."""
+    hub = ReadAhead()
+    source = RedisStreamSource(
+        url=redis_url, prefix=PREFIX, batch_size=1000, idle_block_ms=0, read_ahead=hub
+    )
+    part = source.build_part("input", STREAM, None)
+    try:
+        first = _fill(redis_client, SEND_AHEAD_MIN)
+        assert [i.payload for i in part.next_batch()] == first
+        during = _fill(redis_client, 2, start=SEND_AHEAD_MIN)
+        other = threading.Thread(target=hub.before_send)  # another worker's thread: not ours
+        other.start()
+        other.join()
+        more = _fill(redis_client, 1, start=SEND_AHEAD_MIN + 2)
+        assert [i.payload for i in part.next_batch()] == during + more  # nothing was sent ahead
+        busy = _fill(redis_client, SEND_AHEAD_MIN, start=SEND_AHEAD_MIN + 3)
+        assert [i.payload for i in part.next_batch()] == busy
+        during = _fill(redis_client, 2, start=2 * SEND_AHEAD_MIN + 3)
+        hub.before_send()
+        late = _fill(redis_client, 1, start=2 * SEND_AHEAD_MIN + 5)
+        assert [i.payload for i in part.next_batch()] == during  # sent by before_send
+        assert [i.payload for i in part.next_batch()] == late
+    finally:
+        part.close()
