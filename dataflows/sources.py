@@ -270,12 +270,16 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             # batch too. Ask for it now, so that Redis answers while the engine works
             # on this one. Nothing is taken until it is returned (the position moves
             # then), so a snapshot or a crash in between loses nothing.
-            try:
-                self._send(self._stop.budget(self._src.batch_size))
-                self._ahead = True
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._drop_client()  # the next call reconnects and reads normally
+            self._send_next()
         return items
+
+    def _send_next(self) -> None:
+        """Send the next read from the current position now; :meth:`next_batch` receives it."""
+        try:
+            self._send(self._stop.budget(self._src.batch_size))
+            self._ahead = True
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._drop_client()  # the next call reconnects and reads normally
 
     def _blocks(self) -> bool:
         """Whether an idle read waits in ``XREAD BLOCK`` (else it is polled again later).
@@ -437,11 +441,7 @@ class _RedisStreamPartition(StatefulSourcePartition[RawItem, str]):
             or self._stop.budget(1) <= 0
         ):
             return
-        try:
-            self._send(self._stop.budget(self._src.batch_size))
-            self._ahead = True
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._drop_client()  # the next call reconnects and reads normally
+        self._send_next()
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -498,19 +498,20 @@ class ReadAhead:
         """Leave ``part`` out of :meth:`receive` (at its close)."""
         self._parts = [(p, t) for p, t in self._parts if p is not part]
 
+    def _mine(self) -> list[_RedisStreamPartition]:
+        """The partitions registered by the calling thread."""
+        me = threading.get_ident()
+        return [part for part, thread in self._parts if thread == me]
+
     def receive(self) -> None:
         """Receive the read ahead of this thread's partitions whose reply has started to arrive."""
-        me = threading.get_ident()
-        for part, thread in self._parts:
-            if thread == me:
-                part.receive_ahead()
+        for part in self._mine():
+            part.receive_ahead()
 
     def send(self) -> None:
         """Send the next read of this thread's busy partitions that have none in flight."""
-        me = threading.get_ident()
-        for part, thread in self._parts:
-            if thread == me:
-                part.send_ahead()
+        for part in self._mine():
+            part.send_ahead()
 
     def before_send(self) -> None:
         """What the sink calls before it sends a batch: :meth:`receive`, then :meth:`send`."""

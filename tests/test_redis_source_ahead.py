@@ -41,11 +41,24 @@ def _source(url: str, batch: int, count: int = 0) -> RedisStreamSource:
     return RedisStreamSource(url=url, prefix=PREFIX, batch_size=batch, count=count, idle_block_ms=0)
 
 
+def _answered(part: Any) -> None:
+    """Wait until the read sent ahead has been run: its reply has started to arrive.
+
+    Entries added after this are certainly not in it (commands on two
+    connections have no order of their own).
+    """
+    deadline = time.monotonic() + 5.0
+    while not part._conn.can_read(0):
+        assert time.monotonic() < deadline, "Redis never answered the read sent ahead"
+        time.sleep(0.001)
+
+
 def test_a_full_batch_sends_the_next_read_ahead(redis_url: str, redis_client: redis.Redis) -> None:
     sent = _fill(redis_client, 6)
     part = _source(redis_url, 4).build_part("input", STREAM, None)
     try:
         assert [i.payload for i in part.next_batch()] == sent[:4]  # full: reads ahead
+        _answered(part)
         late = _fill(redis_client, 1, start=6)
         # the read sent ahead was answered before the late entry existed
         second = part.next_batch()
@@ -78,6 +91,7 @@ def test_a_busy_reader_sends_its_next_read_when_asked_before_the_sink_sends(
         during = _fill(redis_client, 5, start=SEND_AHEAD_MIN)  # arrived while the engine worked
         part.send_ahead()
         part.send_ahead()  # one read in flight at most
+        _answered(part)
         late = _fill(redis_client, 3, start=SEND_AHEAD_MIN + 5)
         second = part.next_batch()
         assert [i.payload for i in second] == during
@@ -425,6 +439,7 @@ def test_before_send_sends_for_this_threads_busy_partitions_only(
         assert [i.payload for i in part.next_batch()] == busy
         during = _fill(redis_client, 2, start=2 * SEND_AHEAD_MIN + 3)
         hub.before_send()
+        _answered(part)
         late = _fill(redis_client, 1, start=2 * SEND_AHEAD_MIN + 5)
         assert [i.payload for i in part.next_batch()] == during  # sent by before_send
         assert [i.payload for i in part.next_batch()] == late
